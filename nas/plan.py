@@ -1,0 +1,206 @@
+"""The plan: a versioned JSON document, the one contract between search and training.
+
+{
+  "schema_version": 1,
+  "model":    {"name_or_path": ..., "revision": ..., "family": ..., "base_params": int},
+  "task":     {"name": ..., ...},
+  "budget":   {"spec": "0.1%", "params": int, "counts": "adapters+shortcuts"},
+  "modules":  {"<qualified module name>": {"type": "more", "nblocks": 4, "rank": 4}, ...},
+  "shortcuts": {"<layer>.<kind>": {"rank": 8, "alpha": 4.0}, ...},
+  "training": {"lr": ..., "epochs": ..., "batch_size": ..., "allocation": "static", ...},
+  "trainable_params": int,        # adapters + shortcuts; the task head is not counted
+  "provenance": {...}             # proxy scores, trial ids, timings
+}
+A module or shortcut choice may carry ``"enabled": false`` (dynamic allocation keeps such
+modules built, with their weights, but inactive).  Modules absent from ``modules`` are off.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search_spaces import ADAPTERS, adapter_class
+
+from .discovery import ModelLayout
+from .errors import PlanError, UserError
+from .shortcuts import SHORTCUT_DEFAULTS, parse_shortcut_key, shortcut_params
+
+SCHEMA_VERSION = 1
+BUDGET_COUNTS = "adapters+shortcuts"  # the task head is trainable but never counted
+
+
+@dataclass
+class Plan:
+    model: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shortcuts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    trainable_params: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    # ---- JSON ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"schema_version": d.pop("schema_version"), **d}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "plan") -> "Plan":
+        problems = []
+        if not isinstance(d, dict):
+            raise PlanError([f"expected a JSON object, got {type(d).__name__}"], where)
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            problems.append(
+                f"schema_version is {version!r}; this more-nas reads version {SCHEMA_VERSION}"
+            )
+        known = {f for f in cls.__dataclass_fields__}
+        for k in sorted(set(d) - known):
+            problems.append(f"unknown top-level field {k!r}; known: {sorted(known)}")
+        for k in ("model", "task", "budget", "modules", "shortcuts", "training", "provenance"):
+            if k in d and not isinstance(d[k], dict):
+                problems.append(f"'{k}' must be an object, got {type(d[k]).__name__}")
+        if not isinstance(d.get("model", {}).get("name_or_path", None), str):
+            problems.append("model.name_or_path is missing: the plan must say which model it is for")
+        for name, choice in (d.get("modules") or {}).items():
+            problems += _choice_problems(f"modules[{name!r}]", choice, need_type=True)
+        for key, choice in (d.get("shortcuts") or {}).items():
+            try:
+                parse_shortcut_key(key)
+            except ValueError as e:
+                problems.append(str(e))
+            problems += _choice_problems(f"shortcuts[{key!r}]", choice, need_type=False)
+        if problems:
+            raise PlanError(problems, where)
+        return cls(**{k: d[k] for k in known if k in d})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically: a crash leaves either the old file or the new one, never half."""
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"plan file {str(path)!r} does not exist; create one with more-search")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PlanError([f"not valid JSON: {e}"], f"plan {str(path)!r}") from None
+        return cls.from_dict(data, where=f"plan {str(path)!r}")
+
+    # ---- against a model ----------------------------------------------------------------
+    def validate(self, layout: ModelLayout) -> None:
+        """Check every choice against the model; raise one PlanError listing all problems."""
+        problems = []
+        for name, choice in self.modules.items():
+            mod = layout.module(name)
+            if mod is None:
+                close = [m.name for m in layout.modules if m.name.endswith(name.split(".")[-1])][:3]
+                hint = f" (e.g. {close})" if close else ""
+                problems.append(f"module {name!r} is not an adaptable module of this model{hint}")
+                continue
+            kind, hp = split_choice(choice)
+            try:
+                adapter_class(kind).resolve_hparams(mod.d_in, mod.d_out, **hp)
+            except ValueError as e:
+                problems.append(f"module {name!r} ({mod.d_in}->{mod.d_out}): {e}")
+        if self.shortcuts and not layout.supports_shortcuts:
+            problems.append(
+                f"shortcuts are not supported for family {layout.family!r}; remove 'shortcuts'"
+            )
+        else:
+            for key in self.shortcuts:
+                layer, kind = parse_shortcut_key(key)
+                if not 0 <= layer < layout.num_layers:
+                    problems.append(f"shortcut {key!r}: layer {layer} out of range 0..{layout.num_layers - 1}")
+                elif kind == "s_cut" and layer == 0:
+                    problems.append(f"shortcut {key!r}: s_cut needs a previous layer (absent in layer 0)")
+        if problems:
+            raise PlanError(problems, "plan does not fit the model")
+
+    def count_params(self, layout: ModelLayout, enabled_only: bool = False) -> int:
+        """Exact adapter + shortcut parameters (the budget's unit), from shapes alone."""
+        total = 0
+        for name, choice in self.modules.items():
+            if enabled_only and not choice.get("enabled", True):
+                continue
+            mod = layout.module(name)
+            kind, hp = split_choice(choice)
+            cls = adapter_class(kind)
+            total += cls.num_params(mod.d_in, mod.d_out, **cls.resolve_hparams(mod.d_in, mod.d_out, **hp))
+        for key, hp in self.shortcuts.items():
+            if enabled_only and not hp.get("enabled", True):
+                continue
+            hp = {k: v for k, v in hp.items() if k != "enabled"}
+            total += shortcut_params(layout.hidden_size, **{**SHORTCUT_DEFAULTS, **hp})
+        return total
+
+    @classmethod
+    def from_candidates(cls, selected, layout: ModelLayout, **fields) -> "Plan":
+        """A plan that switches on exactly ``selected`` (search_spaces.Candidate objects)."""
+        modules, shortcuts = {}, {}
+        for c in selected:
+            choice = c.choice_dict
+            if c.is_shortcut:
+                shortcuts[c.target] = {k: v for k, v in choice.items() if k != "type"}
+            else:
+                if c.target in modules:
+                    raise ValueError(f"two choices for module {c.target!r}")
+                modules[c.target] = choice
+        plan = cls(modules=modules, shortcuts=shortcuts, **fields)
+        plan.model.setdefault("family", layout.family)
+        plan.trainable_params = plan.count_params(layout)
+        return plan
+
+    def kinds(self) -> set[str]:
+        return {c["type"] for c in self.modules.values()}
+
+
+def split_choice(choice: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """{"type": k, "enabled": b, **hparams} -> (k, hparams)."""
+    hp = {k: v for k, v in choice.items() if k not in ("type", "enabled")}
+    return choice["type"], hp
+
+
+def _choice_problems(where: str, choice: Any, need_type: bool) -> list[str]:
+    if not isinstance(choice, dict):
+        return [f"{where} must be an object like {{\"type\": \"lora\", \"rank\": 8}}"]
+    problems = []
+    if need_type:
+        kind = choice.get("type")
+        if kind not in ADAPTERS:
+            problems.append(f"{where}: unknown type {kind!r}; registered types: {sorted(ADAPTERS)}")
+    if "enabled" in choice and not isinstance(choice["enabled"], bool):
+        problems.append(f"{where}: 'enabled' must be true or false")
+    return problems
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

