@@ -1,0 +1,161 @@
+"""What a person looks at after a search: report.md and plots (Pareto front, proxy vs trial,
+per-layer allocation)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from .plan import Plan, atomic_write_text
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """Non-dominated points: fewer parameters and a higher score."""
+    front, best = [], float("-inf")
+    for p in sorted(points, key=lambda p: (p["params"], -p["value"])):
+        if p["value"] > best:
+            front.append(p)
+            best = p["value"]
+    return front
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def choice_label(choice: dict) -> str:
+    d = {k: v for k, v in choice.items() if k not in ("type", "enabled", "alpha", "scale") and v is not None}
+    short = {"rank": "r", "nblocks": "N"}
+    return " ".join([choice["type"]] + [f"{short.get(k, k)}{v}" for k, v in sorted(d.items())])
+
+
+def allocation_table(plan: Plan, layout) -> tuple[list[str], list[list[str]]]:
+    """Rows per layer: the choice on each role, then the shortcuts that are on."""
+    roles = layout.roles
+    cells = defaultdict(dict)
+    for m in layout.modules:
+        c = plan.modules.get(m.name)
+        cells[m.layer][m.role] = choice_label(c) if c else "·"
+    for key in plan.shortcuts:
+        layer, _, kind = key.partition(".")
+        cells[int(layer)].setdefault("shortcuts", []).append(kind)
+    header = ["layer"] + roles + ["shortcuts"]
+    rows = [[str(i)] + [cells[i].get(r, "·") for r in roles] + [", ".join(cells[i].get("shortcuts", [])) or "·"]
+            for i in range(layout.num_layers)]
+    return header, rows
+
+
+def plot_allocation(plan: Plan, layout, path: Path, title: str) -> None:
+    import numpy as np
+
+    from search_spaces import count_params
+
+    plt = _plt()
+    roles = layout.roles + ["shortcuts"]
+    grid = np.zeros((layout.num_layers, len(roles)))
+    labels = [["" for _ in roles] for _ in range(layout.num_layers)]
+    for m in layout.modules:
+        c = plan.modules.get(m.name)
+        if c:
+            hp = {k: v for k, v in c.items() if k not in ("type", "enabled")}
+            j = roles.index(m.role)
+            grid[m.layer, j] = count_params(c["type"], m.d_in, m.d_out, **hp)
+            labels[m.layer][j] = choice_label(c)
+    for key, hp in plan.shortcuts.items():
+        layer, _, kind = key.partition(".")
+        j = roles.index("shortcuts")
+        grid[int(layer), j] += 2 * hp.get("rank", 8) * layout.hidden_size
+        labels[int(layer)][j] = (labels[int(layer)][j] + " " + kind).strip()
+    fig, ax = plt.subplots(figsize=(1.6 * len(roles) + 2, 0.6 * layout.num_layers + 1.5))
+    im = ax.imshow(grid, cmap="Blues", aspect="auto")
+    for i in range(layout.num_layers):
+        for j in range(len(roles)):
+            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(roles)), roles)
+    ax.set_yticks(range(layout.num_layers), [f"layer {i}" for i in range(layout.num_layers)])
+    fig.colorbar(im, ax=ax, label="trainable parameters")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(search, study, res) -> list[dict]:
+    out: Path = search.out
+    trials = study.get_trials(deepcopy=False)
+    points = [{"trial": t.number, "params": t.user_attrs["trainable_params"], "value": t.value,
+               "proxy": t.user_attrs.get("proxy_score", float("nan"))}
+              for t in trials if t.state == TrialState.COMPLETE and "trainable_params" in t.user_attrs]
+    front = pareto_front(points)
+    metric = search._data.main_metric
+    plt = _plt()
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if points:
+        ax.scatter([p["params"] for p in points], [p["value"] for p in points], c="tab:gray",
+                   label="trials")
+        ax.plot([p["params"] for p in front], [p["value"] for p in front], "o-", c="tab:red",
+                label="Pareto front")
+    ax.axvline(search.budget, ls="--", c="k", lw=1, label="budget")
+    ax.set_xlabel("trainable parameters (adapters + shortcuts)")
+    ax.set_ylabel(f"held-out {metric}")
+    ax.legend()
+    ax.set_title("params vs score")
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if points:
+        ax.scatter([p["proxy"] for p in points], [p["value"] for p in points])
+        for p in points:
+            ax.annotate(str(p["trial"]), (p["proxy"], p["value"]), fontsize=7)
+    ax.set_xlabel(f"summed proxy score of the plan ({search.proxy_name})")
+    ax.set_ylabel(f"held-out {metric} after the short trial")
+    ax.set_title("proxy vs trial")
+    fig.tight_layout()
+    fig.savefig(out / "proxy_vs_trial.png", dpi=120)
+    plt.close(fig)
+
+    plot_allocation(res.plan, search.layout, out / "allocation.png",
+                    f"chosen plan: {res.plan.trainable_params:,} params")
+
+    lines = [
+        "# more-search report", "",
+        f"- model: `{res.plan.model['name_or_path']}` ({search.layout.family}, "
+        f"{search.base_params:,} base parameters)",
+        f"- task: `{res.plan.task.get('name')}`; trials score held-out {metric} on part of train",
+        f"- budget: {search.cfg.budget} = {search.budget:,} parameters (adapters + shortcuts; "
+        f"the task head is not counted)",
+        f"- space: `{search.space.name}` ({len(search.candidates)} candidates); proxy: "
+        f"`{search.proxy_name}`; allocation: {search.cfg.allocation}",
+        f"- chosen plan: trial {res.plan.provenance.get('trial', '-')}, "
+        f"{res.plan.trainable_params:,} parameters, held-out {metric} {res.best_value:.4f}, "
+        f"lr {res.plan.training.get('lr'):.2e}",
+        f"- trials: {res.n_complete} complete, {res.n_pruned} pruned, {res.n_failed} failed",
+        "", "## Time per stage", "", "| stage | seconds |", "|---|---:|",
+    ]
+    lines += [f"| {k} | {v:.1f} |" for k, v in res.stage_seconds.items()]
+    header, rows = allocation_table(res.plan, search.layout)
+    lines += ["", "## Chosen plan per layer", "", "| " + " | ".join(header) + " |",
+              "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    lines += ["", "## Top trials", "", f"| trial | held-out {metric} | params | lr | origin |",
+              "|---:|---:|---:|---:|---|"]
+    for t in ranked[:10]:
+        lines.append(f"| {t.number} | {t.value:.4f} | {t.user_attrs.get('trainable_params', 0):,} | "
+                     f"{t.params.get('lr', float('nan')):.2e} | {t.user_attrs.get('origin', 'sampled')} |")
+    lines += ["", "## Pareto front (params vs held-out score)", "", "| trial | params | score |",
+              "|---:|---:|---:|"]
+    lines += [f"| {p['trial']} | {p['params']:,} | {p['value']:.4f} |" for p in front]
+    lines += ["", "Plots: `pareto.png`, `proxy_vs_trial.png`, `allocation.png`. The study stays in "
+              "its storage: `optuna-dashboard " + str(res.plan.provenance.get("storage")) + "`.", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    return front

@@ -1,0 +1,456 @@
+"""The search engine: proxy stage, then an Optuna study of short trials, then the best plan.
+
+Stages
+  1. proxy: score every candidate of the space jointly (proxies.score_candidates) and
+     allocate the budget (proxies.allocate) -> the static proxy plan;
+  2. trials: each Optuna trial is a plan.  The sampler does not pick 50+ per-module choices
+     directly; it re-weights the proxy scores (a weight per adapter kind, per module role, a
+     depth bias and a per-candidate jitter) and the knapsack turns the re-weighted scores into
+     a plan that always fits the budget.  The proxy is the prior, the budget a hard
+     constraint.  Each plan is trained for a short budget on part of the training data and
+     evaluated on a held-out part of the training data (never on dev); intermediate scores
+     go to a multi-fidelity pruner (Hyperband by default).
+  3. result: the best plan (plan.json), report.md, pareto.png and proxy_vs_trial.png.
+
+Storage is an Optuna journal file in the output folder by default, so ``--resume`` loses no
+finished trial; ``--storage postgresql://...`` lets workers on several machines share a study.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from search_spaces import Candidate, load_space
+
+from .budget import base_param_count, parse_budget
+from .discovery import discover
+from .errors import UserError
+from .plan import BUDGET_COUNTS, Plan, atomic_write_text
+
+PLAN_ATTR = "plan"
+
+
+@dataclass
+class SearchConfig:
+    model: str | None = None  # None: the packaged MiniLM
+    task: str | None = None  # None: the bundled SST-2 sample
+    budget: str = "0.1%"
+    space: str = "default"
+    proxy: str | None = None  # None: proxies.DEFAULT_PROXY
+    output_dir: str = "search-out"
+    n_trials: int = 10
+    timeout_s: float | None = None  # wall-clock limit of the trial stage
+    trial_steps: int = 120  # full fidelity of one trial, in optimizer steps
+    n_evals: int = 3  # evaluations per trial (rungs for the pruner)
+    holdout: float = 0.2  # part of train used to score trials
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = 400
+    proxy_batches: int = 4
+    batch_size: int = 16
+    max_length: int = 128
+    lr: float = 1e-3  # starting point; every trial samples its own learning rate
+    lr_range: tuple[float, float] = (3e-4, 3e-3)
+    epochs: float = 3  # training hint written into the plan for the full run
+    allocation: str = "static"  # static | dynamic, for the trials and the plan
+    pruner: str = "hyperband"  # hyperband | halving | median | none
+    sampler: str = "tpe"  # tpe | random
+    storage: str | None = None  # None: journal file in output_dir
+    study: str | None = None
+    resume: bool = False
+    seed: int = 0
+    progress: bool = True
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_columns: list[str] | None = None
+    label_column: str | None = None
+
+
+@dataclass
+class SearchResult:
+    plan: Plan
+    plan_path: Path
+    best_value: float
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    pareto: list[dict] = field(default_factory=list)
+
+
+# ---- trial parameterisation --------------------------------------------------------------
+def kind_of(c: Candidate) -> str:
+    return "shortcut" if c.is_shortcut else c.kind
+
+
+def reweight(candidates: list[Candidate], scores: dict[str, float], params: dict[str, float],
+             num_layers: int, seed: int) -> dict[str, float]:
+    """Proxy scores re-weighted by one trial's parameters (the proxy stays the prior)."""
+    rng = np.random.default_rng(seed)
+    jitter = params.get("jitter", 0.0)
+    noise = rng.normal(0.0, 1.0, size=len(candidates)) * jitter
+    depth = params.get("depth_bias", 0.0)
+    out = {}
+    for c, eps in zip(candidates, noise):
+        rel = (c.layer / max(num_layers - 1, 1)) * 2 - 1  # -1 first layer .. +1 last
+        log_w = params.get(f"w_kind_{kind_of(c)}", 0.0) + depth * rel + eps
+        if not c.is_shortcut:
+            log_w += params.get(f"w_role_{c.role}", 0.0)
+        out[c.key] = scores[c.key] * math.exp(log_w)
+    return out
+
+
+def plan_hash(plan: Plan) -> str:
+    key = json.dumps({"m": plan.modules, "s": plan.shortcuts, "lr": plan.training.get("lr")},
+                     sort_keys=True)
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+# ---- storage ----------------------------------------------------------------------------
+def make_storage(cfg: SearchConfig):
+    if cfg.storage is None:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    if cfg.storage.endswith((".journal", ".log")):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(cfg.storage))
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    # Heartbeats let a shared study notice a worker that died and retry its trial once.
+    return RDBStorage(cfg.storage, heartbeat_interval=30, grace_period=120,
+                      failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+
+
+def make_pruner(name: str, n_evals: int):
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_evals, reduction_factor=3)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"unknown pruner {name!r}; choose hyperband, halving, median or none")
+
+
+def make_sampler(name: str, seed: int):
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=4)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"unknown sampler {name!r}; choose tpe or random")
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """On --resume: trials left RUNNING by the killed process never finished; mark them
+    failed and queue their parameters again so they are re-run, while finished trials stay."""
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+    return [t.number for t in stale]
+
+
+# ---- the engine ----------------------------------------------------------------------------
+class Search:
+    def __init__(self, cfg: SearchConfig, *, model=None, tokenizer=None, data=None):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self._model, self._tokenizer, self._data = model, tokenizer, data
+        self.stage_seconds: dict[str, float] = {}
+
+    # -- setup --
+    def prepare(self) -> None:
+        from . import data as data_mod
+        from .models import load_model, load_tokenizer
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(cfg.model)
+        if self._data is None:
+            self._data = data_mod.load_task(
+                cfg.task, self._tokenizer, data_dir=cfg.data_dir,
+                train_file=cfg.train_file, validation_file=cfg.validation_file,
+                text_columns=cfg.text_columns, label_column=cfg.label_column,
+                max_length=cfg.max_length, max_train_samples=cfg.max_train_samples,
+                data_seed=cfg.seed,
+            )
+        # Trials never see dev: they train on part of train and score on the rest.
+        self.trial_data = self._data.holdout(cfg.holdout, seed=cfg.seed).subsample(
+            max_eval_samples=cfg.max_eval_samples, seed=cfg.seed)
+        if self._model is None:
+            from transformers import set_seed
+
+            set_seed(cfg.seed)  # the new task head is randomly initialised: make it repeatable
+            self._model = load_model(cfg.model, task_type=self._data.task_type,
+                                     num_labels=self._data.num_labels)
+        self.base = self._model.eval()
+        self.layout = discover(self.base)
+        self.base_params = base_param_count(self.base)
+        self.budget = parse_budget(cfg.budget, self.base_params)
+        try:
+            self.space = load_space(cfg.space)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        self.candidates = self.space.candidates(self.layout)
+        if not self.candidates:
+            raise UserError(f"search space {self.space.name!r} has no candidate for this model")
+        cheapest = min(c.params for c in self.candidates)
+        if cheapest > self.budget:
+            raise UserError(
+                f"budget {cfg.budget} = {self.budget:,} parameters is below the cheapest candidate "
+                f"({cheapest:,}); raise --budget or use a space with smaller choices"
+            )
+        self.stage_seconds["setup"] = time.perf_counter() - t0
+
+    def plan_fields(self) -> dict[str, Any]:
+        cfg = self.cfg
+        name = cfg.model or "minilm"
+        return dict(
+            model={"name_or_path": name, "revision": None, "family": self.layout.family,
+                   "base_params": self.base_params},
+            task=self.task_fields(),
+            budget={"spec": str(cfg.budget), "params": self.budget, "counts": BUDGET_COUNTS},
+            training={"lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                      "max_length": cfg.max_length, "allocation": cfg.allocation},
+        )
+
+    def task_fields(self) -> dict[str, Any]:
+        """What more-train needs to load the same task again (TrainConfig.from_plan reads it)."""
+        cfg, d = self.cfg, self._data
+        fields = {"name": d.name, "task_type": d.task_type, "num_labels": d.num_labels,
+                  "main_metric": d.main_metric, "data_dir": cfg.data_dir,
+                  "train_file": cfg.train_file, "validation_file": cfg.validation_file,
+                  "text_columns": list(d.text_columns) or None, "label_column": d.label_column}
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def proxy_batches(self) -> list[dict]:
+        """A few training batches (from the trial-training part, never the held-out part)."""
+        cfg, train = self.cfg, self.trial_data.train
+        rng = np.random.default_rng(cfg.seed)
+        n = min(len(train), cfg.proxy_batches * cfg.batch_size)
+        idx = rng.permutation(len(train))[:n].tolist()
+        collate = self.trial_data.collator()
+        rows = train.select(idx)
+        cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in rows.column_names]
+        rows = [{c: r[c] for c in cols} for r in rows]
+        return [collate(rows[i:i + cfg.batch_size]) for i in range(0, n, cfg.batch_size)]
+
+    # -- stage 1 --
+    def proxy_stage(self) -> Plan:
+        import proxies
+
+        cfg = self.cfg
+        cache = self.out / "proxy_scores.json"
+        proxy = cfg.proxy or proxies.DEFAULT_PROXY
+        t0 = time.perf_counter()
+        if cfg.resume and cache.is_file():
+            cached = json.loads(cache.read_text())
+            if cached.get("proxy") == proxy and set(cached["scores"]) == {c.key for c in self.candidates}:
+                self.scores = cached["scores"]
+        if not hasattr(self, "scores"):
+            batches = self.proxy_batches()
+            self.scores = proxies.score_candidates(self.base, self.layout, self.candidates,
+                                                   batches, proxy=proxy)
+            atomic_write_text(cache, json.dumps({"proxy": proxy, "scores": self.scores}))
+        self.proxy_name = proxy
+        self.proxy_plan = self._allocate(self.scores)
+        self.stage_seconds["proxy"] = time.perf_counter() - t0
+        return self.proxy_plan
+
+    def _allocate(self, scores: dict[str, float], lr: float | None = None,
+                  fill: float = 1.0) -> Plan:
+        import proxies
+
+        chosen = proxies.allocate(self.candidates, scores, max(1, int(self.budget * fill)))
+        plan = Plan.from_candidates(chosen, self.layout, **copy.deepcopy(self.plan_fields()))
+        if lr is not None:
+            plan.training["lr"] = lr
+        plan.provenance = {"proxy": self.proxy_name,
+                           "proxy_score": float(sum(self.scores[c.key] for c in chosen))}
+        return plan
+
+    # -- stage 2 --
+    def trial_params(self, trial: optuna.Trial) -> dict[str, float]:
+        params = {}
+        for k in sorted({kind_of(c) for c in self.candidates}):
+            params[f"w_kind_{k}"] = trial.suggest_float(f"w_kind_{k}", -2.0, 2.0)
+        for r in sorted({c.role for c in self.candidates if not c.is_shortcut}):
+            params[f"w_role_{r}"] = trial.suggest_float(f"w_role_{r}", -1.0, 1.0)
+        params["depth_bias"] = trial.suggest_float("depth_bias", -1.0, 1.0)
+        params["jitter"] = trial.suggest_float("jitter", 0.0, 1.0)
+        params["lr"] = trial.suggest_float("lr", *self.cfg.lr_range, log=True)
+        # Plans below the budget too, so the trials trace a params-vs-score Pareto front.
+        params["fill"] = trial.suggest_float("fill", 0.3, 1.0)
+        return params
+
+    def trial_plan(self, params: dict[str, float], seed: int) -> Plan:
+        scores = reweight(self.candidates, self.scores, params, self.layout.num_layers, seed)
+        return self._allocate(scores, lr=params["lr"], fill=params.get("fill", 1.0))
+
+    def objective(self, trial: optuna.Trial) -> float:
+        from .trainer import TrainConfig, train
+
+        cfg = self.cfg
+        params = self.trial_params(trial)
+        plan = self.trial_plan(params, seed=cfg.seed + trial.number)
+        h = plan_hash(plan)
+        trial.set_user_attr("plan_hash", h)
+        trial.set_user_attr("trainable_params", plan.trainable_params)
+        trial.set_user_attr("proxy_score", plan.provenance["proxy_score"])
+        trial.set_user_attr(PLAN_ATTR, plan.to_dict())
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("plan_hash") == h:  # same plan, same lr: don't train it twice
+                trial.set_user_attr("duplicate_of", t.number)
+                return t.value
+        steps = cfg.trial_steps
+        eval_every = max(1, steps // cfg.n_evals)
+        tcfg = TrainConfig.from_plan(
+            plan, max_steps=steps, eval_every=eval_every, seed=cfg.seed, lr=params["lr"],
+            batch_size=cfg.batch_size, max_length=cfg.max_length, allocation=cfg.allocation,
+            output_dir=None, progress=False,
+        )
+        rung = {"i": 0}
+
+        def on_eval(step: int, metrics: dict) -> None:
+            rung["i"] += 1
+            value = metrics[self._data.main_metric]
+            trial.report(value, rung["i"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step}")
+
+        result = train(plan, tcfg, model=copy.deepcopy(self.base), tokenizer=self._tokenizer,
+                       data=self.trial_data, on_eval=on_eval)
+        trial.set_user_attr("train_time_s", result.train_time_s)
+        trial.set_user_attr("metrics", {k: v for k, v in result.metrics.items()
+                                        if isinstance(v, (int, float))})
+        return float(result.score)
+
+    def open_study(self) -> optuna.Study:
+        cfg = self.cfg
+        storage = make_storage(cfg)
+        name = cfg.study or "more-search"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+            sampler=make_sampler(cfg.sampler, cfg.seed), pruner=make_pruner(cfg.pruner, cfg.n_evals),
+        )
+        if cfg.resume:
+            stale = fail_stale_trials(study)
+            if stale:
+                print(f"resume: re-running trial(s) {stale} that the interrupted run left unfinished")
+        if not study.trials:
+            self._enqueue_proxy_trials(study)
+        return study
+
+    def _enqueue_proxy_trials(self, study: optuna.Study) -> None:
+        """The proxy plan (all weights 0) first, then LoRA-only and no-shortcut variants."""
+        base = {f"w_kind_{k}": 0.0 for k in {kind_of(c) for c in self.candidates}}
+        base.update({f"w_role_{r}": 0.0 for r in {c.role for c in self.candidates if not c.is_shortcut}})
+        base.update(depth_bias=0.0, jitter=0.0, lr=self.cfg.lr, fill=1.0)
+        study.enqueue_trial(base, user_attrs={"origin": "proxy plan"})
+        kinds = {kind_of(c) for c in self.candidates}
+        if "lora" in kinds and len(kinds) > 1:
+            only_lora = {**base, **{f"w_kind_{k}": -2.0 for k in kinds if k != "lora"}}
+            study.enqueue_trial(only_lora, user_attrs={"origin": "proxy plan, LoRA preferred"})
+
+    def trial_stage(self, study: optuna.Study) -> None:
+        from .trainer import NonFiniteLoss
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        finished = (TrialState.COMPLETE, TrialState.PRUNED)
+        done = len(study.get_trials(deepcopy=False, states=finished))
+        remaining = max(cfg.n_trials - done, 0)
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.n_trials, initial=done, desc="trials", unit="trial")
+
+        def on_trial(study, frozen):
+            if bar is not None:
+                bar.update(1)
+                try:
+                    bar.set_postfix(best=f"{study.best_value:.4f}", last=frozen.state.name.lower())
+                except ValueError:
+                    bar.set_postfix(last=frozen.state.name.lower())
+
+        if remaining:
+            study.optimize(
+                self.objective, timeout=cfg.timeout_s,
+                callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=finished), on_trial],
+                # A failed trial (NaN loss, out of memory) is recorded as failed; the search goes on.
+                catch=(NonFiniteLoss, RuntimeError, MemoryError, ValueError),
+            )
+        if bar is not None:
+            bar.close()
+        self.stage_seconds["trials"] = time.perf_counter() - t0
+
+    # -- stage 3 --
+    def result(self, study: optuna.Study) -> SearchResult:
+        from .report import write_report
+
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if complete:
+            best = max(complete, key=lambda t: t.value)
+            plan = Plan.from_dict(best.user_attrs[PLAN_ATTR])
+            plan.provenance.update(trial=best.number, trial_value=best.value,
+                                   objective=f"held-out {self._data.main_metric}")
+            best_value = best.value
+        else:  # every trial failed or was pruned: the proxy plan is still a valid answer
+            plan, best_value = self.proxy_plan, float("nan")
+            plan.provenance["note"] = "no trial completed; this is the proxy plan"
+        plan.provenance.update(
+            study=study.study_name, storage=self.cfg.storage or str(self.out / "study.journal"),
+            space=self.space.name, allocation=self.cfg.allocation,
+            proxy_scores_file=str(self.out / "proxy_scores.json"),
+        )
+        plan.training["allocation"] = self.cfg.allocation
+        plan.validate(self.layout)
+        assert plan.count_params(self.layout) <= self.budget
+        plan_path = plan.save(self.out / "plan.json")
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        res = SearchResult(
+            plan=plan, plan_path=plan_path, best_value=best_value,
+            n_complete=states.count(TrialState.COMPLETE), n_pruned=states.count(TrialState.PRUNED),
+            n_failed=states.count(TrialState.FAIL), stage_seconds=dict(self.stage_seconds),
+        )
+        res.pareto = write_report(self, study, res)
+        return res
+
+    def run(self) -> SearchResult:
+        if self.cfg.storage is None and not self.cfg.resume and (self.out / "study.journal").exists():
+            raise UserError(f"{self.out} already holds a search (study.journal); pass --resume to "
+                            f"continue it, or choose another output folder with -o")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        self.proxy_stage()
+        study = self.open_study()
+        self.trial_stage(study)
+        return self.result(study)
+
+
+def run_search(cfg: SearchConfig, **kw) -> SearchResult:
+    return Search(cfg, **kw).run()
+
+
+def config_to_json(cfg: SearchConfig) -> str:
+    return json.dumps(asdict(cfg), indent=2)

@@ -1,0 +1,176 @@
+"""more-search on a tiny BERT: the budget holds, a killed search resumes without losing or
+re-running finished trials, two workers share one journal, and failed trials don't stop it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas import Plan, discover
+from nas.cli.search import main as search_main
+from nas.models import load_model
+from nas.search import SearchConfig, run_search
+from tests.test_trainer import make_tiny_bert, write_sentiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("search")
+    make_tiny_bert(d / "model")
+    write_sentiment(d / "train.tsv", 160, seed=1)
+    write_sentiment(d / "dev.tsv", 32, seed=2)
+    return d
+
+
+def config(d: Path, out: Path, **kw) -> SearchConfig:
+    base = dict(model=str(d / "model"), train_file=str(d / "train.tsv"),
+                validation_file=str(d / "dev.tsv"), budget="3k", output_dir=str(out), n_trials=4,
+                trial_steps=4, n_evals=2, max_length=24, batch_size=8, progress=False,
+                max_eval_samples=32)
+    return SearchConfig(**{**base, **kw})
+
+
+def load_study(out: Path) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    return optuna.load_study(study_name="more-search", storage=storage)
+
+
+def test_search_respects_budget_and_writes_outputs(setup, tmp_path):
+    res = run_search(config(setup, tmp_path / "out", n_trials=5))
+    layout = discover(load_model(str(setup / "model"), num_labels=2))
+    plan = Plan.load(tmp_path / "out" / "plan.json")
+    plan.validate(layout)
+    assert 0 < plan.count_params(layout) <= 3000
+    assert plan.trainable_params == plan.count_params(layout)
+    assert plan.budget["params"] == 3000
+    for t in load_study(tmp_path / "out").trials:  # every trial's plan is within budget too
+        assert t.user_attrs["trainable_params"] <= 3000
+    assert res.n_complete + res.n_pruned >= 5
+    for f in ("report.md", "pareto.png", "proxy_vs_trial.png", "allocation.png", "proxy_scores.json"):
+        assert (tmp_path / "out" / f).stat().st_size > 0
+    assert "Chosen plan per layer" in (tmp_path / "out" / "report.md").read_text()
+    # The plan carries what more-train needs to find the same data again.
+    assert plan.task["train_file"] == str(setup / "train.tsv")
+    assert plan.provenance["proxy"] and "trial" in plan.provenance
+
+
+def test_same_seed_same_plan(setup, tmp_path):
+    a = run_search(config(setup, tmp_path / "a", n_trials=3, pruner="none"))
+    b = run_search(config(setup, tmp_path / "b", n_trials=3, pruner="none"))
+    assert a.plan.modules == b.plan.modules and a.plan.shortcuts == b.plan.shortcuts
+
+
+def test_refuses_to_overwrite_without_resume(setup, tmp_path):
+    run_search(config(setup, tmp_path / "out", n_trials=2))
+    rc = search_main(["--model", str(setup / "model"), "--train-file", str(setup / "train.tsv"),
+                      "--budget", "3k", "-o", str(tmp_path / "out"), "-q"])
+    assert rc == 2
+
+
+_KILLER = """
+import os, sys, json
+sys.path.insert(0, {root!r})
+import torch; torch.set_num_threads(1)
+import nas.trainer
+from nas.search import Search, SearchConfig
+cfg = SearchConfig(**json.loads({cfg!r}))
+kill_at = int(os.environ.get("KILL_AT_TRIAL", "-1"))
+original_objective, original_train, current = Search.objective, nas.trainer.train, {{}}
+def objective(self, trial):
+    current["trial"] = trial.number
+    return original_objective(self, trial)
+def train(*args, **kwargs):
+    if current["trial"] == kill_at:
+        os._exit(9)  # a hard kill in the middle of a trial: no cleanup, trial left RUNNING
+    return original_train(*args, **kwargs)
+Search.objective, nas.trainer.train = objective, train
+Search(cfg).run()
+"""
+
+
+def _run_worker(cfg: SearchConfig, env_extra=None, wait=True):
+    import dataclasses
+
+    code = _KILLER.format(root=str(ROOT), cfg=json.dumps(dataclasses.asdict(cfg)))
+    env = {**os.environ, **(env_extra or {})}
+    p = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    if wait:
+        out, _ = p.communicate(timeout=300)
+        return p.returncode, out
+    return p
+
+
+def test_resume_after_kill_loses_nothing_and_reruns_nothing(setup, tmp_path):
+    out = tmp_path / "out"
+    rc, log = _run_worker(config(setup, out, n_trials=5, pruner="none"), {"KILL_AT_TRIAL": "3"})
+    assert rc == 9, log
+    before = load_study(out).trials
+    finished_before = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
+    assert sorted(finished_before) == [0, 1, 2]
+    assert [t.state for t in before if t.number == 3] == [TrialState.RUNNING]
+
+    res = run_search(config(setup, out, n_trials=5, pruner="none", resume=True))
+    after = load_study(out).trials
+    # No finished trial lost: same numbers, same values.
+    assert {t.number: t.value for t in after if t.number in finished_before} == finished_before
+    # The killed trial is marked failed and its parameters re-run once, in a new trial.
+    assert after[3].state == TrialState.FAIL
+    retries = [t for t in after if t.user_attrs.get("retry_of") == 3]
+    assert len(retries) == 1 and retries[0].params == after[3].params
+    # No trial run twice: each finished trial's parameters were evaluated once.
+    finished = [t for t in after if t.state == TrialState.COMPLETE]
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == len(finished)
+    assert res.n_complete == 5
+
+
+def test_two_workers_share_one_journal(setup, tmp_path):
+    journal = tmp_path / "shared.journal"
+    procs = [
+        _run_worker(config(setup, tmp_path / f"w{i}", n_trials=6, pruner="none", storage=str(journal),
+                           study="shared", seed=i), wait=False)
+        for i in range(2)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="shared", storage=JournalStorage(JournalFileBackend(str(journal))))
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states  # none lost
+    assert states.count(TrialState.COMPLETE) >= 6
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    for i in range(2):
+        assert (tmp_path / f"w{i}" / "plan.json").is_file()
+
+
+def test_failed_trials_do_not_stop_the_search(setup, tmp_path, monkeypatch):
+    import nas.trainer as trainer
+
+    real_train = trainer.train
+    calls = {"n": 0}
+
+    def flaky(plan, cfg, **kw):
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            raise trainer.NonFiniteLoss(step=1, value=float("nan"))
+        return real_train(plan, cfg, **kw)
+
+    monkeypatch.setattr(trainer, "train", flaky)
+    res = run_search(config(setup, tmp_path / "out", n_trials=4, pruner="none"))
+    assert res.n_failed >= 1 and res.n_complete >= 2
+    assert Plan.load(res.plan_path).modules

@@ -1,0 +1,56 @@
+"""Search-engine pieces that need no training: durations, re-weighting, Pareto front, budgets."""
+import math
+
+import pytest
+
+from nas.cli.search import parse_duration
+from nas.errors import UserError
+from nas.report import pareto_front
+from nas.search import reweight
+from search_spaces import Candidate
+
+
+@pytest.mark.parametrize("text,seconds", [("900", 900), ("900s", 900), ("15m", 900), ("1.5h", 5400)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "10d", "-5m"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(UserError, match="time-budget"):
+        parse_duration(text)
+
+
+def _cands():
+    return [
+        Candidate("l0.q", 0, "q", (("rank", 8), ("type", "lora")), 100),
+        Candidate("l1.q", 1, "q", (("nblocks", 4), ("rank", 4), ("type", "more")), 100),
+        Candidate("1.s_res1", 1, "s_res1", (("rank", 8), ("type", "shortcut")), 50),
+    ]
+
+
+def test_reweight_zero_params_is_the_proxy():
+    cands = _cands()
+    scores = {c.key: float(i + 1) for i, c in enumerate(cands)}
+    assert reweight(cands, scores, {}, num_layers=2, seed=0) == scores
+
+
+def test_reweight_kind_role_depth_and_jitter():
+    cands = _cands()
+    scores = {c.key: 1.0 for c in cands}
+    w = reweight(cands, scores, {"w_kind_more": 1.0}, 2, 0)
+    assert w[cands[1].key] == pytest.approx(math.e) and w[cands[0].key] == 1.0
+    w = reweight(cands, scores, {"w_role_q": -1.0}, 2, 0)
+    assert w[cands[0].key] == pytest.approx(math.exp(-1)) and w[cands[2].key] == 1.0  # shortcuts have no role weight
+    w = reweight(cands, scores, {"depth_bias": 0.5}, 2, 0)
+    assert w[cands[0].key] < 1.0 < w[cands[1].key]
+    a = reweight(cands, scores, {"jitter": 0.5}, 2, seed=1)
+    assert a == reweight(cands, scores, {"jitter": 0.5}, 2, seed=1)
+    assert a != reweight(cands, scores, {"jitter": 0.5}, 2, seed=2)
+
+
+def test_pareto_front():
+    pts = [{"params": 10, "value": 0.5}, {"params": 20, "value": 0.4}, {"params": 30, "value": 0.7},
+           {"params": 5, "value": 0.45}, {"params": 30, "value": 0.6}]
+    front = pareto_front(pts)
+    assert [(p["params"], p["value"]) for p in front] == [(5, 0.45), (10, 0.5), (30, 0.7)]
