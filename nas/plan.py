@@ -109,6 +109,10 @@ class Plan:
                 hint = f" (e.g. {close})" if close else ""
                 problems.append(f"module {name!r} is not an adaptable module of this model{hint}")
                 continue
+            if not isinstance(choice, dict) or "type" not in choice:
+                problems.append(f"module {name!r}: the choice must be an object with a 'type', "
+                                f"like {{\"type\": \"lora\", \"rank\": 8}}; got {choice!r}")
+                continue
             kind, hp = split_choice(choice)
             try:
                 adapter_class(kind).resolve_hparams(mod.d_in, mod.d_out, **hp)
@@ -120,11 +124,16 @@ class Plan:
             )
         else:
             for key in self.shortcuts:
-                layer, kind = parse_shortcut_key(key)
+                try:
+                    layer, kind = parse_shortcut_key(key)
+                except ValueError as e:
+                    problems.append(str(e))
+                    continue
                 if not 0 <= layer < layout.num_layers:
                     problems.append(f"shortcut {key!r}: layer {layer} out of range 0..{layout.num_layers - 1}")
                 elif kind == "s_cut" and layer == 0:
                     problems.append(f"shortcut {key!r}: s_cut needs a previous layer (absent in layer 0)")
+                problems += _shortcut_hparam_problems(key, self.shortcuts[key])
         if problems:
             raise PlanError(problems, "plan does not fit the model")
 
@@ -182,6 +191,24 @@ def _choice_problems(where: str, choice: Any, need_type: bool) -> list[str]:
             problems.append(f"{where}: unknown type {kind!r}; registered types: {sorted(ADAPTERS)}")
     if "enabled" in choice and not isinstance(choice["enabled"], bool):
         problems.append(f"{where}: 'enabled' must be true or false")
+    return problems
+
+
+def _shortcut_hparam_problems(key: str, hp: Any) -> list[str]:
+    """What ShortcutSet would refuse, found before apply_plan changes anything."""
+    if not isinstance(hp, dict):
+        return [f"shortcuts[{key!r}] must be an object like {{\"rank\": 8, \"alpha\": 4.0}}"]
+    problems = []
+    unknown = set(hp) - set(SHORTCUT_DEFAULTS) - {"enabled"}
+    if unknown:
+        problems.append(f"shortcut {key!r}: unknown hyper-parameter(s) {sorted(unknown)}; "
+                        f"valid: {sorted(SHORTCUT_DEFAULTS)}")
+    rank = hp.get("rank", SHORTCUT_DEFAULTS["rank"])
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        problems.append(f"shortcut {key!r}: rank must be a positive integer, got {rank!r}")
+    alpha = hp.get("alpha", SHORTCUT_DEFAULTS["alpha"])
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        problems.append(f"shortcut {key!r}: alpha must be a number, got {alpha!r}")
     return problems
 
 

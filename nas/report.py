@@ -74,9 +74,11 @@ def plot_allocation(plan: Plan, layout, path: Path, title: str) -> None:
         labels[int(layer)][j] = (labels[int(layer)][j] + " " + kind).strip()
     fig, ax = plt.subplots(figsize=(1.6 * len(roles) + 2, 0.6 * layout.num_layers + 1.5))
     im = ax.imshow(grid, cmap="Blues", aspect="auto")
+    dark = grid.max() * 0.6 if grid.max() > 0 else 1
     for i in range(layout.num_layers):
         for j in range(len(roles)):
-            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7)
+            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7,
+                    color="white" if grid[i, j] > dark else "black")
     ax.set_xticks(range(len(roles)), roles)
     ax.set_yticks(range(layout.num_layers), [f"layer {i}" for i in range(layout.num_layers)])
     fig.colorbar(im, ax=ax, label="trainable parameters")

@@ -72,7 +72,7 @@ class SearchConfig:
     data_dir: str | None = None
     train_file: str | None = None
     validation_file: str | None = None
-    text_columns: list[str] | None = None
+    text_columns: str | list[str] | None = None  # 'a,b' or a list
     label_column: str | None = None
 
 

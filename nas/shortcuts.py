@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from search_spaces.base import kaiming_uniform_
+from search_spaces.base import Adapter, kaiming_uniform_
 
 from .discovery import ModelLayout
 
@@ -66,6 +66,10 @@ class Shortcut(nn.Module):
         return self.scale * ((h.to(self.lora_A.dtype) @ self.lora_A.T) @ self.lora_B.T).to(h.dtype)
 
 
+def _unwrap(mod: nn.Module) -> nn.Module:
+    return mod.base if isinstance(mod, Adapter) else mod
+
+
 def _add_to_first(out, extra):
     if isinstance(out, tuple):
         return (out[0] + extra,) + out[1:]
@@ -106,7 +110,7 @@ class ShortcutSet(nn.Module):
             return None
         return sc(source)
 
-    def _sum_terms(self, layer: int, at: str):
+    def _sum_terms(self, layer: int, at: str, like: torch.Tensor):
         cap = self._captured
         if at == "attn":
             terms = [self._term(layer, "s_res1", cap.get((layer, "x_in"))),
@@ -114,7 +118,9 @@ class ShortcutSet(nn.Module):
         else:
             terms = [self._term(layer, "s_res2", cap.get((layer, "f_in"))),
                      self._term(layer, "s_in", cap.get((layer, "x_in")))]
-        terms = [t for t in terms if t is not None]
+        # Some layers flatten tokens around the FFN (OPT: (B*T, d) inside, (B, T, d) outside),
+        # so a term computed from a value captured on the other side is reshaped to the target.
+        terms = [t if t.shape == like.shape else t.reshape(like.shape) for t in terms if t is not None]
         return sum(terms[1:], terms[0]) if terms else None
 
     def _install(self, model: nn.Module) -> None:
@@ -133,13 +139,13 @@ class ShortcutSet(nn.Module):
 
             def add_pre(at, i=i):
                 def hook(mod, args):
-                    extra = self._sum_terms(i, at)
+                    extra = self._sum_terms(i, at, args[0])
                     return None if extra is None else (args[0] + extra,) + args[1:]
                 return hook
 
             def add_post(at, i=i):
                 def hook(mod, args, out):
-                    extra = self._sum_terms(i, at)
+                    extra = self._sum_terms(i, at, out[0] if isinstance(out, tuple) else out)
                     return None if extra is None else _add_to_first(out, extra)
                 return hook
 
@@ -147,6 +153,10 @@ class ShortcutSet(nn.Module):
             h.append(layer.register_forward_pre_hook(capture_x, with_kwargs=True))
             f_mod = layer.get_submodule(spec.ffn_input)
             attn_site, ffn_site = layer.get_submodule(spec.attn_site), layer.get_submodule(spec.ffn_site)
+            # A site can be an adapted projection (OPT pre-LN: fc2).  Hook its frozen base layer,
+            # not the adapter: the base layer stays when merge_plan unwraps the adapter, and
+            # base(x) + extra + delta(x) is the same sum.
+            attn_site, ffn_site = _unwrap(attn_site), _unwrap(ffn_site)
             if post:
                 # Order matters on the attention LayerNorm: add to its input first, then
                 # capture its (shortcut-including) output as the FFN input.

@@ -89,7 +89,9 @@ class Adapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if self.enabled and not self.merged:
-            y = y + self.scale * self.delta(x.to(self.dtype))
+            d = self.delta(x.to(self.dtype))
+            # Most structured types run at scale 1: skip a full pass over the output then.
+            y = y + (d if self.scale == 1.0 else self.scale * d)
         return y
 
     @property

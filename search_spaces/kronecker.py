@@ -36,8 +36,10 @@ def kron_apply(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, d_out: int) ->
     r, p = A.shape
     lead = x.shape[:-1]
     X = pad_last(x.reshape(-1, x.shape[-1]), r * p).view(-1, r, p)
-    # (T, r, p) @ (p, r) -> (T, r, r) first: r·r·(p + q) flops per token, not 2·q·p·r.
-    Y = B @ (X @ A.T)  # (q, r) @ (T, r, r) -> (T, q, r)
+    # X Aᵀ first, as one (T·r, p) @ (p, r) GEMM: r·r·(p + q) flops per token, not 2·q·p·r.
+    Z = X @ A.T  # (T, r_j1, r_i2)
+    # Then B Z, as one (q, r) @ (r, T·r) GEMM (B shared by all tokens, not broadcast).
+    Y = torch.einsum("aj,tjb->tab", B, Z)  # (T, q, r)
     return Y.reshape(-1, B.shape[0] * r)[:, :d_out].reshape(*lead, d_out)
 
 

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Adapter, kaiming_uniform_
+from .lora import add_low_rank
 from .registry import register
+
+# Up to this N·r the forward uses the two dense factors below (a rank-N·r LoRA-shaped product);
+# above it, the block-wise bmm path of ``monarch_apply`` does fewer flops.  Measured on CPU
+# (d = 768, 4096 tokens, fwd+bwd): dense is faster at N·r = 32, even at 64, slower from 128.
+DENSE_MAX_RANK = 48
 
 
 def more_block_sizes(d_in: int, d_out: int, nblocks: int) -> tuple[int, int]:
@@ -41,6 +47,24 @@ def monarch_apply(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tenso
     # Step 5: out[s*n + l] = w[l, T, s]; truncate to d_out.
     out = w.permute(1, 2, 0).reshape(-1, q * n)[:, :d_out]
     return out.reshape(*lead, d_out)
+
+
+def monarch_factors(blkdiag1: torch.Tensor, blkdiag2: torch.Tensor, d_in: int, d_out: int):
+    """The Monarch product as two dense factors: M = M2 @ M1 with M1 (N·r, d_in), M2 (d_out, N·r).
+
+    M1 is the block diagonal of L1 (step 2; padded input columns dropped):
+    ``M1[k·r + j, k·p + i] = L1[k, j, i]``.  M2 folds steps 3-5 into one matrix: the middle
+    permutation sends v[a·N + l] to block l, the output interleave puts w_l[s] at s·N + l, so
+    ``M2[s·N + l, a·N + l] = L2[l, s, a]`` (rows truncated to d_out).  Both are built with
+    ``diag_embed`` (differentiable, no copies of activations).
+    """
+    n, r, p = blkdiag1.shape
+    q = blkdiag2.shape[1]
+    # (r, p, N)[j, i, k] -> (N, r, N, p)[k, j, k', i], zero unless k == k'
+    m1 = torch.diag_embed(blkdiag1.permute(1, 2, 0), dim1=0, dim2=2).reshape(n * r, n * p)
+    # (q, r, N)[s, a, l] -> (q, N, r, N)[s, l, a, l'], zero unless l == l'
+    m2 = torch.diag_embed(blkdiag2.permute(1, 2, 0), dim1=1, dim2=3).reshape(q * n, r * n)
+    return m1[:, :d_in], m2[:d_out]
 
 
 @register
@@ -86,6 +110,20 @@ class MoRe(Adapter):
 
     def delta(self, x):
         return monarch_apply(x, self.blkdiag1, self.blkdiag2, self.d_out)
+
+    def forward(self, x):
+        # MoRe has no scale (it is 1), so no multiply over the (tokens x d_out) update.
+        y = self.base(x)
+        if not self.enabled or self.merged:
+            return y
+        x = x.to(self.dtype)
+        n, r = self.blkdiag1.shape[:2]
+        if n * r > DENSE_MAX_RANK:
+            return y + monarch_apply(x, self.blkdiag1, self.blkdiag2, self.d_out).to(y.dtype)
+        # Same function as the block-wise path, as a rank-N·r product of two dense factors:
+        # two GEMMs and no permuted copies of the (tokens x d) activations.
+        m1, m2 = monarch_factors(self.blkdiag1, self.blkdiag2, self.d_in, self.d_out)
+        return add_low_rank(y, F.linear(x, m1), m2)
 
     def delta_weight(self):
         return self.dense_by_probe()

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", help="local GLUE folder with the original TSV layout")
     d.add_argument("--train-file")
     d.add_argument("--validation-file")
-    d.add_argument("--text-columns", nargs="+")
+    d.add_argument("--text-columns", help="one or two comma-separated text columns")
     d.add_argument("--label-column")
     d.add_argument("--max-train-samples", type=int)
     d.add_argument("--batch-size", type=int, default=16)

@@ -1,0 +1,60 @@
+"""Smoke tests of benchmarks/glue.py's pure parts (no model is loaded, nothing is trained)."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import glue  # noqa: E402
+from _glue_methods import SURM_CHOICES, Spec, match_peft_rank, peft_lora_params  # noqa: E402
+
+
+def _ctx():
+    """A MiniLM-shaped layout: 6 layers of q, k, v, o (384x384) and the FFN (384<->1536)."""
+    shapes = {"q": (384, 384), "k": (384, 384), "v": (384, 384), "o": (384, 384),
+              "ffn_up": (384, 1536), "ffn_down": (1536, 384)}
+    mods = [SimpleNamespace(name=f"l{i}.{r}", role=r, d_in=a, d_out=b, layer=i)
+            for i in range(6) for r, (a, b) in shapes.items()]
+    return SimpleNamespace(layout=SimpleNamespace(modules=mods))
+
+
+def test_peft_rank_matching():
+    ctx = _ctx()
+    assert peft_lora_params(ctx, 8, ("q", "v")) == 73_728  # + the 770-parameter head = 74,498
+    assert match_peft_rank(ctx, 4_224) == (1, "qv")  # below the smallest option: r=1
+    assert match_peft_rank(ctx, 18_432) == (2, "qv")  # qv r2 == attn r1: query,value wins
+    assert match_peft_rank(ctx, 73_000) == (8, "qv")
+    assert match_peft_rank(ctx, 74_000) == (8, "qv")  # qv r8 == attn r4 (73,728): query,value
+    assert match_peft_rank(ctx, 9_216 * 70) == (35, "attn")  # beyond query,value r64
+
+
+def test_spec_digest_is_the_content():
+    a = Spec("peft", "x", {"rank": 1, "targets": ["a"]}, {"note": 1})
+    b = Spec("peft", "y", {"targets": ["a"], "rank": 1}, {"note": 2})
+    assert a.digest == b.digest  # label and info are not identity
+    assert a.digest != Spec("peft", "x", {"rank": 2, "targets": ["a"]}).digest
+
+
+def test_pick_best_ties_and_failures():
+    runs = {("", 5e-4): {"score": 0.6, "metrics": {"loss": 0.5}},
+            ("", 2e-3): {"score": 0.6, "metrics": {"loss": 0.4}},
+            ("x", 2e-3): {"score": float("nan"), "metrics": {}}}
+    assert glue.pick_best(runs) == ("", 2e-3)  # tie on the metric: lower loss
+    runs[("", 2e-3)]["metrics"]["loss"] = 0.5
+    assert glue.pick_best(runs) == ("", 5e-4)  # full tie: lower lr
+
+
+def test_method_table_and_protocols():
+    methods = glue.make_methods()
+    names = [m.name for m in methods]
+    assert len(names) == len(set(names)) == 15
+    assert next(m for m in methods if m.name == "surm-best").variants == tuple(SURM_CHOICES)
+    for proto in (glue.FULL, glue.QUICK):
+        assert proto.phase_settings("rte", "select") != proto.phase_settings("rte", "final")
+    assert glue.FULL.train_rows["sst2"] == 8000 and len(glue.FULL.seeds) >= 2
+    assert glue._ms([0.5, 0.7]) == "60.0 ± 14.1" and glue._ms([float("nan")]) == "n/a"
+    assert math.isclose(glue.issue_step_time(128), glue.ISSUE_STEP_S)

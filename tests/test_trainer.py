@@ -1,0 +1,536 @@
+"""The trainer on tiny random models: static and dynamic runs, regression, causal-LM loss
+masking, resume == uninterrupted, merge, and the CLI's clear errors (exit code 2).
+
+The tiny models are saved with save_pretrained to a temporary folder together with a tiny
+BertTokenizerFast built from a vocabulary file written here; the helpers below are shared with
+tests/test_export.py and tests/test_data.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from nas import Plan, discover
+from nas.data import load_task
+from nas.trainer import NonFiniteLoss, TrainConfig, TrainResult, train
+
+# Tiny models: one intra-op thread is much faster than two on a shared, busy machine.
+torch.set_num_threads(1)
+
+WORDS = ("good great fine nice bad awful poor sad the a movie film plot actor was is very not "
+         "really quite what why answer question yes no").split()
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+POSITIVE = {"good", "great", "fine", "nice"}
+
+
+# ---- tiny models and data (shared) -----------------------------------------------------------
+def make_tokenizer(folder):
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(SPECIALS + WORDS) + "\n")
+    # transformers 5 takes the vocabulary as ``vocab`` (a dict or a vocab.txt path).
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(SPECIALS + WORDS)}, do_lower_case=True)
+    assert tok.tokenize("good movie") == ["good", "movie"]
+    return tok
+
+
+def make_tiny_bert(folder, seed: int = 0):
+    """A 2-layer BERT (hidden 32) without task head, saved with its tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    tok = make_tokenizer(folder)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_llama(folder, seed: int = 0):
+    """A 2-layer Llama (hidden 32) causal LM, saved with a tokenizer whose EOS is [SEP]."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer(folder)
+    tok.eos_token = "[SEP]"
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def sentence(rng: random.Random, n: int = 6) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def write_sentiment(path, n: int, seed: int = 0, sep: str = "\t", label=None):
+    """A TSV/CSV with 'sentence' and 'label' (1 when a positive word occurs)."""
+    rng = random.Random(seed)
+    lines = [f"sentence{sep}label"]
+    for _ in range(n):
+        s = sentence(rng, rng.randint(3, 9))
+        y = label(s) if label else int(any(w in POSITIVE for w in s.split()))
+        lines.append(f"{s}{sep}{y}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def lora_plan(model_dir, layout, roles=("q", "v"), rank=4, alpha=8.0, **fields) -> Plan:
+    modules = {m.name: {"type": "lora", "rank": rank, "alpha": alpha}
+               for m in layout.modules if m.role in roles}
+    plan = Plan(model={"name_or_path": str(model_dir)}, modules=modules, **fields)
+    plan.trainable_params = plan.count_params(layout)
+    return plan
+
+
+def bert_layout(model_dir):
+    from nas.models import load_model
+
+    return discover(load_model(str(model_dir), num_labels=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def sentiment(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sentiment")
+    return write_sentiment(d / "train.tsv", 96, seed=1), write_sentiment(d / "dev.tsv", 32, seed=2)
+
+
+@pytest.fixture(scope="session")
+def layout(tiny_bert):
+    return bert_layout(tiny_bert)
+
+
+def cfg_for(files, **kw) -> TrainConfig:
+    train_file, dev_file = files
+    base = dict(train_file=str(train_file), validation_file=str(dev_file), epochs=2, batch_size=16,
+                lr=5e-3, progress=False, max_length=32)
+    return TrainConfig(**{**base, **kw})
+
+
+# ---- static ----------------------------------------------------------------------------------
+def test_static_run_writes_everything(tiny_bert, layout, sentiment, tmp_path):
+    plan = lora_plan(tiny_bert, layout)
+    seen = []
+    out = tmp_path / "run"
+    res = train(plan, cfg_for(sentiment, output_dir=str(out), eval_every=3),
+                on_eval=lambda step, m: seen.append((step, m)))
+    assert isinstance(res, TrainResult)
+    assert res.steps == 12 and [h["step"] for h in res.history] == [3, 6, 9, 12]
+    assert [s for s, _ in seen] == [3, 6, 9, 12] and "accuracy" in seen[0][1]
+    assert res.main_metric == "accuracy" and res.score == res.metrics["accuracy"]
+    assert 0.0 <= res.score <= 1.0 and math.isfinite(res.metrics["loss"])
+    n_lora = sum(4 * (32 + 32) for m in layout.modules if m.role in ("q", "v"))
+    assert res.adapter_params == n_lora == plan.trainable_params
+    assert res.trainable_params == n_lora + 32 * 2 + 2  # + the classifier
+    assert res.step_time_s > 0 and res.peak_memory_bytes > 0 and res.enable_counts is None
+    for f in ("plan.json", "adapters.safetensors", "metrics.jsonl", "train.log", "checkpoint.pt",
+              "results.json", "config.json", "peft_adapter/adapter_config.json",
+              "peft_adapter/adapter_model.safetensors"):
+        assert (out / f).is_file(), f
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == [3, 6, 9, 12]
+    saved = Plan.load(out / "plan.json")
+    assert all(c["enabled"] for c in saved.modules.values())
+    assert saved.provenance["training"]["score"] == res.score
+    # The adapters were trained (B moved from zero) and are in the safetensors file.
+    from safetensors.torch import load_file
+
+    w = load_file(str(out / "adapters.safetensors"))
+    b = [v for k, v in w.items() if k.endswith("lora_B")]
+    assert len(b) == 4 and all(v.abs().sum() > 0 for v in b)
+    assert "classifier.weight" in w
+
+
+def test_on_eval_exception_propagates(tiny_bert, layout, sentiment):
+    class Pruned(Exception):
+        pass
+
+    def prune(step, metrics):
+        raise Pruned(step)
+
+    with pytest.raises(Pruned):
+        train(lora_plan(tiny_bert, layout), cfg_for(sentiment, eval_every=2), on_eval=prune)
+
+
+def test_non_finite_loss_raises(tiny_bert, layout, sentiment):
+    from nas.models import load_model
+
+    model = load_model(str(tiny_bert), num_labels=2)
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss) as e:
+        train(lora_plan(tiny_bert, layout), cfg_for(sentiment), model=model)
+    assert e.value.step == 1 and isinstance(e.value, RuntimeError)
+
+
+def test_given_model_and_data(tiny_bert, layout, sentiment):
+    """model= is adapted in place; data= (a holdout of train) is used as given."""
+    from nas import adapters
+    from nas.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_bert))
+    data = load_task(train_file=sentiment[0], validation_file=sentiment[1], tokenizer=tok, max_length=32)
+    held = data.holdout(0.25, seed=0)
+    model = load_model(str(tiny_bert), num_labels=2)
+    res = train(lora_plan(tiny_bert, layout), TrainConfig(epochs=1, batch_size=8, progress=False),
+                model=model, data=held)
+    assert len(adapters(model)) == 4
+    assert res.steps == math.ceil(72 / 8)
+    assert res.history[-1]["step"] == res.steps
+
+
+def test_from_plan_precedence(tiny_bert, layout):
+    plan = lora_plan(tiny_bert, layout, training={"lr": 1e-3, "epochs": 5, "learning_rate": None,
+                                                   "proxy": "snip"},
+                     task={"name": "mrpc", "data_dir": "/x", "max_train_samples": 10})
+    cfg = TrainConfig.from_plan(plan, epochs=2, lr=None, batch_size=4)
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.task, cfg.data_dir, cfg.max_train_samples) == \
+        (1e-3, 2, 4, "mrpc", "/x", 10)
+    with pytest.raises(TypeError):
+        TrainConfig.from_plan(plan, nonsense=1)
+    from nas import UserError
+
+    with pytest.raises(UserError, match="allocation"):
+        TrainConfig.from_plan(plan, allocation="sometimes")
+
+
+# ---- dynamic ---------------------------------------------------------------------------------
+def test_dynamic_allocation(tiny_bert, layout, sentiment, tmp_path):
+    roles = ("q", "k", "v", "o")
+    modules = {m.name: {"type": "lora", "rank": 4, "alpha": 8.0} for m in layout.modules if m.role in roles}
+    # Start with only the value projections on; the pool also holds q, k, o and 2 shortcuts.
+    for name, c in modules.items():
+        c["enabled"] = name.endswith("value")
+    shortcuts = {"0.s_res1": {"rank": 4, "alpha": 4.0}, "1.s_cut": {"rank": 4, "alpha": 4.0, "enabled": False}}
+    plan = Plan(model={"name_or_path": str(tiny_bert)}, modules=modules, shortcuts=shortcuts)
+    budget = 3 * 4 * 64  # three rank-4 modules (a shortcut is 2*4*32 = 256 params too)
+    plan.budget = {"params": budget}
+    out = tmp_path / "dyn"
+    res = train(plan, cfg_for(sentiment, allocation="dynamic", dynamic_every=0.34, epochs=2,
+                              output_dir=str(out)))
+    assert res.enable_counts is not None and set(res.enable_counts) == set(modules) | set(shortcuts)
+    assert res.adapter_params <= budget
+    report = json.loads((out / "enable_counts.json").read_text())
+    assert report["steps"] == res.steps == 12 and report["reallocations"] == 5
+    assert all(0 <= c <= res.steps for c in report["counts"].values())
+    # Each step had at most the budget switched on.
+    per_step = sum(c * report["candidates"][n]["params"] for n, c in report["counts"].items())
+    assert per_step <= budget * res.steps
+    assert (out / "enable_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    saved = Plan.load(out / "plan.json")
+    on = [n for n, c in saved.modules.items() if c["enabled"]] + \
+        [k for k, c in saved.shortcuts.items() if c.get("enabled", True)]
+    assert sum(report["candidates"][n]["params"] for n in on) == res.adapter_params
+    assert not (out / "peft_adapter").exists() or all(
+        not c.get("enabled", True) for c in saved.shortcuts.values())
+
+
+def test_dynamic_plan_over_budget_is_allocated_before_step_one(tiny_bert, layout, sentiment):
+    plan = lora_plan(tiny_bert, layout, roles=("q", "k", "v", "o"))  # 8 modules, all on
+    budget = 2 * 4 * 64
+    plan.budget = {"params": budget}
+    res = train(plan, cfg_for(sentiment, allocation="dynamic", epochs=1))
+    assert res.adapter_params <= budget
+    assert sum(res.enable_counts.values()) <= 2 * res.steps  # never more than 2 on at once
+
+
+def test_progress_bar(tiny_bert, layout, sentiment, capsys):
+    train(lora_plan(tiny_bert, layout), cfg_for(sentiment, progress=True, eval_every=2))
+    err = capsys.readouterr().err
+    assert "samples/s" in err and "loss=" in err and "lr=" in err
+    assert "step 2/12" in err  # evaluation lines go through tqdm.write
+    train(lora_plan(tiny_bert, layout), cfg_for(sentiment, progress=False, eval_every=2))
+    assert "samples/s" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("proxy", [None, "live-grad-norm"])
+def test_reallocation_keeps_weights_and_optimizer_state(tiny_bert, layout, sentiment, proxy):
+    from nas.dynamic import DynamicAllocator, select_within_budget
+    from nas.trainer import prepare
+
+    assert select_within_budget({"a": 3, "b": 2, "c": 1}, {"a": 5, "b": 4, "c": 1}, 6) == ["a", "c"]
+    plan = lora_plan(tiny_bert, layout, roles=("q", "v"))
+    plan.budget = {"params": 2 * 4 * 64}
+    tr = prepare(plan, cfg_for(sentiment, allocation="dynamic", dynamic_proxy=proxy))
+    alloc: DynamicAllocator = tr.allocator
+    assert alloc.score_name == (proxy or "proxies:" + __import__("proxies").DEFAULT_PROXY)
+    for _ in range(3):
+        tr.train_step()
+    before = {n: [p.detach().clone() for p in e.parameters()] for n, e in alloc.pool.items()}
+    state_ids = {id(p) for p in tr.optimizer.state}
+    info = alloc.reallocate(tr.scoring_batches(3), 3)
+    assert info["enabled"] == 2 and len(alloc.enabled_names()) == 2
+    assert set(info["scores"]) == set(alloc.pool) and all(v >= 0 for v in info["scores"].values())
+    for n, e in alloc.pool.items():  # scoring changed no weight
+        assert all(torch.equal(a, b) for a, b in zip(before[n], e.parameters()))
+    off = [n for n in alloc.pool if n not in alloc.enabled_names()]
+    tr.train_step()
+    for n in off:  # disabled: frozen, optimizer state kept
+        assert all(torch.equal(a, b) for a, b in zip(before[n], alloc.pool[n].parameters()))
+        assert all(id(p) in {id(q) for q in tr.optimizer.state} for p in alloc.pool[n].parameters())
+    assert {id(p) for p in tr.optimizer.state} >= state_ids
+
+
+# ---- regression --------------------------------------------------------------------------------
+def test_regression_task(tiny_bert, layout, tmp_path):
+    rng = random.Random(0)
+    for name, n in (("train.csv", 64), ("dev.csv", 24)):
+        rows = ["sentence1,sentence2,score"]
+        for _ in range(n):
+            a, b = sentence(rng), sentence(rng)
+            rows.append(f"{a},{b},{len(set(a.split()) & set(b.split())) / 1.5:.3f}")
+        (tmp_path / name).write_text("\n".join(rows) + "\n")
+    cfg = TrainConfig(train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "dev.csv"),
+                      epochs=1, batch_size=16, lr=5e-3, progress=False, max_length=32)
+    res = train(lora_plan(tiny_bert, layout), cfg)
+    assert res.main_metric == "pearson" and set(res.metrics) >= {"pearson", "spearman", "loss"}
+    assert all(math.isfinite(v) for v in res.metrics.values())
+    assert res.trainable_params == 4 * 4 * 64 + 32 + 1  # regression head: one output
+
+
+# ---- causal LM -----------------------------------------------------------------------------------
+def _write_instructions(path, n, seed):
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            f.write(json.dumps({"prompt": "question " + sentence(rng, rng.randint(2, 6)),
+                                "response": "answer " + sentence(rng, rng.randint(1, 4))}) + "\n")
+    return path
+
+
+def test_causal_lm_masks_prompt_and_padding(tiny_llama, tmp_path):
+    from nas.models import load_model, load_tokenizer
+
+    tr, dv = _write_instructions(tmp_path / "tr.jsonl", 24, 0), _write_instructions(tmp_path / "dv.jsonl", 8, 1)
+    tok = load_tokenizer(str(tiny_llama))
+    data = load_task(tokenizer=tok, train_file=tr, validation_file=dv, max_length=32)
+    assert data.task_type == "causal_lm" and data.main_metric == "token_accuracy"
+    row = json.loads(tr.read_text().splitlines()[0])
+    n_prompt = len(tok(row["prompt"], add_special_tokens=False)["input_ids"])
+    n_resp = len(tok(row["response"], add_special_tokens=False)["input_ids"])
+    ex = data.train[0]
+    assert ex["labels"][:n_prompt] == [-100] * n_prompt
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    assert len(ex["input_ids"]) == n_prompt + n_resp + 1 and ex["input_ids"][-1] == tok.eos_token_id
+    batch = data.collator()([data.train[i] for i in range(4)])
+    pad = batch["attention_mask"] == 0
+    assert pad.any() and (batch["labels"][pad] == -100).all()
+    assert (batch["labels"] != -100).sum() == sum(
+        sum(1 for y in data.train[i]["labels"] if y != -100) for i in range(4))
+    # The model's loss is the mean cross-entropy over the response tokens only.
+    model = load_model(str(tiny_llama), task_type="causal_lm")
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch)
+        logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
+        keep = labels != -100
+        manual = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    assert torch.allclose(out.loss, manual, atol=1e-5)
+    # And the trainer runs end to end on it.
+    layout = discover(model)
+    plan = lora_plan(tiny_llama, layout)
+    res = train(plan, TrainConfig(train_file=str(tr), validation_file=str(dv), epochs=1, batch_size=8,
+                                  lr=1e-2, progress=False, max_length=32), model=model, tokenizer=tok)
+    assert set(res.metrics) >= {"token_accuracy", "loss", "perplexity"}
+    assert math.isclose(res.metrics["perplexity"], math.exp(res.metrics["loss"]), rel_tol=1e-6)
+
+
+# ---- resume --------------------------------------------------------------------------------------
+def test_resume_equals_uninterrupted(tiny_bert, layout, sentiment, tmp_path):
+    from safetensors.torch import load_file
+
+    class Crash(Exception):
+        pass
+
+    plan = lora_plan(tiny_bert, layout, roles=("q", "v", "ffn_up"))
+    plan.shortcuts = {"1.s_in": {"rank": 4, "alpha": 4.0}}
+    kw = dict(epochs=2, eval_every=4, scheduler="cosine", warmup_ratio=0.2)
+    full = train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "full"), **kw))
+
+    def crash_at_8(step, metrics):
+        if step == 8:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "cut"), **kw), on_eval=crash_at_8)
+    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 8
+    resumed = train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "cut"), resume=True, **kw))
+    assert resumed.steps == full.steps == 12
+    assert resumed.history == full.history and resumed.metrics == full.metrics
+    a = load_file(str(tmp_path / "full" / "adapters.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "adapters.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [4, 8, 12]
+
+
+def test_resume_dynamic_equals_uninterrupted(tiny_bert, layout, sentiment, tmp_path):
+    """Dynamic allocation resumes too: enable state, counts and reallocation rounds."""
+    from safetensors.torch import load_file
+
+    class Crash(Exception):
+        pass
+
+    plan = lora_plan(tiny_bert, layout, roles=("q", "k", "v", "o"))
+    plan.budget = {"params": 3 * 4 * 64}
+    kw = dict(epochs=2, allocation="dynamic", dynamic_every=0.5, eval_every=5)
+    full = train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "full"), **kw))
+
+    def crash_at_5(step, metrics):
+        if step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "cut"), **kw), on_eval=crash_at_5)
+    resumed = train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "cut"), resume=True, **kw))
+    assert resumed.enable_counts == full.enable_counts
+    assert resumed.history == full.history
+    a = load_file(str(tmp_path / "full" / "adapters.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "adapters.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((tmp_path / "full" / "enable_counts.json").read_text())
+    rb = json.loads((tmp_path / "cut" / "enable_counts.json").read_text())
+    assert ra["rounds"] == rb["rounds"] and ra["counts"] == rb["counts"]
+
+
+def test_resume_refuses_other_settings(tiny_bert, layout, sentiment, tmp_path):
+    from nas import UserError
+
+    plan = lora_plan(tiny_bert, layout)
+    train(plan, cfg_for(sentiment, output_dir=str(tmp_path), epochs=1))
+    with pytest.raises(UserError, match="lr"):
+        train(plan, cfg_for(sentiment, output_dir=str(tmp_path), epochs=1, lr=1e-4, resume=True))
+
+
+# ---- merge ---------------------------------------------------------------------------------------
+def test_merge_writes_an_equivalent_model(tiny_bert, layout, sentiment, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from nas import apply_plan
+    from nas.export import load_trained
+
+    plan = lora_plan(tiny_bert, layout, roles=("q", "v", "ffn_down"))
+    plan.modules[next(iter(plan.modules))] = {"type": "more", "nblocks": 2, "rank": 2}
+    plan.shortcuts = {"1.s_res2": {"rank": 4, "alpha": 4.0}}
+    out = tmp_path / "m"
+    train(lora_plan(tiny_bert, layout), cfg_for(sentiment, output_dir=str(out), epochs=1))
+    assert (out / "peft_adapter").is_dir()  # an earlier pure-LoRA run in the same folder ...
+    res = train(plan, cfg_for(sentiment, output_dir=str(out), epochs=1, merge=True))
+    assert res.merge_report["not_foldable"] == ["shortcut 1.s_res2"]
+    assert (out / "merged" / "config.json").is_file() and (out / "merged" / "tokenizer.json").is_file()
+    assert not (out / "peft_adapter").exists()  # ... is gone: MoRe + a shortcut do not export
+    trained = load_trained(out)
+    merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()
+    residual = Plan.load(out / "merged" / "residual_plan.json")
+    apply_plan(merged, residual)
+    merged.load_state_dict(load_file(str(out / "merged" / "residual.safetensors")), strict=False)
+    batch = {"input_ids": torch.tensor([[2, 7, 9, 12, 3], [2, 5, 6, 3, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])}
+    with torch.no_grad():
+        assert torch.allclose(trained(**batch).logits, merged(**batch).logits, atol=1e-5)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+def _cli(args, capsys):
+    from nas.cli.train import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr()
+
+
+def _plan_file(tmp_path, plan: Plan):
+    p = tmp_path / "plan.json"
+    plan.save(p)
+    return p
+
+
+def test_cli_trains(tiny_bert, layout, sentiment, tmp_path, capsys):
+    p = _plan_file(tmp_path, lora_plan(tiny_bert, layout, training={"epochs": 1, "batch_size": 32}))
+    code, cap = _cli(["--plan", p, "--train-file", sentiment[0], "--validation-file", sentiment[1],
+                      "--output-dir", tmp_path / "out", "--lr", "0.005", "--max-length", "32"], capsys)
+    assert code == 0, cap.err
+    summary = json.loads(cap.out.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["main_metric"] == "accuracy"
+    assert (tmp_path / "out" / "adapters.safetensors").is_file()
+
+
+def test_cli_merge_reports_what_was_not_folded(tiny_bert, layout, sentiment, tmp_path, capsys):
+    plan = lora_plan(tiny_bert, layout, training={"epochs": 1, "batch_size": 48},
+                     shortcuts={"0.s_res1": {"rank": 2}})
+    p = _plan_file(tmp_path, plan)
+    code, cap = _cli(["--plan", p, "--train-file", sentiment[0], "--validation-file", sentiment[1],
+                      "--output-dir", tmp_path / "out", "--merge", "--no-progress", "--max-length", "32",
+                      "--allocation", "static"], capsys)
+    assert code == 0, cap.err
+    assert "not foldable" in cap.err and "shortcut 0.s_res1" in cap.err
+    summary = json.loads(cap.out.strip().splitlines()[-1])
+    assert summary["merge_report"]["merged"] and summary["peft_dir"] is None
+
+
+def test_cli_missing_column(tiny_bert, layout, sentiment, tmp_path, capsys):
+    p = _plan_file(tmp_path, lora_plan(tiny_bert, layout))
+    code, cap = _cli(["--plan", p, "--train-file", sentiment[0], "--validation-file", sentiment[1],
+                      "--text-columns", "review", "--output-dir", tmp_path / "o"], capsys)
+    assert code == 2
+    assert "review" in cap.err and "available columns: ['sentence', 'label']" in cap.err
+    assert "Traceback" not in cap.err and len(cap.err.strip().splitlines()) == 1
+    code, cap = _cli(["--plan", p, "--train-file", sentiment[0], "--label-column", "stars",
+                      "--output-dir", tmp_path / "o"], capsys)
+    assert code == 2 and "stars" in cap.err and "available columns" in cap.err
+
+
+def test_cli_labels_do_not_fit_the_head(tiny_bert, layout, tmp_path, capsys):
+    tr = write_sentiment(tmp_path / "tr.tsv", 20, label=lambda s: len(s.split()) % 4)  # labels 0..3
+    p = _plan_file(tmp_path, lora_plan(tiny_bert, layout, task={"num_labels": 2}))
+    code, cap = _cli(["--plan", p, "--train-file", tr, "--output-dir", tmp_path / "o"], capsys)
+    assert code == 2 and "do not fit a classification head with 2 labels" in cap.err
+    assert "Traceback" not in cap.err
+
+
+def test_cli_plan_for_another_model(tiny_bert, sentiment, tmp_path, capsys):
+    plan = Plan(model={"name_or_path": str(tiny_bert)},
+                modules={"model.layers.0.self_attn.q_proj": {"type": "lora", "rank": 4}})
+    p = _plan_file(tmp_path, plan)
+    code, cap = _cli(["--plan", p, "--train-file", sentiment[0], "--output-dir", tmp_path / "o"], capsys)
+    assert code == 2
+    assert "model.layers.0.self_attn.q_proj" in cap.err and "not an adaptable module" in cap.err
+    assert "Traceback" not in cap.err
+
+
+def test_cli_corrupt_plan(tmp_path, capsys):
+    p = tmp_path / "plan.json"
+    p.write_text('{"schema_version": 1, "model": {"name_or_path": "x"}, "modules": {')
+    code, cap = _cli(["--plan", p], capsys)
+    assert code == 2 and "not valid JSON" in cap.err and "Traceback" not in cap.err
+    code, cap = _cli(["--plan", tmp_path / "missing.json"], capsys)
+    assert code == 2 and "does not exist" in cap.err
+
+
+def test_cli_bad_flag_values(tiny_bert, layout, tmp_path, capsys):
+    p = _plan_file(tmp_path, lora_plan(tiny_bert, layout))
+    code, cap = _cli(["--plan", p, "--epochs", "-1"], capsys)
+    assert code == 2 and "epochs" in cap.err
+    code, cap = _cli(["--plan", p, "--batch-size", "0"], capsys)
+    assert code == 2 and "batch_size" in cap.err
