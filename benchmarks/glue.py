@@ -36,6 +36,7 @@ Protocol (the constants are FULL and QUICK below, and are repeated in the report
     python benchmarks/glue.py --estimate-only # just the estimate
     python benchmarks/glue.py --report-only   # tables/plot from the runs saved so far
     python benchmarks/glue.py --device cuda --full   # GPU: 3 seeds, full SST-2 train set
+                                              # (-> glue_full-sst2all-cuda.*, glue_runs/full-sst2all-cuda/)
 
 Writes benchmarks/results/glue.csv (one row per run, lr-selection runs with phase=select),
 glue.md (mean +- std per task x method, with the protocol, date and machine) and
@@ -69,7 +70,10 @@ DATA_DIR = "/work/shared/data/glue"
 RESULTS = ROOT / "benchmarks" / "results"
 
 # ---- the protocol ---------------------------------------------------------------------------
-# Sized for ~2.5 h on 2 free CPU cores at the step time (see estimate() and glue.md).
+# Sized at the step time (0.1-0.2 s/step on 2 free cores): ~1.6 h estimated, headroom for
+# the slower adapters and the evaluations within the 2.5 h target.  NB: on the 2-core AMD EPYC
+# dev VM a LoRA step costs ~26 ms per padded token of CPU time (1 thread, 2026-11), i.e. several
+# times the figure for RTE/MRPC-length batches; `--estimate-only` times it on the machine.
 FULL = Protocol(
     name="full",
     tasks=("rte", "mrpc", "cola", "sst2"),
@@ -662,9 +666,9 @@ def main(argv=None) -> int:
     hf_logging.disable_progress_bar()
     proto = QUICK if args.quick else FULL
     if args.full:
-        proto = replace(proto, name=f"{proto.name}-fullsst2", train_rows={})
-    if args.device and args.device.startswith("cuda") and not args.seeds:
-        proto = replace(proto, seeds=(0, 1, 2))
+        proto = replace(proto, name=f"{proto.name}-sst2all", train_rows={})
+    if args.device and args.device.startswith("cuda"):  # own runs and reports: timings differ
+        proto = replace(proto, name=f"{proto.name}-cuda", seeds=proto.seeds if args.quick else (0, 1, 2))
     if args.seeds:
         proto = replace(proto, seeds=tuple(args.seeds))
     if args.tasks:
