@@ -66,11 +66,13 @@ class Protocol:
     search_trials: int
     search_steps: int
     search_evals: int
+    search_timeout_s: float | None = None  # wall-clock limit of a search's trial stage
     final_max_steps: int | None = None  # (quick) cap the final runs
     eval_rows: int | None = None  # (quick) dev subset; None: the full dev set
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
     scheduler: str = "linear"
+    group_by_length: bool = True  # batches of similar lengths, for every method (and the search)
 
     def data_settings(self, task: str) -> dict[str, Any]:
         return {"task": task, "rows": self.train_rows.get(task), "max_length": self.max_length,
@@ -78,7 +80,8 @@ class Protocol:
 
     def phase_settings(self, task: str, phase: str) -> dict[str, Any]:
         common = {**self.data_settings(task), "batch_size": self.batch_size,
-                  "warmup": self.warmup_ratio, "wd": self.weight_decay, "sched": self.scheduler}
+                  "warmup": self.warmup_ratio, "wd": self.weight_decay, "sched": self.scheduler,
+                  "group_by_length": self.group_by_length}
         if phase == "select":
             return {**common, "holdout": self.holdout, "steps": self.select_steps,
                     "holdout_rows": self.select_eval_rows}
@@ -87,7 +90,9 @@ class Protocol:
     def search_settings(self, task: str) -> dict[str, Any]:
         return {**self.data_settings(task), "batch_size": self.batch_size, "holdout": self.holdout,
                 "holdout_rows": self.select_eval_rows, "trials": self.search_trials,
-                "steps": self.search_steps, "evals": self.search_evals, "epochs": self.epochs}
+                "steps": self.search_steps, "evals": self.search_evals, "epochs": self.epochs,
+                "group_by_length": self.group_by_length,
+                **({"timeout_s": self.search_timeout_s} if self.search_timeout_s else {})}
 
 
 @dataclass
@@ -322,6 +327,7 @@ def run_or_load_search(ctx: TaskCtx, budget: str) -> dict[str, Any]:
     p = ctx.proto
     cfg = SearchConfig(task=ctx.task, budget=budget, output_dir=str(out), n_trials=p.search_trials,
                        trial_steps=p.search_steps, n_evals=p.search_evals, holdout=p.holdout,
+                       timeout_s=p.search_timeout_s, group_by_length=p.group_by_length,
                        max_eval_samples=p.select_eval_rows, batch_size=p.batch_size,
                        max_length=p.max_length, epochs=p.epochs, seed=0, progress=False,
                        resume=True, data_dir=ctx.data_dir)
@@ -417,6 +423,7 @@ def train_config(spec: Spec, proto: Protocol, *, lr: float, seed: int, select: b
         weight_decay=proto.weight_decay, scheduler=proto.scheduler,
         allocation=spec.payload.get("allocation", "static"),
         dynamic_proxy=spec.payload.get("dynamic_proxy"), progress=False, device=device,
+        group_by_length=proto.group_by_length,
         export_peft=False)
 
 

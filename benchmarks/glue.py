@@ -20,7 +20,7 @@ Methods (benchmarks/_glue_methods.py, ``make_methods``; name -> a builder of wha
 Protocol (the constants are FULL and QUICK below, and are repeated in the report):
   * data: /work/shared/data/glue; SST-2 on a fixed 8,000-row training subset (data seed 0), MRPC,
     CoLA, RTE on their full train sets; every dev set in full.  Max length 128, batch 16,
-    dynamic padding, AdamW, linear schedule with 6% warmup, no weight decay, grad-clip 1.
+    dynamic padding, batches grouped by length (transformers' rule), AdamW, linear schedule with 6% warmup, no weight decay, grad-clip 1.
   * lr: every method's lr (and SURM's kind) is picked from LR_GRID on a held-out 20% of TRAIN
     (TaskData.holdout, seed 0; the part the search holds out too): one short run per (variant,
     lr) with seed 0 on the other 80%, scored on <= 400 held-out rows (main metric, ties: lower
@@ -96,6 +96,15 @@ QUICK = replace(
     FULL, name="quick", tasks=("mrpc",), seeds=(0,), max_length=64, select_steps=4,
     select_eval_rows=64, final_max_steps=12, eval_rows=128, search_trials=2, search_steps=6,
 )
+# Issue #5's check of the main job: a ~15-minute more-search on real MRPC (trial stage capped at
+# 13 min; the proxy stage and the last running trial make up the rest), its plan trained in full
+# (3 epochs, 3 seeds) next to PEFT LoRA r=8 on query,value and PEFT LoRA at the plan's size.
+SEARCH15 = replace(
+    FULL, name="search15", tasks=("mrpc",), seeds=(0, 1, 2), epochs=3.0, budgets=("0.1%",),
+    search_trials=1000, search_steps=120, search_evals=3, search_timeout_s=13 * 60,
+)
+PROTOCOLS = {"full": FULL, "quick": QUICK, "search15": SEARCH15}
+PROTOCOL_METHODS = {"search15": ("peft-lora-r8", "more-search@0.1%", "peft-lora@0.1%")}
 
 # ---- the time model (estimate only) ---------------------------------------------------------
 ISSUE_STEP_S = 0.15  # the issue's "0.1-0.2 s per step of batch 16 / max_len 128 on 2 free cores"
@@ -242,6 +251,17 @@ class Bench:
             out += [("final", task, m.name, "", None, s) for m in self.methods for s in self.proto.seeds]
         return out
 
+    def done(self, job: tuple) -> bool:
+        """Whether a search or selection job's result is saved (finals: whether they exist)."""
+        phase, task, name, variant, lr, seed = job
+        m = self.method(name)
+        if phase == "search":
+            return self._search_done(task, m)
+        if phase == "select":
+            spec = self.spec(task, m, variant, build=False)
+            return spec is not None and self.run(task, "select", spec, lr, seed, False)[0] is not None
+        return self.final(task, m, seed, run_missing=False)[0] is not None
+
     def execute(self, job: tuple) -> str | None:
         phase, task, name, variant, lr, seed = job
         m = self.method(name)
@@ -325,11 +345,15 @@ def _row(rec: dict, m: Method, variant: str, picked: bool, holdout: float | None
 
 
 # ---- estimate -----------------------------------------------------------------------------------
-def mean_padded_length(data, batch_size: int, seed: int = 0) -> float:
+def mean_padded_length(data, batch_size: int, grouped: bool, seed: int = 0) -> float:
     import numpy as np
+
+    from nas.trainer import group_by_length
 
     lens = np.array([len(x) for x in data.train["input_ids"]])
     perm = np.random.default_rng(seed).permutation(len(lens))
+    if grouped:
+        perm = np.array(group_by_length(perm.tolist(), lens.tolist(), batch_size))
     return float(np.mean([lens[perm[i:i + batch_size]].max() for i in range(0, len(lens), batch_size)]))
 
 
@@ -340,7 +364,7 @@ def estimate(bench: Bench, step_time) -> dict[str, dict[str, float]]:
     out = {}
     for task in p.tasks:
         ctx = bench.ctx(task)
-        t = step_time(mean_padded_length(ctx.data, p.batch_size))
+        t = step_time(mean_padded_length(ctx.data, p.batch_size, p.group_by_length))
         t_long = step_time(min(p.max_length, max(len(x) for x in ctx.data.train["input_ids"])))
         bs = p.batch_size
         spe = math.ceil(len(ctx.data.train) / bs)
@@ -353,8 +377,10 @@ def estimate(bench: Bench, step_time) -> dict[str, dict[str, float]]:
             row["select"] += len(m.variants) * len(p.lr_grid) * (m.cost * p.select_steps * t + held + PREP_S)
             row["final"] += len(p.seeds) * (m.cost * steps * t + n_evals * dev + PREP_S) + 4 * t_long + 2
             if m.family == "search":
-                row["search"] += (SEARCH_SETUP_S + 4 * 3 * t + p.search_trials
-                                  * (m.cost * p.search_steps * t + p.search_evals * held + PREP_S))
+                trials = p.search_trials * (m.cost * p.search_steps * t + p.search_evals * held + PREP_S)
+                if p.search_timeout_s:
+                    trials = min(trials, p.search_timeout_s + m.cost * p.search_steps * t)
+                row["search"] += SEARCH_SETUP_S + 4 * 3 * t + trials
         out[task] = row
     return out
 
@@ -484,7 +510,9 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
     wall = sum(r["wall_s"] or 0 for r in rows if r.get("wall_s"))
     searches = {(r["task"], r["method"]): r["search_time_s"] for r in rows if r.get("search_time_s")}
     lines = [
-        f"# GLUE on the packaged MiniLM: every method, one protocol{' (QUICK mode: a check of the script, not results)' if p.name == 'quick' else ''}",
+        f"# GLUE on the packaged MiniLM: every method, one protocol"
+        + {"quick": " (QUICK mode: a check of the script, not results)",
+           "search15": " (issue #5: a 15-minute more-search vs PEFT LoRA)"}.get(p.name, ""),
         "",
         f"- date: {datetime.date.today().isoformat()}; machine: {_machine(bench.device)}; torch {torch.__version__} "
         f"({bench.threads} thread(s)), transformers {transformers.__version__}, peft {peft.__version__}; "
@@ -502,7 +530,8 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
         + " (SST-2: a fixed subset, data seed 0); dev rows: " + ", ".join(
             f"{TASK_LABEL.get(t, t)} {len(bench.ctx(t).data.eval):,}" for t in tasks)
         + (" (a dev subset)" if p.eval_rows else " (the full dev sets)") + ".",
-        f"- training, the same for every method: max length {p.max_length} (dynamic padding), batch {p.batch_size}, "
+        f"- training, the same for every method: max length {p.max_length} (dynamic padding"
+        + (", batches grouped by length" if p.group_by_length else "") + f"), batch {p.batch_size}, "
         f"{p.epochs:g} epoch(s)" + (f" capped at {p.final_max_steps} steps" if p.final_max_steps else "")
         + f", AdamW, {p.scheduler} schedule, warmup {p.warmup_ratio:.0%}, weight decay {p.weight_decay:g}, "
         f"grad-clip 1.0; seeds {', '.join(map(str, p.seeds))} (head init, data order, dropout); "
@@ -514,7 +543,9 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
         f"picked together with the lr the same way. Dev never chooses anything.",
         f"- more-search: run_search per task and budget ({', '.join(p.budgets)} of the model's "
         f"{bench.ctx(tasks[0]).base_params if tasks else 0:,} parameters), default space and proxy, "
-        f"{p.search_trials} trials x {p.search_steps} steps, {p.search_evals} evaluations per trial, Hyperband, "
+        + (f"trials of {p.search_steps} steps until {p.search_timeout_s / 60:g} min of trial stage, "
+           if p.search_timeout_s else f"{p.search_trials} trials x {p.search_steps} steps, ")
+        + f"{p.search_evals} evaluations per trial, Hyperband, "
         f"trials scored on the same held-out TRAIN rows; search seed 0, so one plan per task and budget, "
         f"trained with every seed. 'search s' is the search's wall time.",
         "- HeteroLoRA: the pool is SPACES['heterolora'] (r=8 LoRA on every projection + the 4 shortcuts); "
@@ -639,7 +670,10 @@ def pick_threads(requested: int | None) -> tuple[int, str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="check the script: MRPC, 1 seed, a few steps")
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="full",
+                    help="full (issue #6's table), quick (checks the script: MRPC, 1 seed, a few "
+                         "steps) or search15 (issue #5: a 15-min search on MRPC vs PEFT, 3 seeds)")
+    ap.add_argument("--quick", action="store_true", help="the same as --protocol quick")
     ap.add_argument("--full", action="store_true", help="the full SST-2 training set (for a GPU run)")
     ap.add_argument("--device", default=None, help="TrainConfig.device: cpu, cuda (3 seeds by default)")
     ap.add_argument("--seeds", type=int, nargs="+")
@@ -649,6 +683,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runs-dir", help="per-run JSONs (default benchmarks/results/glue_runs[/<protocol>])")
     ap.add_argument("--out", help="report prefix (default benchmarks/results/glue or glue_quick)")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores, 1 on a busy machine)")
+    ap.add_argument("--shard", metavar="K/N",
+                    help="run every N-th final run from the K-th (0-based), e.g. two processes with "
+                         "--threads 1 --shard 0/2 and --shard 1/2; shards other than 0 need the "
+                         "searches and lr selections done (run shard 0 first until its finals begin)")
     ap.add_argument("--estimate-only", action="store_true")
     ap.add_argument("--no-calibrate", action="store_true", help="skip timing a few steps for the estimate")
     ap.add_argument("--report-only", action="store_true", help="write the reports from the saved runs")
@@ -664,7 +702,7 @@ def main(argv=None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    proto = QUICK if args.quick else FULL
+    proto = QUICK if args.quick else PROTOCOLS[args.protocol]
     if args.full:
         proto = replace(proto, name=f"{proto.name}-sst2all", train_rows={})
     if args.device and args.device.startswith("cuda"):  # own runs and reports: timings differ
@@ -677,6 +715,8 @@ def main(argv=None) -> int:
             ap.error(f"tasks {sorted(bad)} are not in the protocol {list(proto.tasks)}")
         proto = replace(proto, tasks=tuple(t for t in proto.tasks if t in args.tasks))
     methods = make_methods(proto.budgets)
+    if proto.name in PROTOCOL_METHODS:
+        methods = [m for m in methods if m.name in PROTOCOL_METHODS[proto.name]]
     if args.methods:
         known = {m.name for m in methods}
         bad = set(args.methods) - known
@@ -704,6 +744,17 @@ def main(argv=None) -> int:
     if args.estimate_only:
         return 0
     jobs = bench.jobs()
+    if args.shard:
+        try:
+            k, n = map(int, args.shard.split("/"))
+            assert 0 <= k < n
+        except (ValueError, AssertionError):
+            ap.error(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 0/2")
+        before = [j for j in jobs if j[0] != "final"]
+        if k and not all(bench.done(j) for j in before):
+            ap.error(f"--shard {args.shard}: searches or lr selections are not finished yet; "
+                     f"run --shard 0/{n} first until its final runs begin")
+        jobs = before + [j for j in jobs if j[0] == "final"][k::n]
     bar = tqdm(jobs, desc="runs", unit="run", dynamic_ncols=True)
     try:
         for job in bar:

@@ -55,6 +55,7 @@ class SearchConfig:
     holdout: float = 0.2  # part of train used to score trials
     max_train_samples: int | None = None
     max_eval_samples: int | None = 400
+    group_by_length: bool = True  # trials batch rows of similar lengths: faster, as fair to all
     proxy_batches: int = 4
     batch_size: int = 16
     max_length: int = 128
@@ -325,7 +326,7 @@ class Search:
         tcfg = TrainConfig.from_plan(
             plan, max_steps=steps, eval_every=eval_every, seed=cfg.seed, lr=params["lr"],
             batch_size=cfg.batch_size, max_length=cfg.max_length, allocation=cfg.allocation,
-            output_dir=None, progress=False,
+            output_dir=None, progress=False, group_by_length=cfg.group_by_length,
         )
         rung = {"i": 0}
 

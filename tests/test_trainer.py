@@ -356,7 +356,8 @@ def test_causal_lm_masks_prompt_and_padding(tiny_llama, tmp_path):
 
 
 # ---- resume --------------------------------------------------------------------------------------
-def test_resume_equals_uninterrupted(tiny_bert, layout, sentiment, tmp_path):
+@pytest.mark.parametrize("group", [False, True])
+def test_resume_equals_uninterrupted(tiny_bert, layout, sentiment, tmp_path, group):
     from safetensors.torch import load_file
 
     class Crash(Exception):
@@ -364,7 +365,7 @@ def test_resume_equals_uninterrupted(tiny_bert, layout, sentiment, tmp_path):
 
     plan = lora_plan(tiny_bert, layout, roles=("q", "v", "ffn_up"))
     plan.shortcuts = {"1.s_in": {"rank": 4, "alpha": 4.0}}
-    kw = dict(epochs=2, eval_every=4, scheduler="cosine", warmup_ratio=0.2)
+    kw = dict(epochs=2, eval_every=4, scheduler="cosine", warmup_ratio=0.2, group_by_length=group)
     full = train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "full"), **kw))
 
     def crash_at_8(step, metrics):
@@ -534,3 +535,62 @@ def test_cli_bad_flag_values(tiny_bert, layout, tmp_path, capsys):
     assert code == 2 and "epochs" in cap.err
     code, cap = _cli(["--plan", p, "--batch-size", "0"], capsys)
     assert code == 2 and "batch_size" in cap.err
+
+
+# ---- batching and evaluation order -------------------------------------------------------------
+def test_group_by_length_is_a_shuffle_with_little_padding():
+    from nas.trainer import group_by_length
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 120, size=1000).tolist()
+    perm = rng.permutation(1000).tolist()
+    grouped = group_by_length(perm, lengths, batch_size=16)
+    assert sorted(grouped) == list(range(1000))  # every row once
+    mega = 16 * (1000 // (16 * 4))  # 15 batches: fewer than 50 when the data is small
+    for k in range(0, 1000, mega):  # rows only move within their mega-batch
+        assert set(grouped[k:k + mega]) == set(perm[k:k + mega])
+    assert set(grouped[:mega + 16]) != set(perm[:mega + 16])
+
+    def padded(order):
+        return np.mean([max(lengths[i] for i in order[k:k + 16]) for k in range(0, 1000, 16)])
+    assert padded(grouped) < 0.75 * padded(perm)
+    assert grouped != group_by_length(rng.permutation(1000).tolist(), lengths, 16)
+
+
+def test_group_by_length_trainer_batches(tiny_bert, layout, sentiment):
+    """Same seed, same batches; every row once per epoch; batches of similar lengths."""
+    from nas.trainer import prepare
+
+    plan = lora_plan(tiny_bert, layout)
+    a = prepare(plan, cfg_for(sentiment, group_by_length=True, batch_size=8))
+    b = prepare(plan, cfg_for(sentiment, group_by_length=True, batch_size=8))
+    plain = prepare(plan, cfg_for(sentiment, batch_size=8))
+    spe = a.steps_per_epoch
+    epoch = [a.batch_indices(s) for s in range(spe)]
+    assert epoch == [b.batch_indices(s) for s in range(spe)]
+    assert sorted(i for batch in epoch for i in batch) == list(range(a.n_train))
+    lengths = [len(x) for x in a.data.train["input_ids"]]
+
+    def spread(batches):
+        return np.mean([max(lengths[i] for i in bt) - min(lengths[i] for i in bt) for bt in batches])
+    assert spread(epoch) < spread([plain.batch_indices(s) for s in range(spe)])
+
+
+def test_evaluation_equals_row_by_row(tiny_bert, layout, sentiment):
+    """Evaluation batches rows sorted by length; the metrics are those of each row alone."""
+    from nas.trainer import prepare
+
+    tr = prepare(lora_plan(tiny_bert, layout), cfg_for(sentiment, batch_size=8))
+    for _ in range(3):
+        tr.train_step()
+    got = tr.evaluate()
+    tr.model.eval()
+    correct, losses = 0, []
+    with torch.no_grad():
+        for i in range(len(tr.data.eval)):
+            out = tr.model(**tr.make_batch(tr.data.eval, [i]))
+            correct += int(out.logits.argmax(-1).item() == tr.data.eval[i]["labels"])
+            losses.append(float(out.loss))
+    assert got["accuracy"] == correct / len(tr.data.eval)
+    assert got["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+    assert tr._eval_order(tr.data.eval) != list(range(len(tr.data.eval)))  # the order did change

@@ -96,7 +96,7 @@ def _main(argv=None) -> int:
         res.plan.save(plan_copy)
     plan_path = plan_copy or res.plan_path
     print(f"plan: {plan_path} ({res.plan.trainable_params:,} trainable parameters, "
-          f"held-out {res.plan.provenance.get('objective', 'score')} {res.best_value:.4f})")
+          f"{res.plan.provenance.get('objective', 'held-out score')} {res.best_value:.4f})")
     print(f"report: {out / 'report.md'}  plots: {out / 'pareto.png'}, {out / 'allocation.png'}")
     print(f"next: more-train --plan {plan_path}")
     return 0
