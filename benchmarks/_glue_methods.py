@@ -73,6 +73,13 @@ class Protocol:
     weight_decay: float = 0.0
     scheduler: str = "linear"
     group_by_length: bool = True  # batches of similar lengths, for every method (and the search)
+    # The task whose held-out TRAIN picks each method's lr (and variant) for every task; None: each
+    # task picks its own.  One cheap task keeps selection affordable where long-sequence tasks
+    # (RTE, MRPC) would cost more to select on than to train.
+    select_task: str | None = None
+
+    def selection_task(self, task: str) -> str:
+        return self.select_task or task
 
     def data_settings(self, task: str) -> dict[str, Any]:
         return {"task": task, "rows": self.train_rows.get(task), "max_length": self.max_length,

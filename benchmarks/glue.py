@@ -18,13 +18,15 @@ Methods (benchmarks/_glue_methods.py, ``make_methods``; name -> a builder of wha
                        projections) whose size is closest to the more-search@B plan's
 
 Protocol (the constants are FULL and QUICK below, and are repeated in the report):
-  * data: /work/shared/data/glue; SST-2 on a fixed 8,000-row training subset (data seed 0), MRPC,
-    CoLA, RTE on their full train sets; every dev set in full.  Max length 128, batch 16,
-    dynamic padding, batches grouped by length (transformers' rule), AdamW, linear schedule with 6% warmup, no weight decay, grad-clip 1.
+  * data: /work/shared/data/glue; fixed training subsets (data seed 0): SST-2 8,000 rows, CoLA
+    2,000, MRPC 1,000, RTE 600 (what 2.5 h of 2 CPU cores affords; see FULL); every dev set in
+    full.  Max length 128, batch 16, dynamic padding, batches grouped by length (transformers'
+    rule), AdamW, linear schedule with 6% warmup, no weight decay, grad-clip 1.
   * lr: every method's lr (and SURM's kind) is picked from LR_GRID on a held-out 20% of TRAIN
     (TaskData.holdout, seed 0; the part the search holds out too): one short run per (variant,
     lr) with seed 0 on the other 80%, scored on <= 400 held-out rows (main metric, ties: lower
-    held-out loss).  Dev is never used to choose anything.
+    held-out loss).  FULL picks once per method on SST-2 and uses it for every task
+    (Protocol.select_task); SEARCH15 and QUICK pick on their own task.  Dev never chooses anything.
   * final: the picked lr, trained on the whole training subset for EPOCHS epochs, evaluated on
     dev; SEEDS seeds (data order, dropout and head init); mean +- std over seeds.
   * everything resumable: each finished run is saved atomically as its own JSON under
@@ -70,37 +72,42 @@ DATA_DIR = "/work/shared/data/glue"
 RESULTS = ROOT / "benchmarks" / "results"
 
 # ---- the protocol ---------------------------------------------------------------------------
-# Sized at the issue's step time (0.1-0.2 s/step on 2 free cores): ~1.6 h estimated, headroom for
-# the slower adapters and the evaluations within the 2.5 h target.  NB: on the 2-core AMD EPYC
-# dev VM a LoRA step costs ~26 ms per padded token of CPU time (1 thread, 2026-11), i.e. several
-# times the issue's figure for RTE/MRPC-length batches; `--estimate-only` times it on the machine.
+# Sized to ~2.5 h on 2 free cores at the measured step cost (12.7 ms per padded token at batch 16,
+# 2 threads, AMD EPYC dev VM, 2026-11; `--ms-per-token 12.7 --estimate-only` reprints it): 15
+# methods x 2 seeds x 4 tasks is 120 final runs, ~75 s each.  SST-2 keeps the issue's 8,000 rows
+# (short sentences: 500 steps are cheap); the long-sequence tasks get subsets (an RTE step costs
+# 5x an SST-2 step), and every method's lr is picked once, on SST-2's held-out train, since
+# selecting on RTE/MRPC would cost more than training on them.
 FULL = Protocol(
     name="full",
     tasks=("rte", "mrpc", "cola", "sst2"),
     seeds=(0, 1),
-    epochs=1.0,  # RTE 156, MRPC 230, CoLA 535, SST-2 500 optimizer steps
+    epochs=1.0,  # RTE 38, MRPC 63, CoLA 125, SST-2 500 optimizer steps
     lr_grid=(5e-4, 2e-3),
     batch_size=16,
     max_length=128,
-    train_rows={"sst2": 8000},
+    train_rows={"sst2": 8000, "cola": 2000, "mrpc": 1000, "rte": 600},
     holdout=0.2,
-    select_steps=100,
+    select_steps=80,
     select_eval_rows=400,
     budgets=BUDGETS,
     search_trials=4,  # the proxy plan, its LoRA-preferred variant, then 2 TPE trials
-    search_steps=40,
+    search_steps=30,
     search_evals=2,
+    select_task="sst2",
 )
 # Checks the script itself (one task, one seed, a few steps per run, dev subset).
 QUICK = replace(
     FULL, name="quick", tasks=("mrpc",), seeds=(0,), max_length=64, select_steps=4,
     select_eval_rows=64, final_max_steps=12, eval_rows=128, search_trials=2, search_steps=6,
+    select_task=None, train_rows={},
 )
 # Issue #5's check of the main job: a ~15-minute more-search on real MRPC (trial stage capped at
 # 13 min; the proxy stage and the last running trial make up the rest), its plan trained in full
 # (3 epochs, 3 seeds) next to PEFT LoRA r=8 on query,value and PEFT LoRA at the plan's size.
 SEARCH15 = replace(
     FULL, name="search15", tasks=("mrpc",), seeds=(0, 1, 2), epochs=3.0, budgets=("0.1%",),
+    train_rows={}, select_task=None, select_steps=100,  # the full MRPC train set, lr picked on it
     search_trials=1000, search_steps=120, search_evals=3, search_timeout_s=13 * 60,
 )
 PROTOCOLS = {"full": FULL, "quick": QUICK, "search15": SEARCH15}
@@ -218,8 +225,10 @@ class Bench:
 
     # -- the protocol for one method --
     def selection(self, task: str, m: Method, run_missing: bool = True) -> dict | None:
-        """Every (variant, lr) on the held-out split; the pick by held-out main metric, ties by
-        lower held-out loss.  None when a run is missing and run_missing is False."""
+        """Every (variant, lr) on the held-out split of the protocol's selection task for ``task``;
+        the pick by held-out main metric, ties by lower held-out loss.  None when a run is missing
+        and run_missing is False."""
+        task = self.proto.selection_task(task)
         runs = {}
         for v in m.variants:
             spec = self.spec(task, m, v, build=run_missing)
@@ -231,7 +240,7 @@ class Bench:
                     return None
                 runs[(v, lr)] = rec
         best = pick_best(runs)
-        return {"variant": best[0], "lr": best[1], "score": runs[best]["score"], "runs": runs}
+        return {"task": task, "variant": best[0], "lr": best[1], "score": runs[best]["score"], "runs": runs}
 
     def final(self, task: str, m: Method, seed: int, run_missing: bool = True):
         sel = self.selection(task, m, run_missing)
@@ -243,12 +252,20 @@ class Bench:
 
     # -- the job list (what the progress bar counts) --
     def jobs(self) -> list[tuple]:
+        """Searches, then lr selection, then final runs, task by task; a shared selection task
+        comes first, as every task's finals wait on its selection."""
+        p = self.proto
+        order = list(p.tasks)
+        if p.select_task:
+            order = [p.select_task] + [t for t in order if t != p.select_task]
         out = []
-        for task in self.proto.tasks:
+        for task in order:
             out += [("search", task, m.name, "", None, None) for m in self.methods if m.family == "search"]
-            out += [("select", task, m.name, v, lr, self.proto.seeds[0]) for m in self.methods
-                    for v in m.variants for lr in self.proto.lr_grid]
-            out += [("final", task, m.name, "", None, s) for m in self.methods for s in self.proto.seeds]
+            if p.selection_task(task) == task:
+                out += [("select", task, m.name, v, lr, p.seeds[0]) for m in self.methods
+                        for v in m.variants for lr in p.lr_grid]
+            if task in p.tasks:
+                out += [("final", task, m.name, "", None, s) for m in self.methods for s in p.seeds]
         return out
 
     def done(self, job: tuple) -> bool:
@@ -299,15 +316,17 @@ class Bench:
         for task in self.proto.tasks:
             for m in self.methods:
                 sel = self.selection(task, m, run_missing=False)
-                if sel is None:  # report the selection runs that exist
+                own = self.proto.selection_task(task) == task  # its selection runs are reported here
+                if sel is None and own:  # report the selection runs that exist
                     for v in m.variants:
                         spec = self.spec(task, m, v, build=False)
                         for lr in self.proto.lr_grid if spec is not None else ():
                             rec, _ = self.run(task, "select", spec, lr, self.proto.seeds[0], False)
                             if rec:
                                 rows.append(_row(rec, m, v, False))
+                if sel is None:
                     continue
-                for (v, lr), rec in sel["runs"].items():
+                for (v, lr), rec in sel["runs"].items() if own else ():
                     rows.append(_row(rec, m, v, (v, lr) == (sel["variant"], sel["lr"])))
                 for seed in self.proto.seeds:
                     rec, _, _ = self.final(task, m, seed, run_missing=False)
@@ -362,7 +381,7 @@ def estimate(bench: Bench, step_time) -> dict[str, dict[str, float]]:
     EVAL_FRACTION of a step per batch, PREP_S per run (duplicate runs counted twice)."""
     p = bench.proto
     out = {}
-    for task in p.tasks:
+    for task in dict.fromkeys([*p.tasks, *([p.select_task] if p.select_task else [])]):
         ctx = bench.ctx(task)
         t = step_time(mean_padded_length(ctx.data, p.batch_size, p.group_by_length))
         t_long = step_time(min(p.max_length, max(len(x) for x in ctx.data.train["input_ids"])))
@@ -374,8 +393,10 @@ def estimate(bench: Bench, step_time) -> dict[str, dict[str, float]]:
         held = math.ceil(len(ctx.sel.eval) / bs) * EVAL_FRACTION * t
         row = {"search": 0.0, "select": 0.0, "final": 0.0}
         for m in bench.methods:
-            row["select"] += len(m.variants) * len(p.lr_grid) * (m.cost * p.select_steps * t + held + PREP_S)
-            row["final"] += len(p.seeds) * (m.cost * steps * t + n_evals * dev + PREP_S) + 4 * t_long + 2
+            if p.selection_task(task) == task:
+                row["select"] += len(m.variants) * len(p.lr_grid) * (m.cost * p.select_steps * t + held + PREP_S)
+            if task in p.tasks:
+                row["final"] += len(p.seeds) * (m.cost * steps * t + n_evals * dev + PREP_S) + 4 * t_long + 2
             if m.family == "search":
                 trials = p.search_trials * (m.cost * p.search_steps * t + p.search_evals * held + PREP_S)
                 if p.search_timeout_s:
@@ -415,11 +436,11 @@ def calibrate(bench: Bench, lengths=(32, 128)) -> tuple[float, float]:
     return max(t1 - b * l1, 0.0), max(b, 0.0)
 
 
-def print_estimate(bench: Bench, calibration: tuple[float, float] | None) -> float:
+def print_estimate(bench: Bench, calibration: tuple[float, float] | None, source: str = "measured now") -> float:
     models = {"issue's step time (0.15 s at 128 tokens, scaled by length)": issue_step_time}
     if calibration:
         a, b = calibration
-        models[f"measured now ({a:.3f} + {b * 1000:.2f} ms/token s per step)"] = lambda L: a + b * L
+        models[f"{source} ({a:.3f} s + {b * 1000:.2f} ms/token per step)"] = lambda L: a + b * L
     total_first = None
     for label, fn in models.items():
         est = estimate(bench, fn)
@@ -536,8 +557,10 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
         + f", AdamW, {p.scheduler} schedule, warmup {p.warmup_ratio:.0%}, weight decay {p.weight_decay:g}, "
         f"grad-clip 1.0; seeds {', '.join(map(str, p.seeds))} (head init, data order, dropout); "
         f"dev evaluated once per epoch, the last evaluation reported (no early stopping on dev).",
-        f"- learning rate: picked per task and method from {{{', '.join(f'{x:g}' for x in p.lr_grid)}}} on held-out "
-        f"TRAIN: {p.holdout:.0%} of the training rows held out (seed 0), one run of {p.select_steps} steps per lr "
+        f"- learning rate: picked per method"
+        + (f" on {TASK_LABEL.get(p.select_task, p.select_task)} and used for every task"
+           if p.select_task else " and task")
+        + f" from {{{', '.join(f'{x:g}' for x in p.lr_grid)}}} on held-out TRAIN: {p.holdout:.0%} of the training rows held out (seed 0), one run of {p.select_steps} steps per lr "
         f"(seed {p.seeds[0]}) on the other {1 - p.holdout:.0%}, scored on <= {p.select_eval_rows} held-out rows by "
         f"the main metric (ties: lower held-out loss). SURM's kind (circulant / kronecker r8 / toeplitz / ldr r1) is "
         f"picked together with the lr the same way. Dev never chooses anything.",
@@ -689,6 +712,9 @@ def main(argv=None) -> int:
                          "searches and lr selections done (run shard 0 first until its finals begin)")
     ap.add_argument("--estimate-only", action="store_true")
     ap.add_argument("--no-calibrate", action="store_true", help="skip timing a few steps for the estimate")
+    ap.add_argument("--ms-per-token", type=float, metavar="MS",
+                    help="estimate with this step cost per padded token instead of timing it now "
+                         "(for sizing a protocol while the machine is busy)")
     ap.add_argument("--report-only", action="store_true", help="write the reports from the saved runs")
     args = ap.parse_args(argv)
 
@@ -739,8 +765,11 @@ def main(argv=None) -> int:
         write_reports(bench, bench.rows(), prefix)
         print(f"wrote {prefix}.csv, {prefix}.md, {prefix}_pareto.png")
         return 0
-    calibration = None if args.no_calibrate else calibrate(bench)
-    print_estimate(bench, calibration)
+    if args.ms_per_token:
+        calibration = (0.0, args.ms_per_token / 1000)
+    else:
+        calibration = None if args.no_calibrate else calibrate(bench)
+    print_estimate(bench, calibration, "given" if args.ms_per_token else "measured now")
     if args.estimate_only:
         return 0
     jobs = bench.jobs()

@@ -58,3 +58,19 @@ def test_method_table_and_protocols():
     assert glue.FULL.train_rows["sst2"] == 8000 and len(glue.FULL.seeds) >= 2
     assert glue._ms([0.5, 0.7]) == "60.0 ± 14.1" and glue._ms([float("nan")]) == "n/a"
     assert math.isclose(glue.issue_step_time(128), glue.ISSUE_STEP_S)
+
+
+def test_shared_selection_task_runs_first_and_once(tmp_path):
+    """With select_task, lr selection happens on that task only, before any task's finals."""
+    methods = glue.make_methods(("0.1%",))
+    proto = glue.replace(glue.FULL, tasks=("mrpc", "rte"), select_task="sst2", budgets=("0.1%",))
+    jobs = glue.Bench(proto, methods, tmp_path).jobs()
+    selects = [j for j in jobs if j[0] == "select"]
+    assert selects and {j[1] for j in selects} == {"sst2"}
+    assert len(selects) == sum(len(m.variants) for m in methods) * len(proto.lr_grid)
+    first_final = next(i for i, j in enumerate(jobs) if j[0] == "final")
+    assert all(i < first_final for i, j in enumerate(jobs) if j[0] == "select")
+    assert {j[1] for j in jobs if j[0] == "final"} == {"mrpc", "rte"}  # sst2 only selects
+    assert ("search", "sst2", "more-search@0.1%", "", None, None) in jobs  # its plan picks the lr
+    own = glue.Bench(glue.replace(proto, select_task=None), methods, tmp_path).jobs()
+    assert {j[1] for j in own if j[0] == "select"} == {"mrpc", "rte"}
