@@ -8,6 +8,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from .plan import Plan, atomic_write_text
+from .search import trial_rank
 
 
 def pareto_front(points: list[dict]) -> list[dict]:
@@ -148,7 +149,7 @@ def write_report(search, study, res) -> list[dict]:
     lines += ["", "## Chosen plan per layer", "", "| " + " | ".join(header) + " |",
               "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=trial_rank, reverse=True)
     lines += ["", "## Top trials", "", f"| trial | held-out {metric} | params | lr | origin |",
               "|---:|---:|---:|---:|---|"]
     for t in ranked[:10]:

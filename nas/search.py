@@ -411,7 +411,7 @@ class Search:
 
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if complete:
-            best = max(complete, key=lambda t: t.value)
+            best = max(complete, key=trial_rank)
             plan = Plan.from_dict(best.user_attrs[PLAN_ATTR])
             plan.provenance.update(trial=best.number, trial_value=best.value,
                                    objective=f"held-out {self._data.main_metric}")
@@ -447,6 +447,13 @@ class Search:
         study = self.open_study()
         self.trial_stage(study)
         return self.result(study)
+
+
+def trial_rank(trial: optuna.trial.FrozenTrial) -> tuple[float, float]:
+    """Higher is better: the held-out main metric, ties broken by the lower held-out loss.  Short
+    trials on a hard task often all sit at the majority class; the loss still tells them apart."""
+    loss = trial.user_attrs.get("metrics", {}).get("loss", math.inf)  # duplicates carry none
+    return trial.value, -loss if math.isfinite(loss) else -math.inf
 
 
 def run_search(cfg: SearchConfig, **kw) -> SearchResult:

@@ -6,7 +6,7 @@ import pytest
 from nas.cli.search import parse_duration
 from nas.errors import UserError
 from nas.report import pareto_front
-from nas.search import reweight
+from nas.search import reweight, trial_rank
 from search_spaces import Candidate
 
 
@@ -54,3 +54,17 @@ def test_pareto_front():
            {"params": 5, "value": 0.45}, {"params": 30, "value": 0.6}]
     front = pareto_front(pts)
     assert [(p["params"], p["value"]) for p in front] == [(5, 0.45), (10, 0.5), (30, 0.7)]
+
+
+def test_best_trial_breaks_metric_ties_by_held_out_loss():
+    import optuna
+
+    def trial(value, **attrs):
+        return optuna.trial.create_trial(value=value, user_attrs=attrs)
+
+    first = trial(0.6375, metrics={"accuracy": 0.6375, "loss": 0.657})
+    lower_loss = trial(0.6375, metrics={"accuracy": 0.6375, "loss": 0.652})
+    duplicate = trial(0.6375, duplicate_of=0)  # no metrics of its own
+    better = trial(0.70, metrics={"accuracy": 0.70, "loss": 0.9})
+    assert max([first, lower_loss, duplicate], key=trial_rank) is lower_loss
+    assert max([first, lower_loss, duplicate, better], key=trial_rank) is better  # the metric first
