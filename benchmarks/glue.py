@@ -548,7 +548,9 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
         f"({head_params(bench.ctx(tasks[0]).template) if tasks else 770} parameters) is trainable in every method and counted in 'params'.",
         f"- data: /work/shared/data/glue; training rows: " + ", ".join(
             f"{TASK_LABEL.get(t, t)} {len(bench.ctx(t).data.train):,}" for t in tasks)
-        + " (SST-2: a fixed subset, data seed 0); dev rows: " + ", ".join(
+        + (f" (fixed subsets, data seed 0: {', '.join(TASK_LABEL.get(t, t) for t in tasks if p.train_rows.get(t))})"
+           if any(p.train_rows.get(t) for t in tasks) else " (the full train sets)")
+        + "; dev rows: " + ", ".join(
             f"{TASK_LABEL.get(t, t)} {len(bench.ctx(t).data.eval):,}" for t in tasks)
         + (" (a dev subset)" if p.eval_rows else " (the full dev sets)") + ".",
         f"- training, the same for every method: max length {p.max_length} (dynamic padding"
