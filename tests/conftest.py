@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.factories import bert_layout, make_tiny_bert, make_tiny_llama, write_sentiment
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The tiny models are far too small to gain from intra-op threads, and on a shared 2-core
 # machine a second OpenMP thread that has to wait for a busy core makes each op ~50x slower.
@@ -113,3 +115,25 @@ def batch():
 def _seed():
     torch.manual_seed(1234)
     yield
+
+
+# ---- saved tiny models and data (tests/factories.py), built once per session ----
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def sentiment(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sentiment")
+    return write_sentiment(d / "train.tsv", 96, seed=1), write_sentiment(d / "dev.tsv", 32, seed=2)
+
+
+@pytest.fixture(scope="session")
+def layout(tiny_bert):
+    return bert_layout(tiny_bert)

@@ -13,7 +13,7 @@ from nas import UserError
 from nas import data as nas_data
 from nas.data import GLUE_TASKS, load_task
 from nas.metrics import accuracy, compute_metrics, f1_binary, matthews_corrcoef, pearson, spearman
-from tests.test_trainer import make_tokenizer
+from tests.factories import make_tokenizer
 
 torch.set_num_threads(1)
 GLUE = Path("/work/shared/data/glue")

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from nas import Plan, UserError, apply_plan, discover
+from nas import UserError, apply_plan, discover
 from nas.export import export_peft, is_pure_lora, load_trained
 from nas.models import load_model
-from tests.test_trainer import cfg_for, lora_plan, tiny_bert, tiny_llama, sentiment, layout  # noqa: F401
+from tests.factories import cfg_for, lora_plan
 
 torch.set_num_threads(1)
 BATCH = {"input_ids": torch.tensor([[2, 7, 9, 12, 20, 3], [2, 5, 6, 3, 0, 0]]),

@@ -42,7 +42,7 @@ def mixed_plan(layout) -> Plan:
     modules = {m.name: dict(choices[i % len(choices)]) for i, m in enumerate(layout.modules)
                if i % 7 != 6}  # leave some modules without an adapter
     last = layout.num_layers - 1
-    shortcuts = {f"{last}.s_cut": {"rank": 2}, f"0.s_res1": {"rank": 4}, f"{last}.s_in": {}}
+    shortcuts = {f"{last}.s_cut": {"rank": 2}, "0.s_res1": {"rank": 4}, f"{last}.s_in": {}}
     return Plan(model={"name_or_path": "tiny"}, modules=modules, shortcuts=shortcuts)
 
 
@@ -265,7 +265,7 @@ def test_count_params_enabled_only():
 
 
 def test_from_candidates_with_default_space():
-    model, batch = make_tiny_model("llama"), tiny_batch()
+    model = make_tiny_model("llama")
     layout = discover(model)
     cands = SPACES["default"].candidates(layout)
     by_target: dict[str, list] = {}

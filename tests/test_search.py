@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import optuna
@@ -17,7 +16,7 @@ from nas import Plan, discover
 from nas.cli.search import main as search_main
 from nas.models import load_model
 from nas.search import SearchConfig, run_search
-from tests.test_trainer import make_tiny_bert, write_sentiment
+from tests.factories import make_tiny_bert, write_sentiment
 
 ROOT = Path(__file__).resolve().parents[1]
 

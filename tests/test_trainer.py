@@ -2,8 +2,7 @@
 masking, resume == uninterrupted, merge, and the CLI's clear errors (exit code 2).
 
 The tiny models are saved with save_pretrained to a temporary folder together with a tiny
-BertTokenizerFast built from a vocabulary file written here; the helpers below are shared with
-tests/test_export.py and tests/test_data.py.
+BertTokenizerFast built from a vocabulary file written here; the helpers are in tests/factories.py.
 """
 from __future__ import annotations
 
@@ -18,113 +17,10 @@ import torch
 from nas import Plan, discover
 from nas.data import load_task
 from nas.trainer import NonFiniteLoss, TrainConfig, TrainResult, train
+from tests.factories import cfg_for, lora_plan, sentence, write_sentiment
 
 # Tiny models: one intra-op thread is much faster than two on a shared, busy machine.
 torch.set_num_threads(1)
-
-WORDS = ("good great fine nice bad awful poor sad the a movie film plot actor was is very not "
-         "really quite what why answer question yes no").split()
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-POSITIVE = {"good", "great", "fine", "nice"}
-
-
-# ---- tiny models and data (shared) -----------------------------------------------------------
-def make_tokenizer(folder):
-    from transformers import BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + WORDS) + "\n")
-    # transformers 5 takes the vocabulary as ``vocab`` (a dict or a vocab.txt path).
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(SPECIALS + WORDS)}, do_lower_case=True)
-    assert tok.tokenize("good movie") == ["good", "movie"]
-    return tok
-
-
-def make_tiny_bert(folder, seed: int = 0):
-    """A 2-layer BERT (hidden 32) without task head, saved with its tokenizer."""
-    from transformers import BertConfig, BertModel
-
-    tok = make_tokenizer(folder)
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def make_tiny_llama(folder, seed: int = 0):
-    """A 2-layer Llama (hidden 32) causal LM, saved with a tokenizer whose EOS is [SEP]."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = make_tokenizer(folder)
-    tok.eos_token = "[SEP]"
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def sentence(rng: random.Random, n: int = 6) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n))
-
-
-def write_sentiment(path, n: int, seed: int = 0, sep: str = "\t", label=None):
-    """A TSV/CSV with 'sentence' and 'label' (1 when a positive word occurs)."""
-    rng = random.Random(seed)
-    lines = [f"sentence{sep}label"]
-    for _ in range(n):
-        s = sentence(rng, rng.randint(3, 9))
-        y = label(s) if label else int(any(w in POSITIVE for w in s.split()))
-        lines.append(f"{s}{sep}{y}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def lora_plan(model_dir, layout, roles=("q", "v"), rank=4, alpha=8.0, **fields) -> Plan:
-    modules = {m.name: {"type": "lora", "rank": rank, "alpha": alpha}
-               for m in layout.modules if m.role in roles}
-    plan = Plan(model={"name_or_path": str(model_dir)}, modules=modules, **fields)
-    plan.trainable_params = plan.count_params(layout)
-    return plan
-
-
-def bert_layout(model_dir):
-    from nas.models import load_model
-
-    return discover(load_model(str(model_dir), num_labels=2))
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory):
-    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory):
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
-
-
-@pytest.fixture(scope="session")
-def sentiment(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sentiment")
-    return write_sentiment(d / "train.tsv", 96, seed=1), write_sentiment(d / "dev.tsv", 32, seed=2)
-
-
-@pytest.fixture(scope="session")
-def layout(tiny_bert):
-    return bert_layout(tiny_bert)
-
-
-def cfg_for(files, **kw) -> TrainConfig:
-    train_file, dev_file = files
-    base = dict(train_file=str(train_file), validation_file=str(dev_file), epochs=2, batch_size=16,
-                lr=5e-3, progress=False, max_length=32)
-    return TrainConfig(**{**base, **kw})
 
 
 # ---- static ----------------------------------------------------------------------------------
