@@ -530,13 +530,14 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
     tasks = [t for t in p.tasks if any((t, n) in groups for n in names)]
     wall = sum(r["wall_s"] or 0 for r in rows if r.get("wall_s"))
     searches = {(r["task"], r["method"]): r["search_time_s"] for r in rows if r.get("search_time_s")}
+    threads = sorted({r["threads"] for r in rows if r.get("threads")}) or [bench.threads]  # the runs', not ours
     lines = [
         f"# GLUE on the packaged MiniLM: every method, one protocol"
         + {"quick": " (QUICK mode: a check of the script, not results)",
            "search15": " (issue #5: a 15-minute more-search vs PEFT LoRA)"}.get(p.name, ""),
         "",
         f"- date: {datetime.date.today().isoformat()}; machine: {_machine(bench.device)}; torch {torch.__version__} "
-        f"({bench.threads} thread(s)), transformers {transformers.__version__}, peft {peft.__version__}; "
+        f"({'/'.join(map(str, threads))} thread(s) per run), transformers {transformers.__version__}, peft {peft.__version__}; "
         f"device {bench.device or 'auto'}",
         f"- compute: {wall / 3600:.2f} h of training/evaluation runs and {sum(searches.values()) / 3600:.2f} h of "
         f"search in the saved runs ({len(rows)} runs: {sum(r['phase'] == 'select' for r in rows)} lr-selection, "
