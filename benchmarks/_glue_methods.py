@@ -301,15 +301,20 @@ def search_dir(ctx: TaskCtx, budget: str) -> Path:
 
 
 def _study_seconds(out: Path) -> float:
-    """Summed trial durations of the study in ``out`` (a resumed search's wall time is lost)."""
+    """Summed durations of the finished (complete or pruned) trials of the study in ``out``
+    (a resumed search's wall time is lost). A trial cut off by an interruption is failed on
+    resume, and its span would count the whole time the run was down, so it is left out."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
 
     storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
     total = 0.0
     for name in optuna.get_all_study_names(storage):
-        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False,
+                                                                             states=finished):
             if t.datetime_start and t.datetime_complete:
                 total += (t.datetime_complete - t.datetime_start).total_seconds()
     return total

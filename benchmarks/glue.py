@@ -630,7 +630,6 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
         lines += [f"This invocation ran {bench.ran} run(s)/search(es) and reused {bench.skipped} in "
                   f"{(time.time() - started) / 60:.1f} min."]
     atomic_write_text(f"{prefix}.md", "\n".join(lines) + "\n")
-    os.chmod(f"{prefix}.md", 0o644)
     plot_pareto(groups, tasks, names, Path(f"{prefix}_pareto.png"))
 
 

@@ -74,3 +74,28 @@ def test_shared_selection_task_runs_first_and_once(tmp_path):
     assert ("search", "sst2", "more-search@0.1%", "", None, None) in jobs  # its plan picks the lr
     own = glue.Bench(glue.replace(proto, select_task=None), methods, tmp_path).jobs()
     assert {j[1] for j in own if j[0] == "select"} == {"mrpc", "rte"}
+
+
+def test_resumed_search_time_leaves_out_the_interrupted_trial(tmp_path):
+    """A trial cut off by a crash is failed on resume; its span is downtime, not search time."""
+    import datetime as dt
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import FrozenTrial, TrialState
+
+    from _glue_methods import _study_seconds
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+    study = optuna.create_study(study_name="s", storage=storage)
+    t0 = dt.datetime(2026, 1, 1)
+    spans = [(TrialState.COMPLETE, 90), (TrialState.PRUNED, 30), (TrialState.FAIL, 3600)]
+    for i, (state, seconds) in enumerate(spans):
+        study.add_trial(FrozenTrial(
+            number=i, trial_id=i, state=state, value=0.5 if state == TrialState.COMPLETE else None,
+            values=None, datetime_start=t0, datetime_complete=t0 + dt.timedelta(seconds=seconds),
+            params={"x": 0.1}, distributions={"x": FloatDistribution(0, 1)}, user_attrs={},
+            system_attrs={}, intermediate_values={0: 0.5} if state == TrialState.PRUNED else {}))
+    assert _study_seconds(tmp_path) == 120.0

@@ -84,6 +84,16 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
 
 
+def test_saved_plan_has_the_usual_file_mode(tmp_path):
+    """Not mkstemp's private 0600: a plan is shared like any file the user writes."""
+    old = os.umask(0o022)
+    try:
+        full_plan().save(tmp_path / "plan.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "plan.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_from_dict_lists_every_problem():
     bad = {
         "schema_version": 99,
