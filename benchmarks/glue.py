@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import datetime
 import json
 import math
@@ -521,18 +522,17 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
     from nas.plan import atomic_write_text
 
     p = bench.proto
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{prefix}.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(f"{prefix}.csv.tmp", f"{prefix}.csv")
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(f"{prefix}.csv", table.getvalue())
     groups = summarize(rows)
     names = [m.name for m in bench.methods]
     tasks = [t for t in p.tasks if any((t, n) in groups for n in names)]
     # Methods that train the same thing share its runs: count each run once.
     unique = {(r["phase"], r["task"], r["spec"], r["lr"], r["seed"]): r for r in rows}.values()
-    wall = sum(r["wall_s"] or 0 for r in unique if r.get("wall_s"))
+    wall = sum(r.get("wall_s") or 0 for r in unique)
     searches = {(r["task"], r["method"]): r["search_time_s"] for r in rows if r.get("search_time_s")}
     threads = sorted({r["threads"] for r in rows if r.get("threads")}) or [bench.threads]  # the runs', not ours
     lines = [
