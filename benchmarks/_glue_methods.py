@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from nas import Plan
-from nas.inject import HEAD_NAMES
+from search_spaces.anatomy import HEAD_NAMES, head_param_count
 from nas.plan import atomic_write_text
 
 MODEL = "minilm"
@@ -161,7 +161,7 @@ def fresh_model(ctx: TaskCtx, seed: int) -> torch.nn.Module:
 
 
 def head_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for n, c in model.named_children() if n in HEAD_NAMES for p in c.parameters())
+    return head_param_count(model)
 
 
 # ---- specs --------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def train_batches(data, n: int, batch_size: int, seed: int = 0) -> list[dict]:
 def heterolora_static(ctx: TaskCtx, variant: str = "") -> Spec:
     """grad-norm scores of the pool on a few batches of the training part of the held-out
     split; the top set within 25% of the pool's parameters (proxies.allocate).  Cached."""
-    import proxies
+    from nas.static import static_plan
 
     path = ctx.runs_dir / "plans" / "heterolora_static.json"
     settings = {**ctx.proto.data_settings(ctx.task), "holdout": ctx.proto.holdout,
@@ -273,9 +273,9 @@ def heterolora_static(ctx: TaskCtx, variant: str = "") -> Spec:
     cands, budget = hetero_pool(ctx)
     model = fresh_model(ctx, 0)
     t0 = time.perf_counter()
-    plan = proxies.static_plan(model, ctx.layout, HETERO_SPACE,
-                               train_batches(ctx.sel, HETERO_BATCHES, ctx.proto.batch_size),
-                               budget, proxy=HETERO_PROXY, seed=0, model={"name_or_path": MODEL})
+    plan = static_plan(model, ctx.layout, HETERO_SPACE,
+                       train_batches(ctx.sel, HETERO_BATCHES, ctx.proto.batch_size),
+                       budget, proxy=HETERO_PROXY, seed=0, model={"name_or_path": MODEL})
     seconds = time.perf_counter() - t0
     atomic_write_text(path, json.dumps({"settings": settings, "scoring_s": seconds,
                                         "plan": plan.to_dict()}, indent=1))

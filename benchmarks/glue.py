@@ -143,7 +143,7 @@ class Bench:
     def ctx(self, task: str) -> TaskCtx:
         if task not in self._ctx:
             from nas import discover
-            from nas.budget import base_param_count
+            from search_spaces.anatomy import base_param_count
             from nas.data import load_task
             from nas.models import load_model, load_tokenizer
 

@@ -1,5 +1,6 @@
 """more-nas: search, plan and train heterogeneous adapter architectures."""
-from .discovery import AdaptableModule, ModelLayout, discover
+from search_spaces.anatomy import AdaptableModule, ModelLayout, discover
+
 from .errors import PlanError, UserError
 from .inject import adapters, apply_plan, merge_plan, shortcut_set, trainable_state_dict
 from .plan import Plan

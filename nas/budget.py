@@ -8,25 +8,10 @@ from __future__ import annotations
 
 import re
 
-from torch import nn
-
 from .errors import UserError
-from .inject import HEAD_NAMES
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(%|[kKmMbB])?\s*$")
-
-
-def base_param_count(model: nn.Module) -> int:
-    """Parameters of the base model, the task head excluded (tied weights counted once)."""
-    head = {id(p) for name, child in model.named_children() if name in HEAD_NAMES
-            for p in child.parameters()}
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in head and id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
 
 
 def parse_budget(spec: str | int, base_params: int | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Dynamic allocation (HeteroLoRA, REFERENCE.md §2).
+"""Dynamic allocation (HeteroLoRA: Zhang et al., arXiv 2406.14956).
 
 The plan's modules and shortcuts are the candidate pool and are all built.  Every k optimizer
 steps (``TrainConfig.dynamic_every`` of an epoch, 1/5 by default) every candidate is re-scored
@@ -29,9 +29,11 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .discovery import ModelLayout
-from .inject import adapters, shortcut_set
-from .shortcuts import parse_shortcut_key
+import proxies
+from search_spaces.anatomy import ModelLayout
+from search_spaces.attach import adapters, shortcut_set
+from search_spaces.shortcuts import parse_shortcut_key
+from search_spaces.space import Candidate, freeze_choice
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +122,6 @@ LIVE_GRAD_NORM = "live-grad-norm"
 
 def pool_candidates(pool: dict[str, PoolEntry], plan=None) -> dict[str, Any]:
     """search_spaces.Candidate objects for the pool (what ``proxies.score_candidates`` takes)."""
-    from search_spaces.space import Candidate, freeze_choice
-
     out = {}
     for name, e in pool.items():
         if e.is_shortcut:
@@ -141,10 +141,8 @@ def proxy_score_fn(proxy: str | None = None, plan=None, layout: ModelLayout | No
 
     The proxies score each candidate at the model's current weights (the gradient of the
     module's base weight, with the currently enabled adapters in the model), at the proxy's
-    scoring init for the candidate itself.  Raises ImportError when the package lacks them.
+    scoring init for the candidate itself.
     """
-    import proxies
-
     score_candidates = proxies.score_candidates
     name = proxy or proxies.DEFAULT_PROXY
     proxies.get_proxy(name)  # ValueError listing the valid names
@@ -167,20 +165,13 @@ def default_score_fn(proxy: str | None = None, plan=None, layout: ModelLayout | 
                      seed: int = 0) -> tuple[ScoreFn, str]:
     """(score function, its name).
 
-    ``proxy`` None: the proxies package's ``DEFAULT_PROXY`` through ``proxies.score_candidates``
-    when that package provides them, else the live grad-norm below.  ``"live-grad-norm"``:
+    ``proxy`` None: the proxies package's ``DEFAULT_PROXY`` through ``proxies.score_candidates``.  ``"live-grad-norm"``:
     always the live grad-norm (each candidate's own, current parameters).  Any other name: that
     proxy of the proxies package.
     """
     if proxy == LIVE_GRAD_NORM:
         return grad_norm_scores, LIVE_GRAD_NORM
-    try:
-        return proxy_score_fn(proxy, plan, layout, seed)
-    except (ImportError, AttributeError):
-        if proxy is not None:
-            raise ValueError(f"proxy {proxy!r} needs the proxies package "
-                             f"(only {LIVE_GRAD_NORM!r} is built in)") from None
-        return grad_norm_scores, LIVE_GRAD_NORM
+    return proxy_score_fn(proxy, plan, layout, seed)
 
 
 def select_within_budget(scores: dict[str, float], sizes: dict[str, int], budget: int) -> list[str]:

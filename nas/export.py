@@ -18,8 +18,11 @@ from pathlib import Path
 
 from torch import nn
 
+from search_spaces.anatomy import HEAD_NAMES
+from search_spaces.attach import adapters, shortcut_set
+
 from .errors import UserError
-from .inject import HEAD_NAMES, adapters, shortcut_set
+from .inject import apply_plan
 from .plan import Plan, atomic_write_bytes
 
 PEFT_PREFIX = "base_model.model."
@@ -97,7 +100,6 @@ def load_trained(run_dir: str | Path, model: nn.Module | None = None, task_type:
     """
     from safetensors.torch import load_file
 
-    from .inject import apply_plan
     from .models import load_model
 
     run = Path(run_dir)

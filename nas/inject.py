@@ -11,23 +11,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from search_spaces import Adapter, make_adapter
+from search_spaces.anatomy import ModelLayout, discover, task_head_parameters
+from search_spaces.attach import adapters, attach, shortcut_set
 
-from .discovery import ModelLayout, discover
-from .plan import Plan, split_choice
-from .shortcuts import ShortcutSet
-
-# Task heads that stay trainable (as PEFT's SEQ_CLS modules_to_save); LM heads stay frozen.
-HEAD_NAMES = ("classifier", "score", "qa_outputs")
-SHORTCUTS_ATTR = "more_shortcuts"
-
-
-def task_head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    params = []
-    for name, child in model.named_children():
-        if name in HEAD_NAMES:
-            params += list(child.parameters())
-    return params
+from .plan import Plan
 
 
 def apply_plan(model: nn.Module, plan: Plan, layout: ModelLayout | None = None) -> nn.Module:
@@ -40,31 +27,10 @@ def apply_plan(model: nn.Module, plan: Plan, layout: ModelLayout | None = None) 
     plan.validate(layout)
     for p in model.parameters():
         p.requires_grad_(False)
-    for name, choice in plan.modules.items():
-        kind, hp = split_choice(choice)
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        adapter = make_adapter(kind, getattr(parent, child), **hp)
-        adapter.enabled = choice.get("enabled", True)
-        setattr(parent, child, adapter)
-    if plan.shortcuts:
-        choices = {k: {h: v for h, v in hp.items() if h != "enabled"} for k, hp in plan.shortcuts.items()}
-        sset = ShortcutSet(model, layout, choices)
-        for key, sc in sset.items():
-            sc.enabled = plan.shortcuts[key].get("enabled", True)
-        setattr(model, SHORTCUTS_ATTR, sset)
+    attach(model, layout, plan.modules, plan.shortcuts)
     for p in task_head_parameters(model):
         p.requires_grad_(True)
     return model
-
-
-def adapters(model: nn.Module) -> dict[str, Adapter]:
-    """Qualified name (as in the plan) -> adapter."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, Adapter)}
-
-
-def shortcut_set(model: nn.Module) -> ShortcutSet | None:
-    return getattr(model, SHORTCUTS_ATTR, None)
 
 
 def trainable_state_dict(model: nn.Module) -> dict:

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import ADAPTERS, adapter_class
+from search_spaces.anatomy import ModelLayout
+from search_spaces.attach import split_choice
+from search_spaces.shortcuts import SHORTCUT_DEFAULTS, parse_shortcut_key, shortcut_params
 
-from .discovery import ModelLayout
 from .errors import PlanError, UserError
-from .shortcuts import SHORTCUT_DEFAULTS, parse_shortcut_key, shortcut_params
 
 SCHEMA_VERSION = 1
 BUDGET_COUNTS = "adapters+shortcuts"  # the task head is trainable but never counted
@@ -173,12 +174,6 @@ class Plan:
 
     def kinds(self) -> set[str]:
         return {c["type"] for c in self.modules.values()}
-
-
-def split_choice(choice: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """{"type": k, "enabled": b, **hparams} -> (k, hparams)."""
-    hp = {k: v for k, v in choice.items() if k not in ("type", "enabled")}
-    return choice["type"], hp
 
 
 def _choice_problems(where: str, choice: Any, need_type: bool) -> list[str]:

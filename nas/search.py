@@ -30,10 +30,12 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+import proxies
 from search_spaces import Candidate, load_space
 
-from .budget import base_param_count, parse_budget
-from .discovery import discover
+from .budget import parse_budget
+from search_spaces.anatomy import base_param_count, discover
+from search_spaces.space import kind_of
 from .errors import UserError
 from .plan import BUDGET_COUNTS, Plan, atomic_write_text
 
@@ -90,10 +92,6 @@ class SearchResult:
 
 
 # ---- trial parameterisation --------------------------------------------------------------
-def kind_of(c: Candidate) -> str:
-    return "shortcut" if c.is_shortcut else c.kind
-
-
 def reweight(candidates: list[Candidate], scores: dict[str, float], params: dict[str, float],
              num_layers: int, seed: int) -> dict[str, float]:
     """Proxy scores re-weighted by one trial's parameters (the proxy stays the prior)."""
@@ -256,8 +254,6 @@ class Search:
 
     # -- stage 1 --
     def proxy_stage(self) -> Plan:
-        import proxies
-
         cfg = self.cfg
         cache = self.out / "proxy_scores.json"
         proxy = cfg.proxy or proxies.DEFAULT_PROXY
@@ -278,8 +274,6 @@ class Search:
 
     def _allocate(self, scores: dict[str, float], lr: float | None = None,
                   fill: float = 1.0) -> Plan:
-        import proxies
-
         chosen = proxies.allocate(self.candidates, scores, max(1, int(self.budget * fill)))
         plan = Plan.from_candidates(chosen, self.layout, **copy.deepcopy(self.plan_fields()))
         if lr is not None:

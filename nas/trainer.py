@@ -39,9 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .discovery import ModelLayout, discover
+from search_spaces.anatomy import ModelLayout, discover, task_head_parameters
+from search_spaces.attach import SHORTCUTS_ATTR, adapters, shortcut_set
+
 from .errors import UserError
-from .inject import HEAD_NAMES, adapters, apply_plan, merge_plan, shortcut_set, trainable_state_dict
+from .inject import apply_plan, merge_plan, trainable_state_dict
 from .plan import Plan, atomic_write_bytes, atomic_write_text
 
 CHECKPOINT = "checkpoint.pt"
@@ -614,8 +616,7 @@ class Trainer:
         main = self.data.main_metric
         train_time = self._train_time_prev + self._elapsed()
         enabled_ad = _enabled_adapter_params(self.model)
-        head = sum(p.numel() for n, c in self.model.named_children() if n in HEAD_NAMES
-                   for p in c.parameters() if p.requires_grad)
+        head = sum(p.numel() for p in task_head_parameters(self.model) if p.requires_grad)
         trainable = enabled_ad + head if (enabled_ad or self.plan is not None) else \
             sum(p.numel() for p in self.params)
         return TrainResult(
@@ -820,7 +821,6 @@ def merge_and_save(model: nn.Module, plan: Plan, out: Path, tokenizer, logger=No
     """
     from safetensors.torch import save as st_save
 
-    from .inject import SHORTCUTS_ATTR
 
     model.cpu()
     report = merge_plan(model)

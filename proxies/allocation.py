@@ -3,7 +3,7 @@
 A multiple-choice knapsack: every module is a group whose options are "off" or one of its
 candidates (kind + size); every shortcut is a group with one option.  Maximise the summed
 score subject to adapter + shortcut parameters <= budget (the task head is never counted,
-as nas/budget.py says).
+never counted against the budget).
 
 Solved exactly by dynamic programming over a parameter grid: the grid unit is the gcd of all
 option sizes when that keeps the table small (then the DP is exact), otherwise
@@ -19,8 +19,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-
-from nas.budget import parse_budget
 
 MAX_CELLS = 20_000
 
@@ -106,16 +104,15 @@ def lp_bound(groups, budget: int) -> float:
     return total
 
 
-def allocate(candidates, scores: dict[str, float], budget: int | str, *,
-             base_params: int | None = None, max_cells: int = MAX_CELLS) -> Allocation:
+def allocate(candidates, scores: dict[str, float], budget: int, *,
+             max_cells: int = MAX_CELLS) -> Allocation:
     """Choose at most one candidate per module (and shortcuts on/off) to maximise the total
     score with trainable adapter + shortcut parameters <= budget.
 
-    ``budget``: a parameter count, or a spec for ``nas.budget.parse_budget`` ('200k', or
-    '0.1%' together with ``base_params``).  Candidates with score <= 0 or larger than the
-    budget are never chosen.  Returns an ``Allocation`` (a list of Candidates).
+    ``budget``: a parameter count.  Candidates with score <= 0 or larger than the budget are
+    never chosen.  Returns an ``Allocation`` (a list of Candidates).
     """
-    budget = parse_budget(budget, base_params) if not isinstance(budget, int) else int(budget)
+    budget = int(budget)
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     groups = _groups(candidates, scores, budget)

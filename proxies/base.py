@@ -38,7 +38,7 @@ class CandidateSignal:
     The scoring point is the base model (every candidate's contribution is zero in value),
     with the candidate's parameters ``theta`` at the scoring init: the adapter's own init
     for its non-zero factor and small seeded Kaiming-uniform values for the factor its init
-    leaves at zero (so SNIP / SynFlow do not collapse to 0, REFERENCE.md §2 caveat).
+    leaves at zero (so SNIP / SynFlow do not collapse to 0, as HeteroLoRA, arXiv 2406.14956, notes).
 
     theta  -- the candidate's parameter tensors at the scoring init (abs values for SynFlow)
     grads  -- dL/dtheta at the scoring point, same order (``param_grads``)

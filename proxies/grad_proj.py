@@ -37,6 +37,7 @@ import math
 import torch
 
 from search_spaces.more import more_block_sizes
+from search_spaces.space import kind_of
 
 from .base import CandidateSignal, Proxy, register_proxy
 
@@ -161,7 +162,7 @@ def potential(sig: CandidateSignal, ascent_steps: int = ASCENT_STEPS) -> float:
     """sup <G, ΔW>/||ΔW|| over the candidate's family (exact or a tight lower bound)."""
     c, G, cache = sig.candidate, sig.G, sig.cache
     hp = c.choice_dict
-    kind = "shortcut" if c.is_shortcut else c.kind
+    kind = kind_of(c)
     if kind in ("lora", "shortcut"):
         return math.sqrt(lowrank_energy(G, hp.get("rank", 8), cache))
     if kind == "more":

@@ -12,8 +12,8 @@ shares, so one forward/backward per batch with the base weights (and a zero d x 
 shortcut site) requiring grad yields every ``G``; each candidate's gradient is then
 ``grad_θ <G, ΔW(θ)>`` on its dense ΔW, without touching the model again.  This is exact for
 first-order proxies and equal to attaching the candidate alone (``one_at_a_time_signal``,
-which does exactly that with the real adapter class, ``apply_plan`` and a compensated base
-weight; tests/test_proxies.py checks joint == one-at-a-time).
+in proxies/check.py, does exactly that with the real adapter attached and a compensated base
+weight; the tests check joint == one-at-a-time).
 
 Because no candidate changes the forward value, candidates cannot interfere with each other
 and the model is scored at its own weights (also with a plan already applied: then G is the
@@ -25,19 +25,18 @@ weight values are restored, probe hooks removed.
 from __future__ import annotations
 
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from nas.discovery import ModelLayout
-from nas.inject import SHORTCUTS_ATTR, apply_plan, shortcut_set
-from nas.plan import Plan, split_choice
-from nas.shortcuts import SHORTCUT_DEFAULTS, Shortcut, ShortcutSet, parse_shortcut_key
 from search_spaces import Adapter, make_adapter
+from search_spaces.anatomy import ModelLayout
+from search_spaces.attach import split_choice
 from search_spaces.base import is_conv1d, kaiming_uniform_
+from search_spaces.shortcuts import SHORTCUT_DEFAULTS, Shortcut, ShortcutSet, parse_shortcut_key
 
 from .base import CandidateSignal, Proxy
 
@@ -152,7 +151,7 @@ def dense_dw(mod: nn.Module) -> torch.Tensor:
 
 
 # ---- joint gradient collection ----------------------------------------------------------------
-class _Probe(nn.Module):
+class Probe(nn.Module):
     """A zero d x d path at a shortcut site: adds nothing, its gradient is the site's G."""
 
     def __init__(self, dim: int, dtype, device):
@@ -172,13 +171,13 @@ def _attach_probes(model: nn.Module, layout: ModelLayout, keys: Iterable[str]) -
     probes = {}
     for k in keys:
         layer, kind = parse_shortcut_key(k)
-        probe = _Probe(layout.hidden_size, ref.dtype, ref.device)
+        probe = Probe(layout.hidden_size, ref.dtype, ref.device)
         sset.paths[f"{layer}_{kind}"] = probe
         probes[k] = probe
     return sset, probes
 
 
-def _synflow_inputs(batches: list[dict], device) -> dict:
+def synflow_inputs(batches: list[dict], device) -> dict:
     """SynFlow's all-ones input: token id 1 everywhere, full attention, one sequence."""
     b = batches[0]
     if "input_ids" in b:
@@ -241,12 +240,12 @@ def collect_gradients(model: nn.Module, layout: ModelLayout, module_names: Itera
             names = list(mods) + list(probes)
             params = [mods[n][1] for n in mods] + [probes[k].P for k in probes]
             if signal == "synflow":
-                passes = [_synflow_inputs(batches, device)]
+                passes = [synflow_inputs(batches, device)]
             elif signal == "data":
                 passes = [to_device(b, device) for b in batches]
             else:
                 raise ValueError(f"unknown signal {signal!r}; expected 'data' or 'synflow'")
-            ctx = absolute_weights(model) if signal == "synflow" else _null()
+            ctx = absolute_weights(model) if signal == "synflow" else nullcontext()
             with ctx:
                 for inp in passes:
                     with torch.enable_grad():
@@ -269,10 +268,6 @@ def collect_gradients(model: nn.Module, layout: ModelLayout, module_names: Itera
     n = len(passes)
     return {k: v / n for k, v in sums.items()}, per_batch
 
-
-@contextmanager
-def _null():
-    yield
 
 
 # ---- per-candidate signals -----------------------------------------------------------------
@@ -305,129 +300,6 @@ def joint_signals(candidates: list, layout: ModelLayout, G: dict[str, torch.Tens
             bg = [b[c.target] for b in batch_G] if "channel_dots" in proxy.needs else None
             _fill_param_signal(sig, build(), Gc, proxy.signal, bg)
         yield sig
-
-
-# ---- one candidate at a time, with the real adapter in the model ---------------------------------
-class _ZeroValue(nn.Module):
-    """Wraps a real shortcut path so it adds 0 in value but keeps its gradient, plus a probe."""
-
-    def __init__(self, path: Shortcut, dots: list, dim: int):
-        super().__init__()
-        self.path = path
-        self.probe = _Probe(dim, path.lora_A.dtype, path.lora_A.device)
-        self.enabled = True
-        self._dots = dots
-
-    def forward(self, h):
-        y = self.path(h)
-        if y.requires_grad:
-            yd = y.detach()
-            y.register_hook(lambda g: self._dots.append((g * yd).reshape(-1, yd.shape[-1]).sum(0)))
-        return (y - y.detach()) + self.probe(h)
-
-
-def one_at_a_time_signal(model: nn.Module, layout: ModelLayout, cand, batches: list[dict],
-                         proxy: Proxy, *, loss_fn: LossFn | None = None, seed: int = 0) -> CandidateSignal:
-    """The same signal with the candidate really attached alone (slow; for verification).
-
-    Adapters go in through ``nas.apply_plan`` with the scoring-init values, and the base weight
-    is compensated by -ΔW so the forward point is the base model's; a shortcut goes in through
-    ``apply_plan`` and its real path is wrapped to add zero in value.  The model must not carry
-    a plan already.  Everything is undone afterwards.
-    """
-    dtype, device = compute_dtype(model), model_device(model)
-    loss_fn = loss_fn or default_loss
-    ref = scoring_module(cand, layout, seed=seed, dtype=dtype, device=device)
-    theta_s = [p.detach().clone() for p in module_params(ref)]
-    plan = Plan.from_candidates([cand], layout, model={"name_or_path": "proxy-scoring"})
-    dots: list[torch.Tensor] = []
-    with torch.random.fork_rng(devices=[]), preserved(model, restore_values=True):
-        ctx = absolute_weights(model) if proxy.signal == "synflow" else _null()
-        with ctx:
-            if proxy.signal == "synflow":
-                theta_s = [t.abs() for t in theta_s]
-            apply_plan(model, plan, layout)
-            model.eval()
-            hook = None
-            try:
-                if cand.is_shortcut:
-                    sset = shortcut_set(model)
-                    layer, kind = parse_shortcut_key(cand.target)
-                    path = sset.get(layer, kind)
-                    with torch.no_grad():
-                        for p, t in zip(module_params(path), theta_s):
-                            p.copy_(t)
-                    wrapper = _ZeroValue(path, dots, layout.hidden_size)
-                    sset.paths[f"{layer}_{kind}"] = wrapper
-                    theta = module_params(path)
-                    g_param, g_mod = wrapper.probe.P, None
-                else:
-                    adapter = model.get_submodule(cand.target)
-                    with torch.no_grad():
-                        for p, t in zip(adapter.trainable_parameters(), theta_s):
-                            p.copy_(t.to(p.dtype))
-                        dw = adapter.delta_weight().to(adapter.base.weight.dtype)
-                        adapter.base.weight.sub_(dw.T if is_conv1d(adapter.base) else dw)
-                    theta = adapter.trainable_parameters()
-
-                    def record(mod, args, out):
-                        # the adapter's contribution z = out - base(x) (= ΔW x, whatever fused
-                        # forward the adapter uses); per channel, sum_t dL/dy · z
-                        if out.requires_grad:
-                            with torch.no_grad():
-                                z = out.detach() - mod.base(args[0]).detach()
-                            out.register_hook(lambda g: dots.append((g * z).reshape(-1, z.shape[-1]).sum(0)))
-
-                    hook = adapter.register_forward_hook(record)
-                    g_param, g_mod = adapter.base.weight, adapter.base
-                for p in model.parameters():
-                    p.requires_grad_(False)
-                for p in theta:
-                    p.requires_grad_(True)
-                g_param.requires_grad_(True)
-                wrt = list(theta) + [g_param]
-                passes = ([_synflow_inputs(batches, device)] if proxy.signal == "synflow"
-                          else [to_device(b, device) for b in batches])
-                acc = None
-                for inp in passes:
-                    with torch.enable_grad():
-                        obj = (synflow_objective(model, inp) if proxy.signal == "synflow"
-                               else loss_fn(model, inp))
-                        gs = torch.autograd.grad(obj, wrt, allow_unused=True)
-                    gs = [torch.zeros_like(w) if g is None else g.detach().to(dtype) for w, g in zip(wrt, gs)]
-                    acc = gs if acc is None else [a + g for a, g in zip(acc, gs)]
-                acc = [a / len(passes) for a in acc]
-                G = acc[-1]
-                if g_mod is not None:
-                    G = weight_grad_as_dw(g_mod, G)
-                sig = CandidateSignal(
-                    candidate=cand, G=G, theta=[p.detach().clone().to(dtype) for p in theta],
-                    grads=acc[:-1], dw=dense_dw(ref).detach() if proxy.signal != "synflow" else None,
-                    channel_dots=[d.to(dtype) for d in dots],
-                    build=partial(scoring_module, cand, layout, seed=seed, dtype=dtype, device=device),
-                )
-                if proxy.signal == "synflow":
-                    with torch.no_grad():
-                        for p in module_params(ref):
-                            p.abs_()
-                    sig.dw = dense_dw(ref).detach()
-            finally:
-                if hook is not None:
-                    hook.remove()
-                _undo_plan(model, plan)
-    return sig
-
-
-def _undo_plan(model: nn.Module, plan: Plan) -> None:
-    for name in plan.modules:
-        mod = model.get_submodule(name)
-        if isinstance(mod, Adapter):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, mod.base)
-    sset = shortcut_set(model)
-    if plan.shortcuts and sset is not None:
-        sset.remove()
-        delattr(model, SHORTCUTS_ATTR)
 
 
 def describe_signal(sig: CandidateSignal) -> dict[str, Any]:  # debugging aid

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .registry import ADAPTERS, adapter_class
-
-SHORTCUT_KINDS = ("s_res1", "s_res2", "s_in", "s_cut")
+from .shortcuts import SHORTCUT_KINDS, shortcut_params
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,11 @@ class Candidate:
     @property
     def key(self) -> str:
         return f"{self.target}|{self.label}"
+
+
+def kind_of(c: Candidate) -> str:
+    """The candidate's adapter type, or "shortcut": what per-kind weights and summaries group by."""
+    return "shortcut" if c.is_shortcut else c.kind
 
 
 def freeze_choice(choice: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -111,7 +115,7 @@ class SearchSpace:
                 out.append(Candidate(mod.name, mod.layer, mod.role, freeze_choice(choice), n))
         if self.shortcuts and layout.supports_shortcuts:
             choice = {"type": "shortcut", "rank": self.shortcut_rank, "alpha": self.shortcut_alpha}
-            n = 2 * self.shortcut_rank * layout.hidden_size
+            n = shortcut_params(layout.hidden_size, self.shortcut_rank)
             for layer in range(layout.num_layers):
                 for kind in self.shortcuts:
                     if kind == "s_cut" and layer == 0:

@@ -10,8 +10,9 @@ import torch
 
 import proxies
 from nas import Plan, apply_plan, discover
-from nas.budget import base_param_count, parse_budget
-from nas.discovery import _BERT, AdaptableModule, ModelLayout
+from nas.budget import parse_budget
+from nas.static import static_plan
+from search_spaces.anatomy import _BERT, AdaptableModule, ModelLayout, base_param_count
 from proxies.allocation import allocate, lp_bound, _groups
 from search_spaces import SPACES, SearchSpace
 
@@ -93,8 +94,8 @@ def test_exact_on_small_instances_vs_brute_force():
 
 def test_budget_specs_and_bad_scores(minilm_cands):
     scores = random_scores(minilm_cands, 0)
-    assert allocate(minilm_cands, scores, "200k").budget == 200_000
-    assert allocate(minilm_cands, scores, "0.1%", base_params=22_713_216).budget == 22_713
+    assert allocate(minilm_cands, scores, parse_budget("200k")).budget == 200_000
+    assert allocate(minilm_cands, scores, parse_budget("0.1%", 22_713_216)).budget == 22_713
     with pytest.raises(ValueError, match="no score"):
         allocate(minilm_cands, {}, 10_000)
     with pytest.raises(ValueError, match="finite"):
@@ -127,7 +128,7 @@ def test_static_plan_is_deterministic_and_fits(proxy):
                                            {"type": "kronecker", "rank": 4}],
                         shortcuts=["s_res1", "s_in"])
     budget = "5%"
-    plans = [proxies.static_plan(model, layout, space, _batches(), budget, proxy, seed=7,
+    plans = [static_plan(model, layout, space, _batches(), budget, proxy, seed=7,
                                  model={"name_or_path": "tiny-bert"}, task={"name": "toy"})
              for _ in range(2)]
     a, b = (p.to_dict() for p in plans)
@@ -154,6 +155,6 @@ def test_static_plan_is_deterministic_and_fits(proxy):
 def test_static_plan_absolute_budget_and_default_proxy():
     model = make_tiny_model("llama")
     layout = discover(model)
-    plan = proxies.static_plan(model, layout, "heterolora", _batches(), "3k")
+    plan = static_plan(model, layout, "heterolora", _batches(), "3k")
     assert plan.trainable_params <= 3000 and plan.provenance["proxy"] == proxies.DEFAULT_PROXY
     assert plan.budget["params"] == 3000

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from nas.budget import base_param_count, parse_budget
+from nas.budget import parse_budget
+from search_spaces.anatomy import base_param_count
 from nas.errors import UserError
 
 BASE = 22_000_000

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nas import discover
-from nas.discovery import find_layers
+from search_spaces.anatomy import find_layers
 from search_spaces.base import base_shape
 
 from .conftest import HIDDEN, make_tiny_model
@@ -177,7 +177,7 @@ def test_unknown_transformers_model_type_falls_back():
                      "attention.v_lin": (32, 32), "attention.out_lin": (32, 32),
                      "ffn.lin1": (32, 48), "ffn.lin2": (48, 32)}
     # No shortcuts for an unknown family.
-    from nas.shortcuts import ShortcutSet
+    from search_spaces.shortcuts import ShortcutSet
 
     with pytest.raises(ValueError, match="not available"):
         ShortcutSet(model, layout, {"1.s_in": {}})

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from nas import Plan, PlanError, UserError, adapters, apply_plan, discover, merge_plan, shortcut_set
-from nas.inject import HEAD_NAMES, SHORTCUTS_ATTR, trainable_state_dict
+from nas.inject import trainable_state_dict
+from search_spaces.anatomy import HEAD_NAMES
+from search_spaces.attach import SHORTCUTS_ATTR
 from nas.plan import SCHEMA_VERSION
 from search_spaces import SPACES, Adapter
 

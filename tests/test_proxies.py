@@ -110,7 +110,8 @@ def test_joint_equals_one_at_a_time(family, names):
 
 def test_joint_gradients_equal_real_adapter_gradients(bert):
     """The signal itself (dL/dθ and G), not only the scores, matches the attached adapter."""
-    from proxies.signals import collect_gradients, joint_signals, one_at_a_time_signal
+    from proxies.check import one_at_a_time_signal
+    from proxies.signals import collect_gradients, joint_signals
 
     model = make_tiny_model("bert").double()
     layout = discover(model)

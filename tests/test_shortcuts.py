@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nas import Plan, PlanError, apply_plan, discover, shortcut_set
-from nas.shortcuts import SHORTCUT_KINDS, Shortcut, ShortcutSet, parse_shortcut_key
+from search_spaces.shortcuts import SHORTCUT_KINDS, Shortcut, ShortcutSet, parse_shortcut_key
 
 from .conftest import TINY_FAMILIES, make_tiny_model, randomize_, tiny_batch
 

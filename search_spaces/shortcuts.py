@@ -1,4 +1,4 @@
-"""HeteroLoRA shortcuts (REFERENCE.md §2) as trainable low-rank paths attached by hooks.
+"""HeteroLoRA shortcuts (Zhang et al., "Unlocking the Global Synergies in Low-Rank Adapters", arXiv 2406.14956) as trainable low-rank paths attached by hooks.
 
 Each layer i has two addition points and two captured values:
   A1 = end of the attention block, A2 = end of the feed-forward block (in the residual stream);
@@ -8,7 +8,7 @@ Each layer i has two addition points and two captured values:
     s_in:   A2 += BA x_in        (same-layer: layer input to after the FFN)
     s_cut:  A1 += BA f_in[i-1]   (cut-layer: previous layer's FFN input; absent in layer 0)
 
-Where A1/A2 are, per family (FamilySpec in nas/discovery.py):
+Where A1/A2 are, per family (FamilySpec in search_spaces/anatomy.py):
   post-LN (BERT, RoBERTa, MPNet, OPT-350m): a forward pre-hook on the LayerNorm that closes the
     block adds to its input, i.e. into ``LN(sublayer(h) + h + BA·)``; f_in is the output of the
     attention LayerNorm.
@@ -19,13 +19,11 @@ A disabled shortcut adds nothing, so with all of them off the model is exactly t
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
-from search_spaces.base import Adapter, kaiming_uniform_
-
-from .discovery import ModelLayout
+from .anatomy import ModelLayout
+from .base import Adapter, kaiming_uniform_
 
 SHORTCUT_KINDS = ("s_res1", "s_res2", "s_in", "s_cut")
 SHORTCUT_DEFAULTS = {"rank": 8, "alpha": 4.0}

@@ -1,4 +1,4 @@
-"""Model discovery: the adaptable projections of any HF model, per layer, with a role.
+"""Model anatomy: the adaptable projections of any HF model, per layer, with a role.
 
 Known families are described by a small table (``FAMILIES``): which projection plays which
 role and where the HeteroLoRA shortcuts attach.  Anything else falls back to "every linear
@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from search_spaces.base import base_shape
+from .base import base_shape
 
+# Task heads that stay trainable (as PEFT's SEQ_CLS modules_to_save); LM heads stay frozen.
+HEAD_NAMES = ("classifier", "score", "qa_outputs")
 ROLES = ("q", "k", "v", "qkv", "o", "gate", "ffn_up", "ffn_down")
 
 
@@ -178,3 +180,23 @@ def discover(model: nn.Module) -> ModelLayout:
         hidden = modules[0].d_in
     family = getattr(config, "model_type", "unknown") if config is not None else "unknown"
     return ModelLayout(family, layers_path, len(layers), hidden, modules, spec)
+
+
+def task_head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the model's task head (the children named in ``HEAD_NAMES``)."""
+    return [p for name, child in model.named_children() if name in HEAD_NAMES for p in child.parameters()]
+
+
+def head_param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in task_head_parameters(model))
+
+
+def base_param_count(model: nn.Module) -> int:
+    """Parameters of the base model, the task head excluded (tied weights counted once)."""
+    head = {id(p) for p in task_head_parameters(model)}
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in head and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
