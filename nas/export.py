@@ -23,7 +23,8 @@ from search_spaces.attach import adapters, shortcut_set
 
 from .errors import UserError
 from .inject import apply_plan
-from .plan import Plan, atomic_write_bytes
+from .io import atomic_write_bytes
+from .plan import Plan
 
 PEFT_PREFIX = "base_model.model."
 _PEFT_TASK = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from search_spaces.attach import split_choice
 from search_spaces.shortcuts import SHORTCUT_DEFAULTS, parse_shortcut_key, shortcut_params
 
 from .errors import PlanError, UserError
+from .io import atomic_write_text
 
 SCHEMA_VERSION = 1
 BUDGET_COUNTS = "adapters+shortcuts"  # the task head is trainable but never counted
@@ -205,28 +205,3 @@ def _shortcut_hparam_problems(key: str, hp: Any) -> list[str]:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         problems.append(f"shortcut {key!r}: alpha must be a number, got {alpha!r}")
     return problems
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the mode open() would (0666 less the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

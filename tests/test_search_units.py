@@ -5,7 +5,7 @@ import pytest
 
 from nas.cli.search import parse_duration
 from nas.errors import UserError
-from nas.report import pareto_front
+from nas.search.report import pareto_front
 from nas.search import reweight, trial_rank
 from search_spaces import Candidate
 

@@ -35,6 +35,8 @@ from search_spaces.attach import adapters, shortcut_set
 from search_spaces.shortcuts import parse_shortcut_key
 from search_spaces.space import Candidate, freeze_choice
 
+from ..io import atomic_write_bytes, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[nn.Module, list, dict], dict]
@@ -264,7 +266,6 @@ class DynamicAllocator:
         }
 
     def save_report(self, out_dir: str | Path) -> tuple[Path, Path]:
-        from .plan import atomic_write_text
 
         out_dir = Path(out_dir)
         report = self.counts_report()
@@ -299,7 +300,6 @@ def save_heatmap(report: dict[str, Any], layout: ModelLayout, path: str | Path) 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .plan import atomic_write_bytes
 
     roles, layers, matrix = heatmap_matrix(report, layout)
     m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)

@@ -18,11 +18,8 @@ finished trial; ``--storage postgresql://...`` lets workers on several machines 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,139 +28,21 @@ import optuna
 from optuna.trial import TrialState
 
 import proxies
-from search_spaces import Candidate, load_space
-
-from .budget import parse_budget
+from search_spaces import load_space
 from search_spaces.anatomy import base_param_count, discover
 from search_spaces.space import kind_of
-from .errors import UserError
-from .plan import BUDGET_COUNTS, Plan, atomic_write_text
 
-PLAN_ATTR = "plan"
-
-
-@dataclass
-class SearchConfig:
-    model: str | None = None  # None: the packaged MiniLM
-    task: str | None = None  # None: the bundled SST-2 sample
-    budget: str = "0.1%"
-    space: str = "default"
-    proxy: str | None = None  # None: proxies.DEFAULT_PROXY
-    output_dir: str = "search-out"
-    n_trials: int = 10
-    timeout_s: float | None = None  # wall-clock limit of the trial stage
-    trial_steps: int = 120  # full fidelity of one trial, in optimizer steps
-    n_evals: int = 3  # evaluations per trial (rungs for the pruner)
-    holdout: float = 0.2  # part of train used to score trials
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = 400
-    group_by_length: bool = True  # trials batch rows of similar lengths: faster, as fair to all
-    proxy_batches: int = 4
-    batch_size: int = 16
-    max_length: int = 128
-    lr: float = 1e-3  # starting point; every trial samples its own learning rate
-    lr_range: tuple[float, float] = (3e-4, 3e-3)
-    epochs: float = 3  # training hint written into the plan for the full run
-    allocation: str = "static"  # static | dynamic, for the trials and the plan
-    pruner: str = "hyperband"  # hyperband | halving | median | none
-    sampler: str = "tpe"  # tpe | random
-    storage: str | None = None  # None: journal file in output_dir
-    study: str | None = None
-    resume: bool = False
-    seed: int = 0
-    progress: bool = True
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    text_columns: str | list[str] | None = None  # 'a,b' or a list
-    label_column: str | None = None
-
-
-@dataclass
-class SearchResult:
-    plan: Plan
-    plan_path: Path
-    best_value: float
-    n_complete: int
-    n_pruned: int
-    n_failed: int
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    pareto: list[dict] = field(default_factory=list)
-
-
-# ---- trial parameterisation --------------------------------------------------------------
-def reweight(candidates: list[Candidate], scores: dict[str, float], params: dict[str, float],
-             num_layers: int, seed: int) -> dict[str, float]:
-    """Proxy scores re-weighted by one trial's parameters (the proxy stays the prior)."""
-    rng = np.random.default_rng(seed)
-    jitter = params.get("jitter", 0.0)
-    noise = rng.normal(0.0, 1.0, size=len(candidates)) * jitter
-    depth = params.get("depth_bias", 0.0)
-    out = {}
-    for c, eps in zip(candidates, noise):
-        rel = (c.layer / max(num_layers - 1, 1)) * 2 - 1  # -1 first layer .. +1 last
-        log_w = params.get(f"w_kind_{kind_of(c)}", 0.0) + depth * rel + eps
-        if not c.is_shortcut:
-            log_w += params.get(f"w_role_{c.role}", 0.0)
-        out[c.key] = scores[c.key] * math.exp(log_w)
-    return out
-
-
-def plan_hash(plan: Plan) -> str:
-    key = json.dumps({"m": plan.modules, "s": plan.shortcuts, "lr": plan.training.get("lr")},
-                     sort_keys=True)
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
-# ---- storage ----------------------------------------------------------------------------
-def make_storage(cfg: SearchConfig):
-    if cfg.storage is None:
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        return JournalStorage(JournalFileBackend(str(out / "study.journal")))
-    if cfg.storage.endswith((".journal", ".log")):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        return JournalStorage(JournalFileBackend(cfg.storage))
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
-
-    # Heartbeats let a shared study notice a worker that died and retry its trial once.
-    return RDBStorage(cfg.storage, heartbeat_interval=30, grace_period=120,
-                      failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
-
-
-def make_pruner(name: str, n_evals: int):
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_evals, reduction_factor=3)
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise UserError(f"unknown pruner {name!r}; choose hyperband, halving, median or none")
-
-
-def make_sampler(name: str, seed: int):
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=4)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise UserError(f"unknown sampler {name!r}; choose tpe or random")
-
-
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """On --resume: trials left RUNNING by the killed process never finished; mark them
-    failed and queue their parameters again so they are re-run, while finished trials stay."""
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
-    for t in stale:
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-    return [t.number for t in stale]
+from .. import train as training
+from ..budget import parse_budget
+from ..data import load_task
+from ..errors import UserError
+from ..io import atomic_write_text
+from ..models import load_model, load_tokenizer
+from ..plan import BUDGET_COUNTS, Plan
+from .config import PLAN_ATTR, SearchConfig, SearchResult
+from .report import SearchFacts, write_report
+from .study import fail_stale_trials, make_pruner, make_sampler, make_storage
+from .trials import plan_hash, reweight, trial_rank
 
 
 # ---- the engine ----------------------------------------------------------------------------
@@ -176,15 +55,12 @@ class Search:
 
     # -- setup --
     def prepare(self) -> None:
-        from . import data as data_mod
-        from .models import load_model, load_tokenizer
-
         cfg = self.cfg
         t0 = time.perf_counter()
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(cfg.model)
         if self._data is None:
-            self._data = data_mod.load_task(
+            self._data = load_task(
                 cfg.task, self._tokenizer, data_dir=cfg.data_dir,
                 train_file=cfg.train_file, validation_file=cfg.validation_file,
                 text_columns=cfg.text_columns, label_column=cfg.label_column,
@@ -301,8 +177,6 @@ class Search:
         return self._allocate(scores, lr=params["lr"], fill=params.get("fill", 1.0))
 
     def objective(self, trial: optuna.Trial) -> float:
-        from .trainer import TrainConfig, train
-
         cfg = self.cfg
         params = self.trial_params(trial)
         plan = self.trial_plan(params, seed=cfg.seed + trial.number)
@@ -317,7 +191,7 @@ class Search:
                 return t.value
         steps = cfg.trial_steps
         eval_every = max(1, steps // cfg.n_evals)
-        tcfg = TrainConfig.from_plan(
+        tcfg = training.TrainConfig.from_plan(
             plan, max_steps=steps, eval_every=eval_every, seed=cfg.seed, lr=params["lr"],
             batch_size=cfg.batch_size, max_length=cfg.max_length, allocation=cfg.allocation,
             output_dir=None, progress=False, group_by_length=cfg.group_by_length,
@@ -331,7 +205,7 @@ class Search:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
-        result = train(plan, tcfg, model=copy.deepcopy(self.base), tokenizer=self._tokenizer,
+        result = training.train(plan, tcfg, model=copy.deepcopy(self.base), tokenizer=self._tokenizer,
                        data=self.trial_data, on_eval=on_eval)
         trial.set_user_attr("train_time_s", result.train_time_s)
         trial.set_user_attr("metrics", {k: v for k, v in result.metrics.items()
@@ -340,7 +214,7 @@ class Search:
 
     def open_study(self) -> optuna.Study:
         cfg = self.cfg
-        storage = make_storage(cfg)
+        storage = make_storage(cfg.storage, cfg.output_dir)
         name = cfg.study or "more-search"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
@@ -367,8 +241,6 @@ class Search:
             study.enqueue_trial(only_lora, user_attrs={"origin": "proxy plan, LoRA preferred"})
 
     def trial_stage(self, study: optuna.Study) -> None:
-        from .trainer import NonFiniteLoss
-
         cfg = self.cfg
         t0 = time.perf_counter()
         finished = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -393,7 +265,7 @@ class Search:
                 self.objective, timeout=cfg.timeout_s,
                 callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=finished), on_trial],
                 # A failed trial (NaN loss, out of memory) is recorded as failed; the search goes on.
-                catch=(NonFiniteLoss, RuntimeError, MemoryError, ValueError),
+                catch=(training.NonFiniteLoss, RuntimeError, MemoryError, ValueError),
             )
         if bar is not None:
             bar.close()
@@ -401,8 +273,6 @@ class Search:
 
     # -- stage 3 --
     def result(self, study: optuna.Study) -> SearchResult:
-        from .report import write_report
-
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if complete:
             best = max(complete, key=trial_rank)
@@ -428,7 +298,11 @@ class Search:
             n_complete=states.count(TrialState.COMPLETE), n_pruned=states.count(TrialState.PRUNED),
             n_failed=states.count(TrialState.FAIL), stage_seconds=dict(self.stage_seconds),
         )
-        res.pareto = write_report(self, study, res)
+        facts = SearchFacts(
+            out=self.out, layout=self.layout, metric=self._data.main_metric, budget_spec=str(self.cfg.budget),
+            budget=self.budget, base_params=self.base_params, space=self.space.name,
+            n_candidates=len(self.candidates), proxy=self.proxy_name, allocation=self.cfg.allocation)
+        res.pareto = write_report(facts, study, res)
         return res
 
     def run(self) -> SearchResult:
@@ -443,16 +317,5 @@ class Search:
         return self.result(study)
 
 
-def trial_rank(trial: optuna.trial.FrozenTrial) -> tuple[float, float]:
-    """Higher is better: the held-out main metric, ties broken by the lower held-out loss.  Short
-    trials on a hard task often all sit at the majority class; the loss still tells them apart."""
-    loss = trial.user_attrs.get("metrics", {}).get("loss", math.inf)  # duplicates carry none
-    return trial.value, -loss if math.isfinite(loss) else -math.inf
-
-
 def run_search(cfg: SearchConfig, **kw) -> SearchResult:
     return Search(cfg, **kw).run()
-
-
-def config_to_json(cfg: SearchConfig) -> str:
-    return json.dumps(asdict(cfg), indent=2)

@@ -3,12 +3,35 @@ per-layer allocation)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from optuna.trial import TrialState
 
-from .plan import Plan, atomic_write_text
-from .search import trial_rank
+from search_spaces import count_params
+from search_spaces.anatomy import ModelLayout
+from search_spaces.shortcuts import SHORTCUT_DEFAULTS, shortcut_params
+from search_spaces.space import choice_label
+
+from ..io import atomic_write_text
+from ..plan import Plan
+from .trials import trial_rank
+
+
+@dataclass
+class SearchFacts:
+    """What the report says about the search besides its trials and result."""
+
+    out: Path
+    layout: ModelLayout
+    metric: str  # the task's main metric, scored on the held-out part of train
+    budget_spec: str
+    budget: int
+    base_params: int
+    space: str
+    n_candidates: int
+    proxy: str
+    allocation: str
 
 
 def pareto_front(points: list[dict]) -> list[dict]:
@@ -30,12 +53,6 @@ def _plt():
     return plt
 
 
-def choice_label(choice: dict) -> str:
-    d = {k: v for k, v in choice.items() if k not in ("type", "enabled", "alpha", "scale") and v is not None}
-    short = {"rank": "r", "nblocks": "N"}
-    return " ".join([choice["type"]] + [f"{short.get(k, k)}{v}" for k, v in sorted(d.items())])
-
-
 def allocation_table(plan: Plan, layout) -> tuple[list[str], list[list[str]]]:
     """Rows per layer: the choice on each role, then the shortcuts that are on."""
     roles = layout.roles
@@ -55,8 +72,6 @@ def allocation_table(plan: Plan, layout) -> tuple[list[str], list[list[str]]]:
 def plot_allocation(plan: Plan, layout, path: Path, title: str) -> None:
     import numpy as np
 
-    from search_spaces import count_params
-
     plt = _plt()
     roles = layout.roles + ["shortcuts"]
     grid = np.zeros((layout.num_layers, len(roles)))
@@ -71,7 +86,7 @@ def plot_allocation(plan: Plan, layout, path: Path, title: str) -> None:
     for key, hp in plan.shortcuts.items():
         layer, _, kind = key.partition(".")
         j = roles.index("shortcuts")
-        grid[int(layer), j] += 2 * hp.get("rank", 8) * layout.hidden_size
+        grid[int(layer), j] += shortcut_params(layout.hidden_size, **{**SHORTCUT_DEFAULTS, **hp})
         labels[int(layer)][j] = (labels[int(layer)][j] + " " + kind).strip()
     fig, ax = plt.subplots(figsize=(1.6 * len(roles) + 2, 0.6 * layout.num_layers + 1.5))
     im = ax.imshow(grid, cmap="Blues", aspect="auto")
@@ -89,14 +104,14 @@ def plot_allocation(plan: Plan, layout, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_report(search, study, res) -> list[dict]:
-    out: Path = search.out
+def write_report(facts: SearchFacts, study, res) -> list[dict]:
+    out: Path = facts.out
     trials = study.get_trials(deepcopy=False)
     points = [{"trial": t.number, "params": t.user_attrs["trainable_params"], "value": t.value,
                "proxy": t.user_attrs.get("proxy_score", float("nan"))}
               for t in trials if t.state == TrialState.COMPLETE and "trainable_params" in t.user_attrs]
     front = pareto_front(points)
-    metric = search._data.main_metric
+    metric = facts.metric
     plt = _plt()
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -105,7 +120,7 @@ def write_report(search, study, res) -> list[dict]:
                    label="trials")
         ax.plot([p["params"] for p in front], [p["value"] for p in front], "o-", c="tab:red",
                 label="Pareto front")
-    ax.axvline(search.budget, ls="--", c="k", lw=1, label="budget")
+    ax.axvline(facts.budget, ls="--", c="k", lw=1, label="budget")
     ax.set_xlabel("trainable parameters (adapters + shortcuts)")
     ax.set_ylabel(f"held-out {metric}")
     ax.legend()
@@ -119,25 +134,25 @@ def write_report(search, study, res) -> list[dict]:
         ax.scatter([p["proxy"] for p in points], [p["value"] for p in points])
         for p in points:
             ax.annotate(str(p["trial"]), (p["proxy"], p["value"]), fontsize=7)
-    ax.set_xlabel(f"summed proxy score of the plan ({search.proxy_name})")
+    ax.set_xlabel(f"summed proxy score of the plan ({facts.proxy})")
     ax.set_ylabel(f"held-out {metric} after the short trial")
     ax.set_title("proxy vs trial")
     fig.tight_layout()
     fig.savefig(out / "proxy_vs_trial.png", dpi=120)
     plt.close(fig)
 
-    plot_allocation(res.plan, search.layout, out / "allocation.png",
+    plot_allocation(res.plan, facts.layout, out / "allocation.png",
                     f"chosen plan: {res.plan.trainable_params:,} params")
 
     lines = [
         "# more-search report", "",
-        f"- model: `{res.plan.model['name_or_path']}` ({search.layout.family}, "
-        f"{search.base_params:,} base parameters)",
+        f"- model: `{res.plan.model['name_or_path']}` ({facts.layout.family}, "
+        f"{facts.base_params:,} base parameters)",
         f"- task: `{res.plan.task.get('name')}`; trials score held-out {metric} on part of train",
-        f"- budget: {search.cfg.budget} = {search.budget:,} parameters (adapters + shortcuts; "
+        f"- budget: {facts.budget_spec} = {facts.budget:,} parameters (adapters + shortcuts; "
         f"the task head is not counted)",
-        f"- space: `{search.space.name}` ({len(search.candidates)} candidates); proxy: "
-        f"`{search.proxy_name}`; allocation: {search.cfg.allocation}",
+        f"- space: `{facts.space}` ({facts.n_candidates} candidates); proxy: "
+        f"`{facts.proxy}`; allocation: {facts.allocation}",
         f"- chosen plan: trial {res.plan.provenance.get('trial', '-')}, "
         f"{res.plan.trainable_params:,} parameters, held-out {metric} {res.best_value:.4f}, "
         f"lr {res.plan.training.get('lr'):.2e}",
@@ -145,7 +160,7 @@ def write_report(search, study, res) -> list[dict]:
         "", "## Time per stage", "", "| stage | seconds |", "|---|---:|",
     ]
     lines += [f"| {k} | {v:.1f} |" for k, v in res.stage_seconds.items()]
-    header, rows = allocation_table(res.plan, search.layout)
+    header, rows = allocation_table(res.plan, facts.layout)
     lines += ["", "## Chosen plan per layer", "", "| " + " | ".join(header) + " |",
               "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

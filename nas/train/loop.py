@@ -1,0 +1,368 @@
+"""The training loop (``Trainer``): a plain PyTorch loop with AdamW, warmup schedules and dynamic
+padding, evaluation, checkpoints and dynamic reallocation."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from search_spaces.anatomy import ModelLayout, task_head_parameters
+from search_spaces.attach import adapters, shortcut_set
+
+from ..errors import UserError
+from ..inject import trainable_state_dict
+from ..io import atomic_write_bytes, atomic_write_text
+from ..plan import Plan
+from .config import CHECKPOINT, CHECKPOINT_VERSION, RESUME_KEYS, NonFiniteLoss, TrainConfig, TrainResult
+from .support import PeakMemory, forward_keys, group_by_length, rng_state, set_rng_state
+
+
+class Trainer:
+    """The training loop for one model (any model: its trainable parameters are what trains).
+
+    ``train_step()`` runs one optimizer step, ``evaluate()`` one evaluation, ``run()`` the whole
+    schedule with evaluation, dynamic reallocation, checkpoints and progress.
+    """
+
+    def __init__(self, model: nn.Module, data, cfg: TrainConfig, *, plan: Plan | None = None,
+                 layout: ModelLayout | None = None, allocator=None,
+                 on_eval: Callable[[int, dict], None] | None = None,
+                 output_dir: str | os.PathLike | None = None):
+        self.cfg, self.data, self.plan, self.layout = cfg, data, plan, layout
+        self.allocator, self.on_eval = allocator, on_eval
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device)
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.collate = data.collator()
+        self.keys = forward_keys(model)
+        self.n_train = len(data.train)
+        if self.n_train == 0:
+            raise UserError(f"task {data.name!r} has no training rows")
+        self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        self.eval_every = cfg.eval_every or self.steps_per_epoch
+        self.dynamic_every = max(1, round(cfg.dynamic_every * self.steps_per_epoch))
+
+        # Trainable tensors: whatever requires grad, plus every adapter's own (a disabled
+        # adapter is still trained when it is switched on again).
+        seen, named = set(), []
+        for n, p in model.named_parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                named.append((n, p))
+        if not named:
+            raise UserError("the model has no trainable parameters")
+        decay = [p for n, p in named if not _no_decay(n)]
+        no_decay = [p for n, p in named if _no_decay(n)]
+        groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        self.params = [p for _, p in named]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        from transformers import get_scheduler
+
+        self.warmup_steps = math.ceil(cfg.warmup_ratio * self.total_steps)
+        self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=self.warmup_steps,
+                                       num_training_steps=self.total_steps)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._loss_sum, self._loss_n = 0.0, 0
+        self._step_time, self._step_count = 0.0, 0
+        self._train_time_prev = 0.0
+        self._perm_cache: tuple[int, list[int]] | None = None
+        self._eval_order_cache: tuple[Any, list[int]] = (None, [])
+        self._train_lengths: list[int] | None = None
+        self.memory = PeakMemory(self.device)
+        self.log = logging.getLogger("nas.trainer")
+
+    # ---- data --------------------------------------------------------------------------
+    def _perm(self, epoch: int) -> list[int]:
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n_train, generator=g).tolist()
+            if self.cfg.group_by_length:
+                perm = self._group_by_length(perm)
+            self._perm_cache = (epoch, perm)
+        return self._perm_cache[1]
+
+    def _group_by_length(self, perm: list[int]) -> list[int]:
+        if self._train_lengths is None:
+            self._train_lengths = [len(x) for x in self.data.train["input_ids"]]
+        return group_by_length(perm, self._train_lengths, self.cfg.batch_size)
+
+    def batch_indices(self, step: int) -> list[int]:
+        """Rows of the training batch for optimizer step ``step`` (0-based): a fixed function
+        of (seed, step), so a resumed run sees exactly the same batches."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        bs = self.cfg.batch_size
+        return self._perm(epoch)[pos * bs:(pos + 1) * bs]
+
+    def make_batch(self, split, indices: list[int]) -> dict[str, torch.Tensor]:
+        cols = split[indices]
+        rows = [{k: cols[k][i] for k in cols} for i in range(len(indices))]
+        batch = self.collate(rows)
+        return {k: v.to(self.device) for k, v in batch.items()
+                if self.keys is None or k in self.keys}
+
+    def scoring_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + step)
+        perm = torch.randperm(self.n_train, generator=g).tolist()
+        bs = self.cfg.batch_size
+        return [self.make_batch(self.data.train, perm[i * bs:(i + 1) * bs])
+                for i in range(max(1, self.cfg.dynamic_batches)) if perm[i * bs:(i + 1) * bs]]
+
+    # ---- one step ------------------------------------------------------------------------
+    def train_step(self, indices: list[int] | None = None) -> float:
+        """One optimizer step on batch ``self.step`` (or on the given training rows); returns
+        its loss."""
+        batch = self.make_batch(self.data.train, self.batch_indices(self.step) if indices is None else indices)
+        t0 = time.perf_counter()
+        self.model.train()
+        if self.allocator is not None:
+            self.allocator.tick()
+        loss = self.model(**batch).loss
+        self.memory.sample()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLoss(self.step + 1, value)
+        loss.backward()
+        self.memory.sample()
+        if self.cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._step_time += time.perf_counter() - t0
+        self._step_count += 1
+        self.step += 1
+        self._loss_sum += value
+        self._loss_n += 1
+        return value
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def _eval_order(self, split) -> list[int]:
+        """Rows sorted by length: batches of similar lengths pad little (every metric here is
+        order-free, so the order changes the cost, not the result)."""
+        key = (id(split), len(split))
+        if self._eval_order_cache[0] != key:  # a permutation of the rows whatever the key
+            if "input_ids" in split.column_names:
+                lengths = [len(x) for x in split["input_ids"]]
+                order = sorted(range(len(split)), key=lengths.__getitem__)
+            else:
+                order = list(range(len(split)))
+            self._eval_order_cache = (key, order)
+        return self._eval_order_cache[1]
+
+    @torch.no_grad()
+    def evaluate(self, split=None) -> dict[str, float]:
+        split = self.data.eval if split is None else split
+        was_training = self.model.training
+        self.model.eval()
+        bs = self.cfg.eval_batch_size or self.cfg.batch_size
+        n = len(split)
+        preds, labels, loss_sum, loss_n = [], [], 0.0, 0
+        tok_correct = tok_total = 0
+        tok_loss = 0.0
+        order = self._eval_order(split)
+        try:
+            for start in range(0, n, bs):
+                batch = self.make_batch(split, order[start:start + bs])
+                out = self.model(**batch)
+                self.memory.sample()
+                if self.data.task_type == "causal_lm":
+                    logits = out.logits[:, :-1].float()
+                    target = batch["labels"][:, 1:]
+                    mask = target != -100
+                    lp = torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                        ignore_index=-100, reduction="sum")
+                    tok_loss += float(lp)
+                    tok_total += int(mask.sum())
+                    tok_correct += int(((logits.argmax(-1) == target) & mask).sum())
+                    continue
+                loss_sum += float(out.loss) * len(batch["labels"])
+                loss_n += len(batch["labels"])
+                logits = out.logits.float()
+                if self.data.task_type == "regression":
+                    preds.append(logits.reshape(-1).cpu().numpy())
+                else:
+                    preds.append(logits.argmax(-1).cpu().numpy())
+                labels.append(batch["labels"].cpu().numpy())
+        finally:
+            self.model.train(was_training)
+        if self.data.task_type == "causal_lm":
+            loss = tok_loss / max(tok_total, 1)
+            return {"token_accuracy": tok_correct / max(tok_total, 1), "loss": loss,
+                    "perplexity": math.exp(min(loss, 50.0))}
+        metrics = self.data.compute_metrics(np.concatenate(preds), np.concatenate(labels))
+        metrics["loss"] = loss_sum / max(loss_n, 1)
+        return metrics
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION, "step": self.step,
+            "trainable": {k: v.detach().cpu().clone() for k, v in trainable_state_dict(self.model).items()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(), "history": self.history,
+            "loss_acc": [self._loss_sum, self._loss_n],
+            "timing": [self._step_time, self._step_count, self._train_time_prev + self._elapsed()],
+            "peak_memory": self.memory.peak,
+            "allocator": self.allocator.state_dict() if self.allocator is not None else None,
+            "config": {k: getattr(self.cfg, k) for k in RESUME_KEYS},
+            "data": self.data.fingerprint(),
+            "plan_keys": sorted(self.plan.modules) + sorted(self.plan.shortcuts) if self.plan else None,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        if self.output_dir is None:
+            return None
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        return atomic_write_bytes(self.output_dir / CHECKPOINT, buf.getvalue())
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise UserError(f"checkpoint {str(path)!r} has version {state.get('version')}; "
+                            f"this more-nas writes version {CHECKPOINT_VERSION}")
+        now = {k: getattr(self.cfg, k) for k in RESUME_KEYS}
+        diff = [f"{k}: checkpoint {state['config'].get(k)!r}, now {now[k]!r}"
+                for k in RESUME_KEYS if state["config"].get(k) != now[k]]
+        if diff:
+            raise UserError(f"cannot resume from {str(path)!r}: the settings differ ("
+                            + "; ".join(diff) + "); use the same settings or start without --resume")
+        if state["data"] != self.data.fingerprint():
+            raise UserError(f"cannot resume from {str(path)!r}: the training data differs from the "
+                            f"data the checkpoint was trained on")
+        keys = sorted(self.plan.modules) + sorted(self.plan.shortcuts) if self.plan else None
+        if state["plan_keys"] != keys:
+            raise UserError(f"cannot resume from {str(path)!r}: it was made with a different plan")
+        missing, unexpected = self.model.load_state_dict(state["trainable"], strict=False)
+        if unexpected:
+            raise UserError(f"cannot resume from {str(path)!r}: tensors {unexpected[:3]} do not fit the model")
+        if self.allocator is not None and state["allocator"] is not None:
+            self.allocator.load_state_dict(state["allocator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+        self._loss_sum, self._loss_n = state["loss_acc"]
+        self._step_time, self._step_count, self._train_time_prev = state["timing"]
+        self.memory.peak = max(self.memory.peak, int(state.get("peak_memory", 0)))
+        self._resumed = True
+
+    # ---- the schedule --------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._t_start if getattr(self, "_t_start", None) else 0.0
+
+    def _write_metrics(self) -> None:
+        if self.output_dir is None:
+            return
+        text = "".join(json.dumps(h) + "\n" for h in self.history)
+        atomic_write_text(self.output_dir / "metrics.jsonl", text)
+
+    def run(self, logger: logging.Logger | None = None) -> TrainResult:
+        """Train to ``total_steps`` (from the current step: 0, or the resumed one)."""
+        from tqdm.auto import tqdm
+
+        log = logger or self.log
+        self.log = log
+        cfg = self.cfg
+        if self.step == 0:
+            torch.manual_seed(cfg.seed)  # the dropout stream starts from the seed, whatever
+            random.seed(cfg.seed)        # loading the model consumed
+            np.random.seed(cfg.seed % 2**32)
+        self._t_start = time.perf_counter()
+        save_every = cfg.save_every
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress, desc="train",
+                   unit="step", dynamic_ncols=True, file=sys.stderr, leave=False)
+        samples, t_loop = 0, time.perf_counter()
+        try:
+            if self.step == 0 and self.allocator is not None and \
+                    sum(self.allocator.sizes[n] for n in self.allocator.enabled_names()) > self.allocator.budget:
+                # The plan switches on more than the budget: allocate before the first step.
+                info = self.allocator.reallocate(self.scoring_batches(0), 0)
+                log.info("step 0: the plan's enabled set exceeds the budget; allocated %d candidates, "
+                         "%d params (%s)", info["enabled"], info["params"], self.allocator.score_name)
+            while self.step < self.total_steps:
+                loss = self.train_step()
+                samples += len(self.batch_indices(self.step - 1))
+                s = self.step
+                if cfg.progress:
+                    rate = samples / max(time.perf_counter() - t_loop, 1e-9)
+                    bar.set_postfix_str(f"loss={loss:.4f}, lr={self.scheduler.get_last_lr()[0]:.2e}, "
+                                        f"{rate:.1f} samples/s", refresh=False)
+                bar.update(1)
+                evaluated = s % self.eval_every == 0 or s == self.total_steps
+                entry = None
+                if evaluated:
+                    metrics = self.evaluate()
+                    entry = {"step": s, "epoch": round(s / self.steps_per_epoch, 4),
+                             **metrics, "train_loss": self._loss_sum / max(self._loss_n, 1),
+                             "lr": self.scheduler.get_last_lr()[0]}
+                    self._loss_sum, self._loss_n = 0.0, 0
+                    self.history.append(entry)
+                    self._write_metrics()
+                    log.info("step %d/%d epoch %.2f: %s", s, self.total_steps, entry["epoch"],
+                             ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                if (self.allocator is not None and s % self.dynamic_every == 0
+                        and s < self.total_steps):
+                    info = self.allocator.reallocate(self.scoring_batches(s), s)
+                    log.info("step %d: reallocated (%s): %d on, %d params; on %s off %s", s,
+                             self.allocator.score_name, info["enabled"], info["params"],
+                             _short(info["on"]), _short(info["off"]))
+                if evaluated or (save_every and s % save_every == 0) or s == self.total_steps:
+                    self.save_checkpoint()
+                if entry is not None and self.on_eval is not None:
+                    self.on_eval(s, dict(entry))
+        finally:
+            bar.close()
+        if not self.history:  # resumed after the end: nothing ran
+            self.history.append({"step": self.step, **self.evaluate()})
+        final = {k: v for k, v in self.history[-1].items()
+                 if k not in ("step", "epoch", "train_loss", "lr")}
+        main = self.data.main_metric
+        train_time = self._train_time_prev + self._elapsed()
+        enabled_ad = _enabled_adapter_params(self.model)
+        head = sum(p.numel() for p in task_head_parameters(self.model) if p.requires_grad)
+        trainable = enabled_ad + head if (enabled_ad or self.plan is not None) else \
+            sum(p.numel() for p in self.params)
+        return TrainResult(
+            metrics=final, main_metric=main, score=float(final.get(main, float("nan"))),
+            history=list(self.history), steps=self.step, train_time_s=train_time,
+            step_time_s=self._step_time / max(self._step_count, 1),
+            peak_memory_bytes=self.memory.value(), trainable_params=int(trainable),
+            output_dir=str(self.output_dir) if self.output_dir else None,
+            enable_counts=dict(self.allocator.counts) if self.allocator is not None else None,
+            adapter_params=int(enabled_ad), peak_memory_kind=self.memory.kind,
+        )
+
+
+def _short(names: list[str], k: int = 4) -> str:
+    return "[" + ", ".join(names[:k]) + (f", +{len(names) - k}" if len(names) > k else "") + "]"
+
+
+def _no_decay(name: str) -> bool:
+    low = name.lower()
+    return low.endswith("bias") or "layernorm" in low or "layer_norm" in low or ".norm" in low
+
+
+def _enabled_adapter_params(model: nn.Module) -> int:
+    total = sum(sum(p.numel() for p in a.trainable_parameters())
+                for a in adapters(model).values() if a.enabled)
+    sset = shortcut_set(model)
+    if sset is not None:
+        total += sum(sum(p.numel() for p in sc.parameters()) for _, sc in sset.items() if sc.enabled)
+    return total
