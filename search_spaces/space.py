@@ -41,13 +41,18 @@ class Candidate:
     @property
     def label(self) -> str:
         """Short readable name of the choice: 'lora r8', 'more N4 r4', 'circulant'."""
-        d = {k: v for k, v in self.choice if k not in ("type", "alpha", "scale") and v is not None}
-        short = {"rank": "r", "nblocks": "N"}
-        return " ".join([self.kind] + [f"{short.get(k, k)}{v}" for k, v in sorted(d.items())])
+        return choice_label(self.choice_dict)
 
     @property
     def key(self) -> str:
         return f"{self.target}|{self.label}"
+
+
+def choice_label(choice: dict[str, Any]) -> str:
+    """Short readable name of a choice dict: 'lora r8', 'more N4 r4', 'circulant'."""
+    d = {k: v for k, v in choice.items() if k not in ("type", "enabled", "alpha", "scale") and v is not None}
+    short = {"rank": "r", "nblocks": "N"}
+    return " ".join([choice["type"]] + [f"{short.get(k, k)}{v}" for k, v in sorted(d.items())])
 
 
 def kind_of(c: Candidate) -> str:
