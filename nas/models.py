@@ -61,7 +61,7 @@ def _not_loadable(name: str, err: Exception) -> UserError:
     )
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     import socket
 
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
@@ -77,7 +77,7 @@ def _from_pretrained(loader, path: str, **kwargs):
     """Load from a folder or the Hub; offline, the cache only (no minute of HTTP retries)."""
     import huggingface_hub.constants as hub_constants
 
-    forced_offline = not Path(path).exists() and not _hub_reachable()
+    forced_offline = not Path(path).exists() and not hub_reachable()
     saved = hub_constants.HF_HUB_OFFLINE
     hub_constants.HF_HUB_OFFLINE = saved or forced_offline
     try:

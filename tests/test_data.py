@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+import nas.models
 from nas import UserError
-from nas import data as nas_data
+from nas.data import readers as nas_data
 from nas.data import GLUE_TASKS, load_task
 from nas.metrics import accuracy, compute_metrics, f1_binary, matthews_corrcoef, pearson, spearman
 from tests.factories import make_tokenizer
@@ -70,7 +71,7 @@ def test_local_glue_folders(tok, task, n_train, n_dev, dev_counts):
     assert d.main_metric == GLUE_TASKS[task].main_metric
     if dev_counts:
         assert np.bincount(d.eval["labels"]).tolist() == dev_counts
-    raw = nas_data._load_glue(GLUE_TASKS[task], GLUE)
+    raw = nas_data.load_glue(GLUE_TASKS[task], GLUE)
     assert len(raw["train"]) == n_train
     if task == "rte":
         assert d.label_names == ["entailment", "not_entailment"]
@@ -106,7 +107,7 @@ def test_glue_folder_layouts(tok, tmp_path):
 
 def test_glue_without_data_dir_fails_clearly(tok, monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
-    monkeypatch.setattr(nas_data, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(nas.models, "hub_reachable", lambda: False)
     with pytest.raises(UserError) as e:
         load_task("rte", tok)
     assert "--data-dir" in str(e.value) and "RTE/train.tsv" in str(e.value)
