@@ -340,7 +340,7 @@ def run_or_load_search(ctx: TaskCtx, budget: str) -> dict[str, Any]:
     cfg = SearchConfig(task=ctx.task, budget=budget, output_dir=str(out), n_trials=p.search_trials,
                        trial_steps=p.search_steps, n_evals=p.search_evals, holdout=p.holdout,
                        timeout_s=p.search_timeout_s, group_by_length=p.group_by_length,
-                       max_eval_samples=p.select_eval_rows, batch_size=p.batch_size,
+                       trial_eval_samples=p.select_eval_rows, batch_size=p.batch_size,
                        max_length=p.max_length, epochs=p.epochs, seed=0, progress=False,
                        resume=True, data_dir=ctx.data_dir)
     t0 = time.perf_counter()

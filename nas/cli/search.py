@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..search import SearchConfig, run_search
 from . import run_cli
+from .flags import add_flags
 
 
 def parse_duration(text: str) -> float:
@@ -18,6 +20,14 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+# more-search's flags, by group: SearchConfig fields (the task ones from TaskSpec)
+WHAT = ["model", "task", "budget", "space", "proxy", "allocation"]
+OUTPUT = ["output_dir", "storage", "study", "resume"]
+TRIALS = ["n_trials", "trial_steps", "pruner", "sampler", "holdout", "seed"]
+DATA = ["data_dir", "train_file", "validation_file", "text_columns", "label_column", "task_type",
+        "max_train_samples", "batch_size", "max_length", "first_trial_lr", "epochs"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="more-search",
@@ -25,71 +35,30 @@ def build_parser() -> argparse.ArgumentParser:
                     "a trainable-parameter budget and write the best plan as JSON. With no arguments: "
                     "the packaged MiniLM on the bundled SST-2 sample.",
     )
-    g = p.add_argument_group("what to search for")
-    g.add_argument("--model", help="Hub name, local folder, .gguf file, or 'minilm' (default) / 'smollm2'")
-    g.add_argument("--task", help="GLUE task name (sst2, mrpc, cola, rte, ...), 'sst2-sample' (default), "
-                                  "or omit with --train-file")
-    g.add_argument("--budget", default="0.1%",
-                   help="trainable adapter+shortcut parameters: a percentage of the base model "
-                        "('0.1%%') or a count ('200k', '1.5M'); the task head is not counted (default 0.1%%)")
-    g.add_argument("--space", default="default",
-                   help="search space: default, lora, more, surm, heterolora, or a JSON file")
-    g.add_argument("--proxy", help="zero-cost proxy (default: the proxies package's best-ranking one)")
-    g.add_argument("--allocation", choices=["static", "dynamic"], default="static",
-                   help="how trials (and the plan's full run) allocate modules")
-    o = p.add_argument_group("output and storage")
-    o.add_argument("-o", "--output", default="search-out",
-                   help="output folder, or a path ending in .json to also write the plan there "
-                        "(the folder is then <name>.search beside it)")
-    o.add_argument("--storage", help="Optuna storage URL shared by several workers, e.g. "
-                                     "postgresql://user:pw@host/db (default: a journal file in the output folder)")
-    o.add_argument("--study", help="study name in the storage (default more-search)")
-    o.add_argument("--resume", action="store_true", help="continue an interrupted search in the output folder")
+    add_flags(p.add_argument_group("what to search for"), SearchConfig, WHAT)
+    add_flags(p.add_argument_group("output and storage"), SearchConfig, OUTPUT)
     t = p.add_argument_group("trial budget")
-    t.add_argument("--trials", type=int, default=10, help="number of finished trials to aim for (default 10)")
+    add_flags(t, SearchConfig, TRIALS)
     t.add_argument("--time-budget", help="wall-clock limit of the trial stage, e.g. 15m")
-    t.add_argument("--trial-steps", type=int, default=120, help="optimizer steps of one full trial (default 120)")
-    t.add_argument("--pruner", default="hyperband", choices=["hyperband", "halving", "median", "none"])
-    t.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
-    t.add_argument("--holdout", type=float, default=0.2, help="part of train that scores the trials")
-    t.add_argument("--seed", type=int, default=0)
-    d = p.add_argument_group("data and training (as more-train)")
-    d.add_argument("--data-dir", help="local GLUE folder with the original TSV layout")
-    d.add_argument("--train-file")
-    d.add_argument("--validation-file")
-    d.add_argument("--text-columns", help="one or two comma-separated text columns")
-    d.add_argument("--label-column")
-    d.add_argument("--max-train-samples", type=int)
-    d.add_argument("--batch-size", type=int, default=16)
-    d.add_argument("--max-length", type=int, default=128)
-    d.add_argument("--lr", type=float, default=1e-3, help="learning rate of the first (proxy) trial")
-    d.add_argument("--epochs", type=float, default=3, help="epochs hint written into the plan")
+    add_flags(p.add_argument_group("data and training (as more-train)"), SearchConfig, DATA)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..search import SearchConfig, run_search
-
-    out = Path(args.output)
+    out = Path(args.output_dir)
     plan_copy = None
     if out.suffix == ".json":
         plan_copy, out = out, out.with_suffix(".search")
-    if args.trials < 1 or args.trial_steps < 1:
+    if args.n_trials < 1 or args.trial_steps < 1:
         raise UserError("--trials and --trial-steps must be at least 1")
     if not 0 < args.holdout < 1:
         raise UserError("--holdout must be a fraction between 0 and 1, e.g. 0.2")
+    given = {n: getattr(args, n) for n in WHAT + OUTPUT + TRIALS + DATA}
     cfg = SearchConfig(
-        model=args.model, task=args.task, budget=args.budget, space=args.space, proxy=args.proxy,
-        output_dir=str(out), n_trials=args.trials,
-        timeout_s=parse_duration(args.time_budget) if args.time_budget else None,
-        trial_steps=args.trial_steps, holdout=args.holdout, max_train_samples=args.max_train_samples,
-        batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, epochs=args.epochs,
-        allocation=args.allocation, pruner=args.pruner, sampler=args.sampler, storage=args.storage,
-        study=args.study, resume=args.resume, seed=args.seed, progress=not args.quiet,
-        data_dir=args.data_dir, train_file=args.train_file, validation_file=args.validation_file,
-        text_columns=args.text_columns, label_column=args.label_column,
+        **{**given, "output_dir": str(out)},
+        timeout_s=parse_duration(args.time_budget) if args.time_budget else None, progress=not args.quiet,
     )
     res = run_search(cfg)
     if plan_copy is not None:

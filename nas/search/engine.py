@@ -34,7 +34,6 @@ from search_spaces.space import kind_of
 
 from .. import train as training
 from ..budget import parse_budget
-from ..data import load_task
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..models import load_model, load_tokenizer
@@ -60,16 +59,10 @@ class Search:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(cfg.model)
         if self._data is None:
-            self._data = load_task(
-                cfg.task, self._tokenizer, data_dir=cfg.data_dir,
-                train_file=cfg.train_file, validation_file=cfg.validation_file,
-                text_columns=cfg.text_columns, label_column=cfg.label_column,
-                max_length=cfg.max_length, max_train_samples=cfg.max_train_samples,
-                data_seed=cfg.seed,
-            )
+            self._data = cfg.load(self._tokenizer, data_seed=cfg.seed)
         # Trials never see dev: they train on part of train and score on the rest.
         self.trial_data = self._data.holdout(cfg.holdout, seed=cfg.seed).subsample(
-            max_eval_samples=cfg.max_eval_samples, seed=cfg.seed)
+            max_eval_samples=cfg.trial_eval_samples, seed=cfg.seed)
         if self._model is None:
             from transformers import set_seed
 
@@ -101,20 +94,11 @@ class Search:
         return dict(
             model={"name_or_path": name, "revision": None, "family": self.layout.family,
                    "base_params": self.base_params},
-            task=self.task_fields(),
+            task=cfg.plan_section(self._data),
             budget={"spec": str(cfg.budget), "params": self.budget, "counts": BUDGET_COUNTS},
-            training={"lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            training={"lr": cfg.first_trial_lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
                       "max_length": cfg.max_length, "allocation": cfg.allocation},
         )
-
-    def task_fields(self) -> dict[str, Any]:
-        """What more-train needs to load the same task again (TrainConfig.from_plan reads it)."""
-        cfg, d = self.cfg, self._data
-        fields = {"name": d.name, "task_type": d.task_type, "num_labels": d.num_labels,
-                  "main_metric": d.main_metric, "data_dir": cfg.data_dir,
-                  "train_file": cfg.train_file, "validation_file": cfg.validation_file,
-                  "text_columns": list(d.text_columns) or None, "label_column": d.label_column}
-        return {k: v for k, v in fields.items() if v is not None}
 
     def proxy_batches(self) -> list[dict]:
         """A few training batches (from the trial-training part, never the held-out part)."""
@@ -233,7 +217,7 @@ class Search:
         """The proxy plan (all weights 0) first, then LoRA-only and no-shortcut variants."""
         base = {f"w_kind_{k}": 0.0 for k in {kind_of(c) for c in self.candidates}}
         base.update({f"w_role_{r}": 0.0 for r in {c.role for c in self.candidates if not c.is_shortcut}})
-        base.update(depth_bias=0.0, jitter=0.0, lr=self.cfg.lr, fill=1.0)
+        base.update(depth_bias=0.0, jitter=0.0, lr=self.cfg.first_trial_lr, fill=1.0)
         study.enqueue_trial(base, user_attrs={"origin": "proxy plan"})
         kinds = {kind_of(c) for c in self.candidates}
         if "lora" in kinds and len(kinds) > 1:

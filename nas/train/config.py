@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-
-
+from ..data.spec import TaskSpec
 from ..errors import UserError
+from ..options import option
 from ..plan import Plan
 
 
@@ -32,44 +32,36 @@ class NonFiniteLoss(RuntimeError):
 
 
 @dataclass
-class TrainConfig:
-    epochs: float = 3
-    lr: float = 5e-4
-    batch_size: int = 16
-    max_length: int = 128
-    seed: int = 0
-    allocation: str = "static"
-    output_dir: str | None = None
-    max_steps: int | None = None
-    eval_every: int | None = None  # steps; None = once per epoch
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
-    scheduler: str = "linear"  # any transformers SchedulerType: linear, cosine, constant, ...
-    resume: bool = False
-    merge: bool = False
+class TrainConfig(TaskSpec):
+    """A training run's settings; the task fields come from TaskSpec (usually the plan's task)."""
+
+    epochs: float = option(3, "epochs")
+    lr: float = option(5e-4, "learning rate")
+    batch_size: int = option(16, "training batch size")
+    seed: int = option(0, "seed of the task head, the order of batches and dropout")
+    allocation: str = option("static", "static: the plan's modules stay on; dynamic: re-score and reallocate "
+                                   "during training", choices=list(ALLOCATIONS))
+    output_dir: str | None = option(None, "where to write (default: runs/<plan name>)")
+    max_steps: int | None = option(None, "stop after this many optimizer steps")
+    eval_every: int | None = option(None, "evaluate every N steps (default: once per epoch)")
+    warmup_ratio: float = option(0.06, "part of the steps spent warming the learning rate up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    scheduler: str = option("linear", "linear, cosine, constant, ... (transformers schedules)")
+    resume: bool = option(False, "continue from the checkpoint in --output-dir")
+    merge: bool = option(False, "also save the merged full model")
     progress: bool = True
-    dynamic_every: float = 0.2  # fraction of an epoch between reallocations
-    group_by_length: bool = False  # batches of similar lengths (less padding: faster on CPU)
+    dynamic_every: float = option(0.2, "dynamic: re-score every this fraction of an epoch")
+    group_by_length: bool = option(False, "batch rows of similar lengths (less padding; faster, above all on CPU)")
     # ---- loop details
     max_grad_norm: float | None = 1.0
     eval_batch_size: int | None = None  # None = batch_size
     save_every: int | None = None  # checkpoint every N steps; None = at each evaluation
     dynamic_batches: int = 2  # training batches per re-scoring
-    dynamic_proxy: str | None = None  # None: proxies.DEFAULT_PROXY; or "live-grad-norm", ...
-    device: str | None = None  # None = cuda when available, else cpu
+    dynamic_proxy: str | None = option(None, "dynamic: the scoring proxy (default: the proxies package's "
+                                         "default; 'live-grad-norm': grad-norm of each module's own weights)",
+                                   flags=["--proxy"])
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)")
     export_peft: bool = True  # write peft_adapter/ for pure-LoRA plans
-    # ---- the task (usually from plan.task; see nas.data.load_task)
-    task: str | None = None
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    text_columns: tuple[str, ...] | None = None
-    label_column: str | None = None
-    task_type: str | None = None
-    num_labels: int | None = None
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    data_seed: int = 0
 
     @classmethod
     def from_plan(cls, plan: Plan | None, **overrides) -> "TrainConfig":
@@ -78,10 +70,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         if plan is not None:
-            for k, v in (plan.task or {}).items():
-                key = _TASK_ALIASES.get(k, k)
-                if key in names and v is not None:
-                    values[key] = v
+            values.update(TaskSpec.values_from_plan(plan.task))
             for k, v in (plan.training or {}).items():
                 key = _TRAINING_ALIASES.get(k, k)
                 if key in names and v is not None:
@@ -99,10 +88,7 @@ class TrainConfig:
         problems = []
         from transformers import SchedulerType
 
-        if isinstance(self.text_columns, str):
-            self.text_columns = tuple(c.strip() for c in self.text_columns.split(",") if c.strip())
-        elif self.text_columns is not None:
-            self.text_columns = tuple(self.text_columns)
+        self.__post_init__()  # text_columns may have been set since
         if self.allocation not in ALLOCATIONS:
             problems.append(f"allocation {self.allocation!r} must be one of {list(ALLOCATIONS)}")
         if not self.epochs or self.epochs <= 0:
@@ -140,7 +126,6 @@ _TRAINING_ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_e
                      "lr_scheduler": "scheduler", "lr_scheduler_type": "scheduler",
                      "per_device_train_batch_size": "batch_size", "max_seq_length": "max_length",
                      "warmup": "warmup_ratio"}
-_TASK_ALIASES = {"name": "task", "max_seq_length": "max_length"}
 
 
 @dataclass

@@ -31,7 +31,6 @@ from torch import nn
 from search_spaces.anatomy import discover
 from search_spaces.attach import adapters, shortcut_set
 
-from ..data import load_task
 from ..errors import UserError
 from ..inject import apply_plan
 from ..io import atomic_write_text
@@ -64,12 +63,7 @@ def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=No
     if data is None:
         if tokenizer is None:
             tokenizer = load_tokenizer(name, revision=revision)
-        data = load_task(cfg.task, tokenizer, data_dir=cfg.data_dir, train_file=cfg.train_file,
-                         validation_file=cfg.validation_file, text_columns=cfg.text_columns,
-                         label_column=cfg.label_column, task_type=cfg.task_type,
-                         num_labels=cfg.num_labels, max_length=cfg.max_length,
-                         max_train_samples=cfg.max_train_samples,
-                         max_eval_samples=cfg.max_eval_samples, data_seed=cfg.data_seed)
+        data = cfg.load(tokenizer)
     log.info("task %s: %s (%s; main metric %s)", data.name, data.source, data, data.main_metric)
     if model is None:
         set_seed(cfg.seed)
