@@ -24,6 +24,7 @@ from search_spaces.attach import adapters, shortcut_set
 from .errors import UserError
 from .inject import apply_plan
 from .io import atomic_write_bytes
+from .models import load_model
 from .plan import Plan
 
 PEFT_PREFIX = "base_model.model."
@@ -100,8 +101,6 @@ def load_trained(run_dir: str | Path, model: nn.Module | None = None, task_type:
     size stored in the run's weights).
     """
     from safetensors.torch import load_file
-
-    from .models import load_model
 
     run = Path(run_dir)
     plan = Plan.load(run / "plan.json")

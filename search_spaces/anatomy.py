@@ -22,7 +22,7 @@ ROLES = ("q", "k", "v", "qkv", "o", "gate", "ffn_up", "ffn_down")
 class FamilySpec:
     """How one architecture family is laid out, relative to one repeated layer.
 
-    Shortcut sites (see nas/shortcuts.py for how they are used):
+    Shortcut sites (see search_spaces/shortcuts.py for how they are used):
       post-LN (BERT-like): ``attn_site`` / ``ffn_site`` are the LayerNorms that close the
         attention / feed-forward blocks; a shortcut is added to their *input*, i.e. into the
         residual sum, and ``ffn_input`` is the attention LayerNorm whose *output* feeds the FFN.

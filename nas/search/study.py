@@ -29,20 +29,21 @@ SAMPLERS: dict[str, Callable[[int], BaseSampler]] = {
 }
 
 
-def make_pruner(spec: str | BasePruner, n_evals: int) -> BasePruner:
-    if isinstance(spec, BasePruner):
+def _from_table(spec, base: type, table: dict, what: str, arg):
+    """An Optuna instance as given, or the one ``table`` builds for the name ``spec``."""
+    if isinstance(spec, base):
         return spec
-    if spec not in PRUNERS:
-        raise UserError(f"unknown pruner {spec!r}; choose {', '.join(PRUNERS)}")
-    return PRUNERS[spec](n_evals)
+    if spec not in table:
+        raise UserError(f"unknown {what} {spec!r}; choose {', '.join(table)} (or pass an Optuna {base.__name__})")
+    return table[spec](arg)
+
+
+def make_pruner(spec: str | BasePruner, n_evals: int) -> BasePruner:
+    return _from_table(spec, BasePruner, PRUNERS, "pruner", n_evals)
 
 
 def make_sampler(spec: str | BaseSampler, seed: int) -> BaseSampler:
-    if isinstance(spec, BaseSampler):
-        return spec
-    if spec not in SAMPLERS:
-        raise UserError(f"unknown sampler {spec!r}; choose {', '.join(SAMPLERS)}")
-    return SAMPLERS[spec](seed)
+    return _from_table(spec, BaseSampler, SAMPLERS, "sampler", seed)
 
 
 def make_storage(storage: str | None, output_dir: str | Path):

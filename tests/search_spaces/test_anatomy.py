@@ -10,7 +10,7 @@ from nas import discover
 from search_spaces.anatomy import find_layers
 from search_spaces.base import base_shape
 
-from .conftest import HIDDEN, make_tiny_model
+from tests.conftest import HIDDEN, make_tiny_model
 
 H, FF = HIDDEN, 48
 

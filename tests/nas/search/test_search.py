@@ -18,7 +18,7 @@ from nas.models import load_model
 from nas.search import SearchConfig, run_search
 from tests.factories import make_tiny_bert, write_sentiment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""HeteroLoRA shortcuts (REFERENCE.md §2): exact no-ops when off or at init, trainable when
+"""HeteroLoRA shortcuts (arXiv 2406.14956): exact no-ops when off or at init, trainable when
 on, added at the right place with the right source, rejected where they cannot exist."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from nas import Plan, PlanError, apply_plan, discover, shortcut_set
 from search_spaces.shortcuts import SHORTCUT_KINDS, Shortcut, ShortcutSet, parse_shortcut_key
 
-from .conftest import TINY_FAMILIES, make_tiny_model, randomize_, tiny_batch
+from tests.conftest import TINY_FAMILIES, make_tiny_model, randomize_, tiny_batch
 
 
 def all_keys(layout):
@@ -73,7 +73,7 @@ def test_remove_restores_base(name):
 
 
 # ---- placement: each kind adds (alpha/r)·B A·source at its addition point ----------------
-# Written from REFERENCE.md §2 and the HF layer code, independently of FamilySpec:
+# Written from the HeteroLoRA paper and the HF layer code, independently of FamilySpec:
 #   post-LN: (attention LayerNorm, feed-forward LayerNorm); the shortcut goes into their input.
 #   pre-LN: the norm in front of the FFN, whose input is the residual stream after attention.
 POST_LN = {"bert": ("attention.output.LayerNorm", "output.LayerNorm"),

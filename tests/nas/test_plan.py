@@ -15,7 +15,7 @@ from search_spaces.attach import SHORTCUTS_ATTR
 from nas.plan import SCHEMA_VERSION
 from search_spaces import SPACES, Adapter
 
-from .conftest import make_tiny_model, randomize_, tiny_batch
+from tests.conftest import make_tiny_model, randomize_, tiny_batch
 
 
 def full_plan() -> Plan:
@@ -184,7 +184,7 @@ def test_validate_lists_every_problem_against_the_model():
 
 
 def test_shortcuts_rejected_for_unknown_family():
-    from .test_discovery import CustomModel
+    from tests.search_spaces.test_anatomy import CustomModel
 
     model = CustomModel()
     with pytest.warns(UserWarning):

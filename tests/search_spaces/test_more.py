@@ -1,5 +1,5 @@
-"""MoRe (REFERENCE.md §1): exactness against independent dense constructions, rank,
-the N = 1 == LoRA identity, hyper-parameters, parameter names and state_dict loading."""
+"""MoRe (Tan et al., "MoRe Fine-Tuning with 10x Fewer Parameters", arXiv 2408.17383): exactness
+against independent dense constructions, rank, the N = 1 == LoRA identity, hyper-parameters, parameter names and state_dict loading."""
 from __future__ import annotations
 
 import math
@@ -13,10 +13,10 @@ import search_spaces.more as more_mod
 from search_spaces import count_params, make_adapter
 from search_spaces.more import monarch_apply, monarch_factors, more_block_sizes
 
-from .conftest import linear_base
+from tests.conftest import linear_base
 
 
-# ---- independent references, written from REFERENCE.md §1 only ---------------------------
+# ---- independent references, written from the MoRe paper only ---------------------------
 
 def ref_dense_columns(L1: np.ndarray, L2: np.ndarray, d_in: int, d_out: int) -> np.ndarray:
     """ΔW column by column: apply the 5 forward steps to every unit vector e_c."""

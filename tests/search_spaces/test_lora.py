@@ -11,7 +11,7 @@ from torch import nn
 
 from search_spaces import ADAPTERS, Adapter, adapter_class, count_params, make_adapter
 
-from .conftest import linear_base, randomize_
+from tests.conftest import linear_base, randomize_
 
 KINDS = sorted(ADAPTERS)
 # Shapes where every type's default hyper-parameters fit (kronecker's default rank is 8).

@@ -1,5 +1,6 @@
-"""The trainer on tiny random models: static and dynamic runs, regression, causal-LM loss
-masking, resume == uninterrupted, merge, and the CLI's clear errors (exit code 2).
+"""The trainer on tiny random models: static runs, regression, causal-LM loss masking,
+resume == uninterrupted, merge, batching and evaluation order (dynamic allocation: test_dynamic.py;
+the CLI: tests/nas/cli/test_train_cli.py).
 
 The tiny models are saved with save_pretrained to a temporary folder together with a tiny
 BertTokenizerFast built from a vocabulary file written here; the helpers are in tests/factories.py.
@@ -17,7 +18,7 @@ import torch
 from nas import Plan, discover
 from nas.data import load_task
 from nas.train import NonFiniteLoss, TrainConfig, TrainResult, train
-from tests.factories import cfg_for, lora_plan, sentence, write_sentiment
+from tests.factories import cfg_for, lora_plan, sentence
 
 # Tiny models: one intra-op thread is much faster than two on a shared, busy machine.
 torch.set_num_threads(1)
@@ -108,83 +109,6 @@ def test_from_plan_precedence(tiny_bert, layout):
 
     with pytest.raises(UserError, match="allocation"):
         TrainConfig.from_plan(plan, allocation="sometimes")
-
-
-# ---- dynamic ---------------------------------------------------------------------------------
-def test_dynamic_allocation(tiny_bert, layout, sentiment, tmp_path):
-    roles = ("q", "k", "v", "o")
-    modules = {m.name: {"type": "lora", "rank": 4, "alpha": 8.0} for m in layout.modules if m.role in roles}
-    # Start with only the value projections on; the pool also holds q, k, o and 2 shortcuts.
-    for name, c in modules.items():
-        c["enabled"] = name.endswith("value")
-    shortcuts = {"0.s_res1": {"rank": 4, "alpha": 4.0}, "1.s_cut": {"rank": 4, "alpha": 4.0, "enabled": False}}
-    plan = Plan(model={"name_or_path": str(tiny_bert)}, modules=modules, shortcuts=shortcuts)
-    budget = 3 * 4 * 64  # three rank-4 modules (a shortcut is 2*4*32 = 256 params too)
-    plan.budget = {"params": budget}
-    out = tmp_path / "dyn"
-    res = train(plan, cfg_for(sentiment, allocation="dynamic", dynamic_every=0.34, epochs=2,
-                              output_dir=str(out)))
-    assert res.enable_counts is not None and set(res.enable_counts) == set(modules) | set(shortcuts)
-    assert res.adapter_params <= budget
-    report = json.loads((out / "enable_counts.json").read_text())
-    assert report["steps"] == res.steps == 12 and report["reallocations"] == 5
-    assert all(0 <= c <= res.steps for c in report["counts"].values())
-    # Each step had at most the budget switched on.
-    per_step = sum(c * report["candidates"][n]["params"] for n, c in report["counts"].items())
-    assert per_step <= budget * res.steps
-    assert (out / "enable_heatmap.png").read_bytes()[:4] == b"\x89PNG"
-    saved = Plan.load(out / "plan.json")
-    on = [n for n, c in saved.modules.items() if c["enabled"]] + \
-        [k for k, c in saved.shortcuts.items() if c.get("enabled", True)]
-    assert sum(report["candidates"][n]["params"] for n in on) == res.adapter_params
-    assert not (out / "peft_adapter").exists() or all(
-        not c.get("enabled", True) for c in saved.shortcuts.values())
-
-
-def test_dynamic_plan_over_budget_is_allocated_before_step_one(tiny_bert, layout, sentiment):
-    plan = lora_plan(tiny_bert, layout, roles=("q", "k", "v", "o"))  # 8 modules, all on
-    budget = 2 * 4 * 64
-    plan.budget = {"params": budget}
-    res = train(plan, cfg_for(sentiment, allocation="dynamic", epochs=1))
-    assert res.adapter_params <= budget
-    assert sum(res.enable_counts.values()) <= 2 * res.steps  # never more than 2 on at once
-
-
-def test_progress_bar(tiny_bert, layout, sentiment, capsys):
-    train(lora_plan(tiny_bert, layout), cfg_for(sentiment, progress=True, eval_every=2))
-    err = capsys.readouterr().err
-    assert "samples/s" in err and "loss=" in err and "lr=" in err
-    assert "step 2/12" in err  # evaluation lines go through tqdm.write
-    train(lora_plan(tiny_bert, layout), cfg_for(sentiment, progress=False, eval_every=2))
-    assert "samples/s" not in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("proxy", [None, "live-grad-norm"])
-def test_reallocation_keeps_weights_and_optimizer_state(tiny_bert, layout, sentiment, proxy):
-    from nas.train.dynamic import DynamicAllocator, select_within_budget
-    from nas.train import prepare
-
-    assert select_within_budget({"a": 3, "b": 2, "c": 1}, {"a": 5, "b": 4, "c": 1}, 6) == ["a", "c"]
-    plan = lora_plan(tiny_bert, layout, roles=("q", "v"))
-    plan.budget = {"params": 2 * 4 * 64}
-    tr = prepare(plan, cfg_for(sentiment, allocation="dynamic", dynamic_proxy=proxy))
-    alloc: DynamicAllocator = tr.allocator
-    assert alloc.score_name == (proxy or "proxies:" + __import__("proxies").DEFAULT_PROXY)
-    for _ in range(3):
-        tr.train_step()
-    before = {n: [p.detach().clone() for p in e.parameters()] for n, e in alloc.pool.items()}
-    state_ids = {id(p) for p in tr.optimizer.state}
-    info = alloc.reallocate(tr.scoring_batches(3), 3)
-    assert info["enabled"] == 2 and len(alloc.enabled_names()) == 2
-    assert set(info["scores"]) == set(alloc.pool) and all(v >= 0 for v in info["scores"].values())
-    for n, e in alloc.pool.items():  # scoring changed no weight
-        assert all(torch.equal(a, b) for a, b in zip(before[n], e.parameters()))
-    off = [n for n in alloc.pool if n not in alloc.enabled_names()]
-    tr.train_step()
-    for n in off:  # disabled: frozen, optimizer state kept
-        assert all(torch.equal(a, b) for a, b in zip(before[n], alloc.pool[n].parameters()))
-        assert all(id(p) in {id(q) for q in tr.optimizer.state} for p in alloc.pool[n].parameters())
-    assert {id(p) for p in tr.optimizer.state} >= state_ids
 
 
 # ---- regression --------------------------------------------------------------------------------
@@ -347,90 +271,6 @@ def test_merge_writes_an_equivalent_model(tiny_bert, layout, sentiment, tmp_path
              "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])}
     with torch.no_grad():
         assert torch.allclose(trained(**batch).logits, merged(**batch).logits, atol=1e-5)
-
-
-# ---- CLI -----------------------------------------------------------------------------------------
-def _cli(args, capsys):
-    from nas.cli.train import main
-
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr()
-
-
-def _plan_file(tmp_path, plan: Plan):
-    p = tmp_path / "plan.json"
-    plan.save(p)
-    return p
-
-
-def test_cli_trains(tiny_bert, layout, sentiment, tmp_path, capsys):
-    p = _plan_file(tmp_path, lora_plan(tiny_bert, layout, training={"epochs": 1, "batch_size": 32}))
-    code, cap = _cli(["--plan", p, "--train-file", sentiment[0], "--validation-file", sentiment[1],
-                      "--output-dir", tmp_path / "out", "--lr", "0.005", "--max-length", "32"], capsys)
-    assert code == 0, cap.err
-    summary = json.loads(cap.out.strip().splitlines()[-1])
-    assert summary["steps"] == 3 and summary["main_metric"] == "accuracy"
-    assert (tmp_path / "out" / "adapters.safetensors").is_file()
-
-
-def test_cli_merge_reports_what_was_not_folded(tiny_bert, layout, sentiment, tmp_path, capsys):
-    plan = lora_plan(tiny_bert, layout, training={"epochs": 1, "batch_size": 48},
-                     shortcuts={"0.s_res1": {"rank": 2}})
-    p = _plan_file(tmp_path, plan)
-    code, cap = _cli(["--plan", p, "--train-file", sentiment[0], "--validation-file", sentiment[1],
-                      "--output-dir", tmp_path / "out", "--merge", "--no-progress", "--max-length", "32",
-                      "--allocation", "static"], capsys)
-    assert code == 0, cap.err
-    assert "not foldable" in cap.err and "shortcut 0.s_res1" in cap.err
-    summary = json.loads(cap.out.strip().splitlines()[-1])
-    assert summary["merge_report"]["merged"] and summary["peft_dir"] is None
-
-
-def test_cli_missing_column(tiny_bert, layout, sentiment, tmp_path, capsys):
-    p = _plan_file(tmp_path, lora_plan(tiny_bert, layout))
-    code, cap = _cli(["--plan", p, "--train-file", sentiment[0], "--validation-file", sentiment[1],
-                      "--text-columns", "review", "--output-dir", tmp_path / "o"], capsys)
-    assert code == 2
-    assert "review" in cap.err and "available columns: ['sentence', 'label']" in cap.err
-    assert "Traceback" not in cap.err and len(cap.err.strip().splitlines()) == 1
-    code, cap = _cli(["--plan", p, "--train-file", sentiment[0], "--label-column", "stars",
-                      "--output-dir", tmp_path / "o"], capsys)
-    assert code == 2 and "stars" in cap.err and "available columns" in cap.err
-
-
-def test_cli_labels_do_not_fit_the_head(tiny_bert, layout, tmp_path, capsys):
-    tr = write_sentiment(tmp_path / "tr.tsv", 20, label=lambda s: len(s.split()) % 4)  # labels 0..3
-    p = _plan_file(tmp_path, lora_plan(tiny_bert, layout, task={"num_labels": 2}))
-    code, cap = _cli(["--plan", p, "--train-file", tr, "--output-dir", tmp_path / "o"], capsys)
-    assert code == 2 and "do not fit a classification head with 2 labels" in cap.err
-    assert "Traceback" not in cap.err
-
-
-def test_cli_plan_for_another_model(tiny_bert, sentiment, tmp_path, capsys):
-    plan = Plan(model={"name_or_path": str(tiny_bert)},
-                modules={"model.layers.0.self_attn.q_proj": {"type": "lora", "rank": 4}})
-    p = _plan_file(tmp_path, plan)
-    code, cap = _cli(["--plan", p, "--train-file", sentiment[0], "--output-dir", tmp_path / "o"], capsys)
-    assert code == 2
-    assert "model.layers.0.self_attn.q_proj" in cap.err and "not an adaptable module" in cap.err
-    assert "Traceback" not in cap.err
-
-
-def test_cli_corrupt_plan(tmp_path, capsys):
-    p = tmp_path / "plan.json"
-    p.write_text('{"schema_version": 1, "model": {"name_or_path": "x"}, "modules": {')
-    code, cap = _cli(["--plan", p], capsys)
-    assert code == 2 and "not valid JSON" in cap.err and "Traceback" not in cap.err
-    code, cap = _cli(["--plan", tmp_path / "missing.json"], capsys)
-    assert code == 2 and "does not exist" in cap.err
-
-
-def test_cli_bad_flag_values(tiny_bert, layout, tmp_path, capsys):
-    p = _plan_file(tmp_path, lora_plan(tiny_bert, layout))
-    code, cap = _cli(["--plan", p, "--epochs", "-1"], capsys)
-    assert code == 2 and "epochs" in cap.err
-    code, cap = _cli(["--plan", p, "--batch-size", "0"], capsys)
-    assert code == 2 and "batch_size" in cap.err
 
 
 # ---- batching and evaluation order -------------------------------------------------------------

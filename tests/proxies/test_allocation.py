@@ -1,4 +1,4 @@
-"""Static allocation (proxies/allocation.py, proxies.static_plan): a multiple-choice knapsack
+"""Static allocation (proxies/allocation.py, nas.static.static_plan): a multiple-choice knapsack
 that never exceeds the budget, fills it, is exact on small cases, and is deterministic."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from search_spaces.anatomy import _BERT, AdaptableModule, ModelLayout, base_para
 from proxies.allocation import allocate, lp_bound, _groups
 from search_spaces import SPACES, SearchSpace
 
-from .conftest import make_tiny_model, tiny_batch
+from tests.conftest import make_tiny_model, tiny_batch
 
 
 def minilm_layout() -> ModelLayout:

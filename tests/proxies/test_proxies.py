@@ -16,7 +16,7 @@ from proxies.signals import scoring_module
 from search_spaces import SPACES, SearchSpace, make_adapter
 from search_spaces.space import Candidate, freeze_choice
 
-from .conftest import linear_base, make_tiny_model, tiny_batch
+from tests.conftest import linear_base, make_tiny_model, tiny_batch
 
 # Every kind (two sizes where a kind has one) and every shortcut, sized for hidden 32 / ffn 48.
 ALL_KINDS = SearchSpace(
@@ -193,7 +193,7 @@ def test_scoring_init_has_no_zero_factor_and_is_seeded(llama):
 
 
 def test_standard_init_would_degenerate(bert):
-    """The REFERENCE caveat the scoring init avoids: at B = 0, SNIP is exactly 0."""
+    """The caveat the scoring init avoids (HeteroLoRA, arXiv 2406.14956): at B = 0, SNIP is exactly 0."""
     model, layout = bert
     c = next(c for c in ALL_KINDS.candidates(layout) if c.kind == "lora")
     base = model.get_submodule(c.target)
