@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -76,8 +77,9 @@ def test_two_workers_finish_n_trials_none_lost_or_repeated(postgres_url, tmp_pat
 def test_killed_worker_trial_is_failed_and_retried_once_with_the_same_plan(postgres_url, survivor_trials):
     study = new_study(postgres_url)
     victim = worker(postgres_url, study, 1, 600, "--heartbeat", "1")
-    line = victim.stdout.readline()  # its heartbeat is running once the objective has started
+    line = victim.stdout.readline()
     assert line.startswith("started"), victim.stderr.read()
+    time.sleep(1.5)  # past the first heartbeat: a trial that never beat is never found stale
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     dead = int(line.split()[1])
