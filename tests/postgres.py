@@ -35,10 +35,7 @@ def find_bindir() -> Path | None:
 
 def driver() -> str | None:
     """The SQLAlchemy driver name to put in the URL: psycopg (v3) or psycopg2, whichever is installed."""
-    for module, name in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
-        if importlib.util.find_spec(module) is not None:
-            return name
-    return None
+    return next((m for m in ("psycopg", "psycopg2") if importlib.util.find_spec(m)), None)
 
 
 def free_port() -> int:
