@@ -73,17 +73,24 @@ def test_two_workers_finish_n_trials_none_lost_or_repeated(postgres_url, tmp_pat
     assert len({t.user_attrs["worker"] for t in ts}) == 2, "one worker ran every trial"
 
 
-@pytest.mark.parametrize("survivor_trials", [1, 4], ids=["survivor-in-last-trial", "survivor-has-more"])
-def test_killed_worker_trial_is_failed_and_retried_once_with_the_same_plan(postgres_url, survivor_trials):
+# (1 trial of 2 s): the survivor is in its last trial when the other dies and finishes it before
+# the dead trial's heartbeat goes stale; (4 trials of 1 s): it has trials left to notice it in.
+@pytest.mark.parametrize("n, seconds", [(1, 2.0), (4, 1.0)], ids=["survivor-in-last-trial", "survivor-has-more"])
+def test_killed_worker_trial_is_failed_and_retried_once_with_the_same_plan(postgres_url, tmp_path, n, seconds):
     study = new_study(postgres_url)
-    victim = worker(postgres_url, study, 1, 600, "--heartbeat", "1")
+    go = tmp_path / "go"
+    victim = worker(postgres_url, study, 1, 600, "--heartbeat", "1", "--go", str(go))
+    survivor = worker(postgres_url, study, n, seconds, "--heartbeat", "1", "--drain", "--go", str(go))
+    for w in (victim, survivor):
+        assert w.stdout.readline().strip() == "ready", w.stderr.read()
+    go.touch()
     line = victim.stdout.readline()
     assert line.startswith("started"), victim.stderr.read()
     time.sleep(1.5)  # past the first heartbeat: a trial that never beat is never found stale
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     dead = int(line.split()[1])
-    finish(worker(postgres_url, study, survivor_trials, 0.3, "--heartbeat", "1", "--drain"))
+    finish(survivor)
 
     ts = trials(postgres_url, study)
     assert ts[dead].state == TrialState.FAIL
