@@ -13,6 +13,8 @@ from torch import nn
 
 from tests.factories import bert_layout, make_tiny_bert, make_tiny_llama, write_sentiment
 
+pytest_plugins = ["tests.postgres"]
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The tiny models are far too small to gain from intra-op threads, and on a shared 2-core
 # machine a second OpenMP thread that has to wait for a busy core makes each op ~50x slower.
