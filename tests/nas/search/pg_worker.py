@@ -17,12 +17,12 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from nas.search import SearchConfig, make_storage
+from nas.search.study import make_storage
 
 
 def storage_for(url: str, heartbeat: int | None):
     if heartbeat is None:
-        return make_storage(SearchConfig(storage=url))
+        return make_storage(url, ".")
     return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
 
