@@ -190,18 +190,21 @@ class PlanSampler:
     def _key(target: str, choice: dict) -> tuple:
         return target, tuple(sorted((k, v) for k, v in choice.items() if k != "enabled"))
 
-    def params(self, sel: Selection) -> int:
-        """Parameters of a selection made of this sampler's candidates (as the space wrote them)."""
-        sizes = {self._key(c.target, c.choice_dict): c.params
+    def sizes(self, sel: Selection) -> dict[str, int]:
+        """{target: parameters} of a selection made of this sampler's candidates."""
+        known = {self._key(c.target, c.choice_dict): c.params
                  for g in self.groups.values() for c in g}
-        n = 0
+        out = {}
         for target, choice in list(sel.modules.items()) + [
                 (k, {"type": "shortcut", **hp}) for k, hp in sel.shortcuts.items()]:
             key = self._key(target, choice)
-            if key not in sizes:
+            if key not in known:
                 raise ValueError(f"{target}: {choice} is not a candidate of this sampler")
-            n += sizes[key]
-        return n
+            out[target] = known[key]
+        return out
+
+    def params(self, sel: Selection) -> int:
+        return sum(self.sizes(sel).values())
 
     def _draw(self, pick: Callable[[list], Any]) -> Selection:
         order = list(self.groups)
