@@ -98,11 +98,12 @@ class ElasticLinear(nn.Module):
             adapter = host if hp is host_hp else make_adapter(k, self.base, **hp)
             sizes = {name: ((dims[name], hp[nested]) if name in dims else None)
                      for name, _ in adapter.named_parameters(recurse=False)}
-            for name, p in self.slots[slot].items():
-                if name not in sizes or (sizes[name] is None and
-                                         tuple(adapter._parameters[name].shape) != tuple(p.shape)):
-                    raise ValueError(f"{kind}: member {hp} does not share the tensors of slot {slot}")
-            self._members[self.key(k, hp)] = m = Member(k, hp, adapter, slot, sizes)
+            m = Member(k, hp, adapter, slot, sizes)
+            views = self.tensors(m)  # must have exactly the shapes the adapter built for itself
+            if any(views[n].shape != p.shape for n, p in adapter.named_parameters(recurse=False)):
+                raise ValueError(f"{k} {hp}: its tensors are not slices of slot {slot}'s; "
+                                 f"fix NESTED for {k!r}")
+            self._members[self.key(k, hp)] = m
             self._unbind(m)  # drop the member's own fresh tensors
 
     # ---- choosing ------------------------------------------------------------------------------
