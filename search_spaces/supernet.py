@@ -22,12 +22,10 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from .attach import SHORTCUTS_ATTR
 from .elastic import ElasticLinear, split_choice
 from .registry import count_params
 
-# Where the shortcut set lives on the model: the attribute the plan injector uses, so the
-# supernet's shortcut parameters carry the names a plan's model gives them.
-SHORTCUTS_ATTR = "more_shortcuts"
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 
 from nas import Plan, discover
 from nas.inject import apply_plan
-from nas.shortcuts import ShortcutSet
+from search_spaces.shortcuts import ShortcutSet
 from search_spaces import SPACES, make_adapter
 from search_spaces.elastic import ElasticLinear
 from search_spaces.supernet import (PlanSampler, Selection, activate, attach_supernet,
