@@ -10,7 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import glue  # noqa: E402
+from _glue_bench import pick_best  # noqa: E402
+from _glue_estimate import ISSUE_STEP_S, issue_step_time  # noqa: E402
 from _glue_methods import SURM_CHOICES, Spec, match_peft_rank, peft_lora_params  # noqa: E402
+from _glue_report import _ms  # noqa: E402
+from _glue_search import issue15_methods, make_methods, widest_lora  # noqa: E402
 
 
 def _ctx():
@@ -43,26 +47,26 @@ def test_pick_best_ties_and_failures():
     runs = {("", 5e-4): {"score": 0.6, "metrics": {"loss": 0.5}},
             ("", 2e-3): {"score": 0.6, "metrics": {"loss": 0.4}},
             ("x", 2e-3): {"score": float("nan"), "metrics": {}}}
-    assert glue.pick_best(runs) == ("", 2e-3)  # tie on the metric: lower loss
+    assert pick_best(runs) == ("", 2e-3)  # tie on the metric: lower loss
     runs[("", 2e-3)]["metrics"]["loss"] = 0.5
-    assert glue.pick_best(runs) == ("", 5e-4)  # full tie: lower lr
+    assert pick_best(runs) == ("", 5e-4)  # full tie: lower lr
 
 
 def test_method_table_and_protocols():
-    methods = glue.make_methods()
+    methods = make_methods()
     names = [m.name for m in methods]
     assert len(names) == len(set(names)) == 15
     assert next(m for m in methods if m.name == "surm-best").variants == tuple(SURM_CHOICES)
     for proto in (glue.FULL, glue.QUICK):
         assert proto.phase_settings("rte", "select") != proto.phase_settings("rte", "final")
     assert glue.FULL.train_rows["sst2"] == 8000 and len(glue.FULL.seeds) >= 2
-    assert glue._ms([0.5, 0.7]) == "60.0 ± 14.1" and glue._ms([float("nan")]) == "n/a"
-    assert math.isclose(glue.issue_step_time(128), glue.ISSUE_STEP_S)
+    assert _ms([0.5, 0.7]) == "60.0 ± 14.1" and _ms([float("nan")]) == "n/a"
+    assert math.isclose(issue_step_time(128), ISSUE_STEP_S)
 
 
 def test_shared_selection_task_runs_first_and_once(tmp_path):
     """With select_task, lr selection happens on that task only, before any task's finals."""
-    methods = glue.make_methods(("0.1%",))
+    methods = make_methods(("0.1%",))
     proto = glue.replace(glue.FULL, tasks=("mrpc", "rte"), select_task="sst2", budgets=("0.1%",))
     jobs = glue.Bench(proto, methods, tmp_path).jobs()
     selects = [j for j in jobs if j[0] == "select"]
@@ -86,7 +90,7 @@ def test_resumed_search_time_leaves_out_the_interrupted_trial(tmp_path):
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import FrozenTrial, TrialState
 
-    from _glue_methods import _study_seconds
+    from _glue_search import _study_seconds
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
     study = optuna.create_study(study_name="s", storage=storage)
