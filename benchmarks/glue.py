@@ -257,7 +257,8 @@ def main(argv=None) -> int:
     prefix = Path(args.out) if args.out else RESULTS / default_out.get(proto.name, f"glue_{proto.name}")
     bench = Bench(proto, methods, runs_dir, device=args.device, data_dir=args.data_dir, threads=threads)
     print(f"protocol {proto.name}: tasks {', '.join(proto.tasks)}; seeds {list(proto.seeds)}; "
-          f"{proto.epochs:g} epoch(s){f' (max {proto.final_max_steps} steps)' if proto.final_max_steps else ''}; "
+          "epochs " + ", ".join(f"{t} {proto.epochs_for(t):g}" for t in proto.tasks)
+          + f"{f' (max {proto.final_max_steps} steps)' if proto.final_max_steps else ''}; "
           f"lr grid {list(proto.lr_grid)} ({proto.select_steps}-step runs on {proto.holdout:.0%} held-out train); "
           f"batch {proto.batch_size}, max length {proto.max_length}; {len(methods)} methods; "
           f"torch threads {threads} ({why}); runs in {runs_dir}", flush=True)

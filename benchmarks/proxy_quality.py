@@ -17,9 +17,14 @@ On the real packaged MiniLM (BERT, 6 layers, hidden 384) and real MRPC / RTE tra
    are frozen and unchanged), dropout is off, and batches are length-bucketed.
 3. Spearman correlation (scipy) between each proxy's per-module scores and the importance,
    per task; the table goes to benchmarks/results/proxy_quality.{csv,md}.
+4. beside the zero-cost proxies, 'trained' (issue 15): the default space trained as one
+   super-network for --supernet-steps steps (a sub-plan within --supernet-budget per step),
+   each candidate scored by AdaLoRA's smoothed sensitivity on the trained weights, normalised
+   within its kind (benchmarks/_proxy_trained.py); timed like the others.
 
     python benchmarks/proxy_quality.py                      # the full run (~20-30 min)
     python benchmarks/proxy_quality.py --quick              # a smoke run (minutes)
+    python benchmarks/proxy_quality.py --supernet-steps 0   # the zero-cost proxies only
 """
 from __future__ import annotations
 
@@ -48,6 +53,9 @@ from nas.models import load_model, load_tokenizer  # noqa: E402
 from search_spaces import SPACES, Adapter, Candidate  # noqa: E402
 from search_spaces.space import freeze_choice  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _proxy_trained import trained_scores  # noqa: E402
+
 DATA = Path("/work/shared/data/glue")
 RESULTS = ROOT / "benchmarks" / "results"
 ROLES = ["q", "k", "v", "o", "ffn_up", "ffn_down"]
@@ -55,9 +63,9 @@ TRIAL_STEPS = 200  # a default short search trial: 200 steps, batch 16, max_len 
 
 
 # ---- data ---------------------------------------------------------------------------------
-def read_task(task: str) -> list[tuple[str, str, int]]:
+def read_task(task: str, data_dir=DATA) -> list[tuple[str, str, int]]:
     """(sentence 1, sentence 2, label) rows of TRAIN.tsv (csv module: quotes are literal)."""
-    path = DATA / task / "train.tsv"
+    path = Path(data_dir) / task / "train.tsv"
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     head, body = rows[0], rows[1:]
@@ -280,7 +288,7 @@ def spearman(x, y):
 
 def run_task(task, args, model, tok, layout, space_cands, log):
     t_task = time.perf_counter()
-    rows = read_task(task)
+    rows = read_task(task, args.data_dir)
     rng = random.Random(0)
     order = list(range(len(rows)))
     rng.shuffle(order)
@@ -316,6 +324,19 @@ def run_task(task, args, model, tok, layout, space_cands, log):
             raise AssertionError(f"{name} degenerate on {task}")
         result["proxies"][name] = {"seconds": secs, "scores": scores, "non_degenerate": ok,
                                    "kind_means": {k: float(np.mean(v)) for k, v in by_kind.items()}}
+    if args.supernet_steps:
+        batches = [collate([examples[k] for k in b]) for b in
+                   bucketed_batches(train_idx, lengths, args.batch, seed=0)[:args.supernet_steps]]
+        scores, secs, losses = trained_scores(
+            model, layout, space_cands, batches, steps=args.supernet_steps, budget=args.supernet_budget,
+            lr=args.lr, warmup=args.supernet_steps // 10)
+        vals = np.array(list(scores.values()))
+        log(f"[{task}] trained: super-network {args.supernet_steps} steps (loss {np.mean(losses[:10]):.3f} -> "
+            f"{np.mean(losses[-10:]):.3f}), {len(scores)} candidates scored in {secs:.1f}s; "
+            f"zero={int((vals == 0).sum())}")
+        result["proxies"]["trained"] = {
+            "seconds": secs, "scores": scores, "non_degenerate": bool(len(set(vals.tolist())) > 1),
+            "kind_means": {}, "supernet_loss": [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]}
     if args.reuse:
         prev = json.loads(Path(args.reuse.format(task=task)).read_text())
         result.update({k: prev[k] for k in ("importance", "head_only_val_loss", "modules")})
@@ -406,6 +427,10 @@ def main(argv=None):
     ap.add_argument("--note", action="append", default=[], help="a line for the md's notes")
     ap.add_argument("--reuse", help="re-score only; take importance from this json ({task} -> name)")
     ap.add_argument("--step-seconds", type=float, help="skip the train-step timing, use this")
+    ap.add_argument("--data-dir", default=str(DATA), help="GLUE folder with MRPC/ and RTE/")
+    ap.add_argument("--supernet-steps", type=int, default=200,
+                    help="super-network training steps of the 'trained' importance (0: leave it out)")
+    ap.add_argument("--supernet-budget", default="0.1%", help="budget of the sampled sub-plans")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -413,6 +438,7 @@ def main(argv=None):
         return write_tables([json.loads(Path(f).read_text()) for f in args.merge], out, args.note)
     if args.quick:
         args.layers, args.steps, args.n_val = [1, 4], 10, 64
+        args.supernet_steps = min(args.supernet_steps, 20)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
 
@@ -428,7 +454,7 @@ def main(argv=None):
         f"{torch.get_num_threads()} thread(s)")
     results = []
     for task in args.tasks:
-        ex = encode(tok, read_task(task)[:64], args.max_len)
+        ex = encode(tok, read_task(task, args.data_dir)[:64], args.max_len)
         step = args.step_seconds or train_step_seconds(model, layout, ex)
         log(f"[{task}] one training step (batch 16, len 128, LoRA r8 everywhere): {step:.2f}s")
         res = run_task(task, args, model, tok, layout, space_cands, log)
@@ -472,6 +498,13 @@ def write_tables(results, out: Path, notes=()):
         f"- Proxy scores: `proxies.score_candidates` on the whole default space "
         f"(SPACES['default'], all kinds incl. shortcuts), {cfg['score_batches']} batches of {cfg['batch']} "
         f"from the task's TRAIN split; the per-module score is its `lora r8` candidate's score.",
+        *([f"- `trained` (issue 15): the default space as one super-network (every candidate an elastic "
+           f"super-adapter, ranks nested) + the head, {cfg['supernet_steps']} AdamW steps (lr {cfg['lr']}) on "
+           f"the training part, each on a random sub-plan within {cfg['supernet_budget']} of the model "
+           f"(PlanSampler: the largest, then random ones); AdaLoRA's smoothed sensitivity |θ·∇θ| x its "
+           f"uncertainty after a {cfg['supernet_steps'] // 10}-step warm-up, summed over each candidate's "
+           f"tensors and normalised by its kind's median; its time includes the training."]
+          if cfg.get("supernet_steps") else []),
         f"- Measured importance: per module, LoRA r=8 on that module alone + the classifier head "
         f"({'warm-started on frozen features, ' if cfg['head_steps'] else 'from the same random init, '}"
         f"{'frozen' if cfg['freeze_head'] else 'trained'}), {cfg['steps']} steps of batch {cfg['batch']} "
