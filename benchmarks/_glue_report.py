@@ -278,7 +278,9 @@ def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
 
     lines = ["", "## Issue #15: the new search's plan vs uniform LoRA at its size", "",
              "Dev score mean ± std (trainable parameters, head included). gap = new − the better of (a), (b) "
-             "in points of the mean; cost = search seconds / one final training of that plan (same device).", "",
+             "in points of the mean; cost = search seconds / one final training of that plan (same device; "
+             "where searches and finals ran as parallel processes sharing it, both are slowed, so the ratio "
+             "is approximate).", "",
              "| task | budget | new plan | (a) PEFT q,v | (b) widest LoRA | gap vs max(a,b) | (c) today's search "
              "| new − (c) | PEFT r8 q,v | new − r8 | new cost | (c) cost |", "|" + "---|" * 12]
     gaps, missing = [], []

@@ -9,13 +9,15 @@
 #
 # OUT gets runs/ (every run's JSON, resumable: rerun the same command after a failure),
 # logs/, issue15.{md,csv}, issue15_pareto.png and proxy_quality*.  Defaults: --device cuda,
-# --data-dir .dev/glue (the carried GLUE folders SST-2/ and MRPC/), 8 processes x 2 threads.
+# --data-dir .dev/glue (the carried GLUE folders SST-2/ and MRPC/), 8 processes x 1 torch
+# thread (GPU steps are launch-bound: one Python thread each), proxy_quality on 6 CPU threads
+# with a time limit of PQ_LIMIT seconds (default 420).
 # --quick: the whole pipeline at a tiny scale (1 seed, a few steps per run) for a CPU check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash benchmarks/issue15_gpu.sh OUT [--quick] [--device D] [--data-dir DIR] [--procs N] [--threads T] [--no-proxy]}
 shift
-DEVICE=cuda DATA=.dev/glue PROCS=8 THREADS=2 QUICK=() PROXY=1
+DEVICE=cuda DATA=.dev/glue PROCS=8 THREADS=1 QUICK=() PROXY=1 PQ_LIMIT=${PQ_LIMIT:-420}
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=(--quick) ;;
@@ -61,7 +63,7 @@ parallel() {
 if [ "$PROXY" = 1 ]; then  # CPU-only, beside the GPU phases (the machine's other cores)
   PQ=(--tasks MRPC --layers 1 3 5 --steps 32 --supernet-steps 200)
   [ ${#QUICK[@]} -gt 0 ] && PQ=(--quick --tasks MRPC)
-  python benchmarks/proxy_quality.py "${PQ[@]}" --data-dir "$DATA" --threads 4 --out "$OUT" \
+  timeout "$PQ_LIMIT" python benchmarks/proxy_quality.py "${PQ[@]}" --data-dir "$DATA" --threads 6 --out "$OUT" \
     >"$OUT/logs/proxy_quality.log" 2>&1 &
   PQ_PID=$!
   say "proxy_quality (trained importance beside the zero-cost proxies) started on CPU, pid $PQ_PID"
