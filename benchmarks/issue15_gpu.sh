@@ -13,6 +13,15 @@
 # thread (GPU steps are launch-bound: one Python thread each), proxy_quality on 6 CPU threads
 # with a time limit of PQ_LIMIT seconds (default 420).
 # --quick: the whole pipeline at a tiny scale (1 seed, a few steps per run) for a CPU check.
+#
+# Size (glue.py --protocol issue15 --estimate-only prints the step counts): 6 searches (today's
+# engine: <= 10 trials x 120 steps each; the new one should cost <= 0.5 training), 56 lr-selection
+# runs x 150 steps = 8,400 steps, 42 final runs = 23,850 steps (SST-2 500, MRPC 690 per run).
+# A MiniLM step at batch 16 on an H200 is launch-bound (~15-25 ms with our adapters, ~10 ms PEFT):
+# serial, ~25-40 s per search, ~2 min of selection, ~6 min of finals; 8 processes on the one GPU
+# overlap ~3-4x, so: searches ~1.5-2 min (6 at once, start-up included), selection ~1 min, finals
+# ~2-2.5 min, reports ~20 s: ~5-6 min in all.  If it runs long, cut in this order: --procs 12,
+# then select_steps 150 -> 100 in glue.py's ISSUE15, then the 0.02% old search (its rows only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash benchmarks/issue15_gpu.sh OUT [--quick] [--device D] [--data-dir DIR] [--procs N] [--threads T] [--no-proxy]}
