@@ -68,9 +68,10 @@ class Runner:
         self.layers = model.bert.encoder.layer
 
     def mask(self, attention_mask, emb):
-        return self.bert._create_attention_masks(attention_mask=attention_mask,
-                                                 encoder_attention_mask=None, embedding_output=emb,
-                                                 encoder_hidden_states=None, past_key_values=None)[0]
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(config=self.bert.config, inputs_embeds=emb,
+                                         attention_mask=attention_mask)
 
     @torch.no_grad()
     def hidden_states(self, batch):

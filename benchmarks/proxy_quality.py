@@ -225,7 +225,7 @@ def run_task(task, args, model, tok, layout, space_cands, log):
         vals = np.array(list(scores.values()))
         log(f"[{task}] trained: super-network {args.supernet_steps} steps (loss {np.mean(losses[:10]):.3f} -> "
             f"{np.mean(losses[-10:]):.3f}), {len(scores)} candidates scored in {secs:.1f}s; "
-            f"zero={int((vals == 0).sum())}")
+            f"never trained (score 0): {int((vals == 0).sum())}")
         result["proxies"]["trained"] = {
             "seconds": secs, "scores": scores, "non_degenerate": bool(len(set(vals.tolist())) > 1),
             "kind_means": {}, "supernet_loss": [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]}
