@@ -13,6 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
+from nas.search import SearchConfig
+
 from _glue_bench import CSV_FIELDS, Bench
 from _glue_methods import head_params
 
@@ -141,7 +143,8 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
         + (" (a dev subset)" if p.eval_rows else " (the full dev sets)") + ".",
         f"- training, the same for every method: max length {p.max_length} (dynamic padding"
         + (", batches grouped by length" if p.group_by_length else "") + f"), batch {p.batch_size}, "
-        + ", ".join(f"{TASK_LABEL.get(t, t)} {p.epochs_for(t):g} epoch(s)" for t in tasks) + (f" capped at {p.final_max_steps} steps" if p.final_max_steps else "")
+        + (f"{p.epochs:g} epoch(s)" if len({p.epochs_for(t) for t in tasks}) <= 1 else
+           ", ".join(f"{TASK_LABEL.get(t, t)} {p.epochs_for(t):g} epoch(s)" for t in tasks)) + (f" capped at {p.final_max_steps} steps" if p.final_max_steps else "")
         + f", AdamW, {p.scheduler} schedule, warmup {p.warmup_ratio:.0%}, weight decay {p.weight_decay:g}, "
         f"grad-clip 1.0; seeds {', '.join(map(str, p.seeds))} (head init, data order, dropout); "
         f"dev evaluated once per epoch, the last evaluation reported (no early stopping on dev).",
@@ -156,7 +159,7 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
         f"{bench.ctx(tasks[0]).base_params if tasks else 0:,} parameters), default space and proxy, "
         + (f"trials of {p.search_steps} steps until {p.search_timeout_s / 60:g} min of trial stage, "
            if p.search_timeout_s else f"{p.search_trials} trials x {p.search_steps} steps, ")
-        + f"{p.search_evals} evaluations per trial, the engine's default pruner, "
+        + f"{p.search_evals} evaluations per trial, the engine's default pruner ({SearchConfig.pruner}), "
         f"trials scored on the same held-out TRAIN rows; search seed 0, so one plan per task and budget, "
         f"trained with every seed. 'search s' is the search's wall time.",
         *[note for prefix, note in METHOD_NOTES.items() if any(n.startswith(prefix) for n in names)],
