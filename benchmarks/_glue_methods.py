@@ -1,6 +1,8 @@
-"""The methods of benchmarks/glue.py: what each one trains, and how that becomes a Trainer.
+"""The methods of benchmarks/glue.py: the protocol, what each method trains (a Spec), the
+fixed-architecture builders.  Searched methods and the method tables: _glue_search.py; a Spec
+-> a Trainer: _glue_train.py.
 
-A method is a row of ``METHODS``: a name and a builder ``build(ctx, variant) -> Spec``.  A
+A method is a row of ``make_methods()``: a name and a builder ``build(ctx, variant) -> Spec``.  A
 ``Spec`` is a JSON-able description of *what is trained*, one of three kinds:
 
     head   only the task head (no adapters)
@@ -9,16 +11,13 @@ A method is a row of ``METHODS``: a name and a builder ``build(ctx, variant) -> 
 
 Runs are keyed by the Spec's content (``Spec.digest``), not by the method's name, so two
 methods that end up training the same thing (e.g. the PEFT ranks matched to two budgets that
-both round to r=1) share one run.  ``build_trainer`` turns a Spec into a ``nas.train.Trainer``:
-every method, PEFT included, trains in the same loop (as benchmarks/trainer_vs_peft.py does).
+both round to r=1) share one run.  Every method, PEFT included, trains in nas.train's loop.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ HETERO_FRACTION = 0.25  # budget = 25% of the pool's parameters
 HETERO_BATCHES = 4  # training batches for the static scoring
 PEFT_MAX_RANK = 64
 PEFT_TARGETS = {"qv": ("q", "v"), "attn": ("q", "k", "v", "o")}
+ALL_LINEAR = ("q", "k", "v", "o", "ffn_up", "ffn_down")  # every projection the layout finds
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Protocol:
     name: str
     tasks: tuple[str, ...]
     seeds: tuple[int, ...]
-    epochs: float
+    epochs: float  # of a final run, unless task_epochs names the task
     lr_grid: tuple[float, ...]
     batch_size: int
     max_length: int
@@ -77,6 +77,10 @@ class Protocol:
     # task picks its own.  One cheap task keeps selection affordable where long-sequence tasks
     # (RTE, MRPC) would cost more to select on than to train.
     select_task: str | None = None
+    task_epochs: dict[str, float] = field(default_factory=dict)  # task -> epochs of its final runs
+
+    def epochs_for(self, task: str) -> float:
+        return self.task_epochs.get(task, self.epochs)
 
     def selection_task(self, task: str) -> str:
         return self.select_task or task
@@ -92,12 +96,12 @@ class Protocol:
         if phase == "select":
             return {**common, "holdout": self.holdout, "steps": self.select_steps,
                     "holdout_rows": self.select_eval_rows}
-        return {**common, "epochs": self.epochs, "max_steps": self.final_max_steps}
+        return {**common, "epochs": self.epochs_for(task), "max_steps": self.final_max_steps}
 
     def search_settings(self, task: str) -> dict[str, Any]:
         return {**self.data_settings(task), "batch_size": self.batch_size, "holdout": self.holdout,
                 "holdout_rows": self.select_eval_rows, "trials": self.search_trials,
-                "steps": self.search_steps, "evals": self.search_evals, "epochs": self.epochs,
+                "steps": self.search_steps, "evals": self.search_evals, "epochs": self.epochs_for(task),
                 "group_by_length": self.group_by_length,
                 **({"timeout_s": self.search_timeout_s} if self.search_timeout_s else {})}
 
@@ -140,6 +144,11 @@ class Method:
     variants: tuple[str, ...] = ("",)  # picked among on the held-out split (with the lr)
     cost: float = 1.0  # step cost relative to LoRA r=8 (for the time estimate only)
     searched: bool = False  # builds by running more-search (an expensive build)
+    search: str | None = None  # searched: the folder (under runs/<task>/) of the search it needs
+    tasks: tuple[str, ...] | None = None  # the tasks it runs on (None: every task of the protocol)
+
+    def runs_on(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
 
 
 # ---- models -------------------------------------------------------------------------------
@@ -213,24 +222,28 @@ def peft_lora_params(ctx: TaskCtx, rank: int, roles: tuple[str, ...]) -> int:
     return sum(rank * (m.d_in + m.d_out) for m in ctx.layout.modules if m.role in roles)
 
 
-def peft_spec(ctx: TaskCtx, rank: int, where: str, **info) -> Spec:
+def peft_spec(ctx: TaskCtx, rank: int, where: str, targets: list[str] | None = None, **info) -> Spec:
+    """PEFT LoRA of ``rank`` on the roles PEFT_TARGETS[where], or on the named ``targets``."""
+    if targets is None:
+        targets = peft_targets(ctx, PEFT_TARGETS[where])
+    size = {m.name: m.d_in + m.d_out for m in ctx.layout.modules}
     return Spec("peft", f"peft-lora-{where}-r{rank}",
-                {"rank": rank, "alpha": 2 * rank, "dropout": 0.0,
-                 "targets": peft_targets(ctx, PEFT_TARGETS[where])},
-                {"adapter_params": peft_lora_params(ctx, rank, PEFT_TARGETS[where]), **info})
+                {"rank": rank, "alpha": 2 * rank, "dropout": 0.0, "targets": list(targets)},
+                {"adapter_params": rank * sum(size[t] for t in targets), **info})
 
 
 def peft_lora(rank: int, where: str = "qv") -> Callable[[TaskCtx, str], Spec]:
     return lambda ctx, variant="": peft_spec(ctx, rank, where)
 
 
-def match_peft_rank(ctx: TaskCtx, params: int) -> tuple[int, str]:
+def match_peft_rank(ctx: TaskCtx, params: int, wheres: tuple[str, ...] = tuple(PEFT_TARGETS)
+                    ) -> tuple[int, str]:
     """The uniform PEFT LoRA (rank on query,value or on all attention projections) whose
     parameter count is closest to ``params``; ties: query,value, then the lower rank.  (On
     MiniLM, all-attention rank r has the size of query,value rank 2r, so the all-attention
-    option only wins beyond query,value's largest rank.)"""
+    option only wins beyond query,value's largest rank.)  ``wheres`` limits the placements."""
     options = [(abs(peft_lora_params(ctx, r, roles) - params), i, r, where)
-               for i, (where, roles) in enumerate(PEFT_TARGETS.items())
+               for i, (where, roles) in enumerate(PEFT_TARGETS.items()) if where in wheres
                for r in range(1, PEFT_MAX_RANK + 1)]
     _, _, rank, where = min(options, key=lambda o: (o[0], o[1], o[2]))
     return rank, where
@@ -289,211 +302,3 @@ def heterolora_dynamic(ctx: TaskCtx, variant: str = "") -> Spec:
     return plan_spec("heterolora-dynamic", plan.modules, plan.shortcuts, budget,
                      allocation="dynamic", dynamic_proxy=HETERO_DYNAMIC_PROXY,
                      pool_params=plan.trainable_params)
-
-
-# ---- more-search ---------------------------------------------------------------------------
-def budget_tag(budget: str) -> str:
-    return budget.replace("%", "pct")
-
-
-def search_dir(ctx: TaskCtx, budget: str) -> Path:
-    return ctx.runs_dir / f"search_{budget}"
-
-
-def _study_seconds(out: Path) -> float:
-    """Summed durations of the finished (complete or pruned) trials of the study in ``out``
-    (a resumed search's wall time is lost). A trial cut off by an interruption is failed on
-    resume, and its span would count the whole time the run was down, so it is left out."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.trial import TrialState
-
-    storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    total = 0.0
-    for name in optuna.get_all_study_names(storage):
-        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False,
-                                                                             states=finished):
-            if t.datetime_start and t.datetime_complete:
-                total += (t.datetime_complete - t.datetime_start).total_seconds()
-    return total
-
-
-def run_or_load_search(ctx: TaskCtx, budget: str) -> dict[str, Any]:
-    """more-search on the task (trials score on held-out TRAIN, never dev), resumable:
-    the finished result is ``search_<budget>/glue_search.json``; an interrupted one resumes
-    its Optuna journal."""
-    from nas.search import SearchConfig, run_search
-
-    out = search_dir(ctx, budget)
-    done, settings_file = out / "glue_search.json", out / "glue_search_settings.json"
-    settings = {**ctx.proto.search_settings(ctx.task), "budget": budget}
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
-        raise SystemExit(f"{out} holds a search with other settings; remove it or use another "
-                         f"--runs-dir")
-    if done.is_file():
-        return json.loads(done.read_text())
-    resumed = (out / "study.journal").is_file()
-    atomic_write_text(settings_file, json.dumps(settings, indent=1))
-    p = ctx.proto
-    cfg = SearchConfig(task=ctx.task, budget=budget, output_dir=str(out), n_trials=p.search_trials,
-                       trial_steps=p.search_steps, n_evals=p.search_evals, holdout=p.holdout,
-                       timeout_s=p.search_timeout_s, group_by_length=p.group_by_length,
-                       trial_eval_samples=p.select_eval_rows, batch_size=p.batch_size,
-                       max_length=p.max_length, epochs=p.epochs, seed=0, progress=False,
-                       resume=True, data_dir=ctx.data_dir)
-    t0 = time.perf_counter()
-    res = run_search(cfg, model=fresh_model(ctx, 0), tokenizer=ctx.tokenizer, data=ctx.data)
-    wall = time.perf_counter() - t0
-    seconds = wall
-    if resumed:  # this process saw only part of it: setup + proxy + every trial's duration
-        st = res.stage_seconds
-        seconds = st.get("setup", 0.0) + st.get("proxy", 0.0) + _study_seconds(out)
-    record = {"budget": budget, "plan": res.plan.to_dict(), "search_time_s": seconds,
-              "wall_s_this_process": wall, "resumed": resumed, "best_holdout": res.best_value,
-              "trials": {"complete": res.n_complete, "pruned": res.n_pruned, "failed": res.n_failed},
-              "stage_seconds": res.stage_seconds, "settings": settings}
-    atomic_write_text(done, json.dumps(record, indent=1, default=str))
-    return record
-
-
-def more_search(budget: str) -> Callable[[TaskCtx, str], Spec]:
-    def build(ctx: TaskCtx, variant: str = "") -> Spec:
-        rec = run_or_load_search(ctx, budget)
-        plan = Plan.from_dict(rec["plan"])
-        kinds = sorted({c["type"] for c in plan.modules.values()} | ({"shortcut"} if plan.shortcuts else set()))
-        return spec_from_plan(f"search-{budget_tag(budget)}", plan, search_time_s=rec["search_time_s"],
-                              best_holdout=rec["best_holdout"], kinds=kinds,
-                              search_dir=str(search_dir(ctx, budget)))
-    return build
-
-
-def peft_matched(budget: str) -> Callable[[TaskCtx, str], Spec]:
-    """PEFT LoRA with the uniform rank whose size is closest to the searched plan's."""
-    def build(ctx: TaskCtx, variant: str = "") -> Spec:
-        plan_params = more_search(budget)(ctx, "").info["plan_params"]
-        rank, where = match_peft_rank(ctx, plan_params)
-        return peft_spec(ctx, rank, where, matched_to=plan_params, budget=budget)
-    return build
-
-
-# ---- the table ----------------------------------------------------------------------------
-BUDGETS = ("0.02%", "0.05%", "0.1%", "0.3%")
-
-
-def make_methods(budgets: tuple[str, ...] = BUDGETS) -> list[Method]:
-    return [
-        Method("head-only", "baseline", head_only, cost=0.45),
-        Method("peft-lora-r8", "peft", peft_lora(8, "qv")),
-        Method("lora-r8", "ours", uniform({"type": "lora", "rank": 8}, ("q", "v"), "lora-qv-r8")),
-        Method("more-N4r4", "ours", uniform({"type": "more", "nblocks": 4, "rank": 4}, ("q", "k", "v"),
-                                            "more-qkv-N4r4"), cost=1.1),
-        Method("surm-best", "ours", surm, variants=tuple(SURM_CHOICES), cost=1.1),
-        Method("heterolora-static", "heterolora", heterolora_static, cost=1.15),
-        Method("heterolora-dynamic", "heterolora", heterolora_dynamic, cost=1.3),
-        *[Method(f"more-search@{b}", "search", more_search(b), cost=1.1, searched=True) for b in budgets],
-        *[Method(f"peft-lora@{b}", "peft-matched", peft_matched(b), searched=True) for b in budgets],
-    ]
-
-
-# ---- a Spec -> a Trainer --------------------------------------------------------------------
-def build_trainer(spec: Spec, ctx: TaskCtx, data, cfg):
-    """The model for ``spec`` (head initialised from ``cfg.seed``) in nas.train's loop."""
-    from transformers import set_seed
-
-    from nas.train import Trainer, prepare
-
-    set_seed(cfg.seed)
-    model = fresh_model(ctx, cfg.seed)
-    if spec.kind == "head":
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.split(".")[0] in HEAD_NAMES)
-        return Trainer(model, data, cfg)
-    if spec.kind == "peft":  # as benchmarks/trainer_vs_peft.py's PEFT baseline, any rank/targets
-        from peft import LoraConfig, get_peft_model
-
-        pl = spec.payload
-        model = get_peft_model(model, LoraConfig(
-            r=pl["rank"], lora_alpha=pl["alpha"], lora_dropout=pl["dropout"],
-            target_modules=list(pl["targets"]), modules_to_save=list(HEAD_NAMES[:1]),
-            task_type="SEQ_CLS"))
-        return Trainer(model, data, cfg)
-    if spec.kind == "plan":
-        return prepare(Plan.from_dict(spec.payload["plan"]), cfg, model=model, data=data)
-    raise ValueError(f"unknown spec kind {spec.kind!r}")
-
-
-def train_config(spec: Spec, proto: Protocol, *, lr: float, seed: int, select: bool,
-                 device: str | None):
-    from nas.train import TrainConfig
-
-    return TrainConfig(
-        epochs=proto.epochs, lr=lr, batch_size=proto.batch_size, max_length=proto.max_length,
-        seed=seed, max_steps=proto.select_steps if select else proto.final_max_steps,
-        eval_every=proto.select_steps if select else None, warmup_ratio=proto.warmup_ratio,
-        weight_decay=proto.weight_decay, scheduler=proto.scheduler,
-        allocation=spec.payload.get("allocation", "static"),
-        dynamic_proxy=spec.payload.get("dynamic_proxy"), progress=False, device=device,
-        group_by_length=proto.group_by_length,
-        export_peft=False)
-
-
-def longest_rows(data, k: int) -> list[int]:
-    lens = [len(x) for x in data.train["input_ids"]]
-    return sorted(range(len(lens)), key=lambda i: -lens[i])[:k]
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2 (the profiler's C++ start/stop lines) for the block."""
-    import os
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
-
-
-def step_tensor_peak(trainer) -> int | None:
-    """Peak tensor bytes of one steady-state training step (forward + backward + AdamW) on
-    the longest training batch, from the torch profiler's memory timeline (CPU only), as
-    benchmarks/trainer_vs_peft.py measures it.  Runs after training: it takes 2 extra steps."""
-    import os
-    import tempfile
-    import warnings
-
-    from torch.profiler import ProfilerActivity, profile
-
-    if trainer.device.type != "cpu":
-        return None
-    rows = longest_rows(trainer.data, trainer.cfg.batch_size)
-    try:
-        trainer.train_step(rows)  # warm-up: AdamW state exists from here on
-        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                                      record_shapes=True, with_stack=True) as prof:
-            trainer.train_step(rows)
-        with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            path = os.path.join(d, "timeline.json")
-            prof.export_memory_timeline(path, device="cpu")
-            _, sizes = json.load(open(path))
-        return int(max(sum(s) for s in sizes))
-    except Exception as e:  # noqa: BLE001 - memory is a side measurement; never lose the run
-        print(f"(memory profile failed: {type(e).__name__}: {e})")
-        return None
-
-
-def finite(x) -> float:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return -math.inf
-    return x if math.isfinite(x) else -math.inf

@@ -17,16 +17,19 @@ On the real packaged MiniLM (BERT, 6 layers, hidden 384) and real MRPC / RTE tra
    are frozen and unchanged), dropout is off, and batches are length-bucketed.
 3. Spearman correlation (scipy) between each proxy's per-module scores and the importance,
    per task; the table goes to benchmarks/results/proxy_quality.{csv,md}.
+4. beside the zero-cost proxies, 'trained' (issue 15): the default space trained as one
+   super-network for --supernet-steps steps (a sub-plan within --supernet-budget per step),
+   each candidate scored by AdaLoRA's smoothed sensitivity on the trained weights, normalised
+   within its kind (benchmarks/_proxy_trained.py); timed like the others.
 
     python benchmarks/proxy_quality.py                      # the full run (~20-30 min)
     python benchmarks/proxy_quality.py --quick              # a smoke run (minutes)
+    python benchmarks/proxy_quality.py --supernet-steps 0   # the zero-cost proxies only
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import os
 import random
 import statistics
@@ -48,117 +51,14 @@ from nas.models import load_model, load_tokenizer  # noqa: E402
 from search_spaces import SPACES, Adapter, Candidate  # noqa: E402
 from search_spaces.space import freeze_choice  # noqa: E402
 
-DATA = Path("/work/shared/data/glue")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _proxy_data import DATA, Cache, Runner, bucketed_batches, collate, encode, read_task  # noqa: E402
+from _proxy_report import TRIAL_STEPS, write_tables  # noqa: E402
+from _proxy_trained import trained_scores  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 ROLES = ["q", "k", "v", "o", "ffn_up", "ffn_down"]
-TRIAL_STEPS = 200  # a default short search trial: 200 steps, batch 16, max_len 128
 
-
-# ---- data ---------------------------------------------------------------------------------
-def read_task(task: str) -> list[tuple[str, str, int]]:
-    """(sentence 1, sentence 2, label) rows of TRAIN.tsv (csv module: quotes are literal)."""
-    path = DATA / task / "train.tsv"
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    head, body = rows[0], rows[1:]
-    if task == "MRPC":
-        i1, i2, il = head.index("#1 String"), head.index("#2 String"), head.index("Quality")
-        out = [(r[i1], r[i2], int(r[il])) for r in body if len(r) == len(head)]
-    elif task == "RTE":
-        i1, i2, il = head.index("sentence1"), head.index("sentence2"), head.index("label")
-        lab = {"entailment": 0, "not_entailment": 1}
-        out = [(r[i1], r[i2], lab[r[il]]) for r in body if len(r) == len(head)]
-    else:
-        raise ValueError(f"unknown task {task!r}")
-    return out
-
-
-def encode(tok, rows, max_len):
-    enc = tok([r[0] for r in rows], [r[1] for r in rows], truncation=True, max_length=max_len)
-    return [{"input_ids": torch.tensor(ids), "token_type_ids": torch.tensor(tt),
-             "label": r[2]} for ids, tt, r in zip(enc["input_ids"], enc["token_type_ids"], rows)]
-
-
-def collate(examples, pad_to: int | None = None) -> dict:
-    n = max(len(e["input_ids"]) for e in examples) if pad_to is None else pad_to
-    ids = torch.zeros(len(examples), n, dtype=torch.long)
-    tt = torch.zeros_like(ids)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(examples):
-        L = len(e["input_ids"])
-        ids[i, :L], tt[i, :L], mask[i, :L] = e["input_ids"], e["token_type_ids"], 1
-    return {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask,
-            "labels": torch.tensor([e["label"] for e in examples])}
-
-
-def bucketed_batches(indices, lengths, bs, seed, chunk=8):
-    """Batches of similar length (sorted within chunks of `chunk` batches), in random order."""
-    rng = random.Random(seed)
-    idx = list(indices)
-    rng.shuffle(idx)
-    batches = []
-    for s in range(0, len(idx), bs * chunk):
-        part = sorted(idx[s:s + bs * chunk], key=lambda i: lengths[i])
-        batches += [part[j:j + bs] for j in range(0, len(part), bs)]
-    rng.shuffle(batches)
-    return [b for b in batches if len(b) == bs]
-
-
-# ---- a BERT runner that can start at any layer from cached inputs ----------------------------
-class Runner:
-    def __init__(self, model):
-        self.model, self.bert = model, model.bert
-        self.layers = model.bert.encoder.layer
-
-    def mask(self, attention_mask, emb):
-        return self.bert._create_attention_masks(attention_mask=attention_mask,
-                                                 encoder_attention_mask=None, embedding_output=emb,
-                                                 encoder_hidden_states=None, past_key_values=None)[0]
-
-    @torch.no_grad()
-    def hidden_states(self, batch):
-        """Inputs of every layer (0..L-1) and the final output (index L)."""
-        h = self.bert.embeddings(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
-        m = self.mask(batch["attention_mask"], h)
-        hs = [h]
-        for layer in self.layers:
-            h = layer(h, attention_mask=m)
-            h = h[0] if isinstance(h, tuple) else h
-            hs.append(h)
-        return hs
-
-    def logits_from(self, i, h, attention_mask):
-        m = self.mask(attention_mask, h)
-        for layer in self.layers[i:]:
-            h = layer(h, attention_mask=m)
-            h = h[0] if isinstance(h, tuple) else h
-        return self.model.classifier(self.model.dropout(self.bert.pooler(h)))
-
-
-class Cache:
-    """Per-example inputs of each needed layer (float32), for train and validation."""
-
-    def __init__(self, runner, examples: dict, layers, bs=32):
-        self.layers = sorted(set(layers))
-        self.h = {i: {} for i in self.layers}
-        order = sorted(examples, key=lambda k: len(examples[k]["input_ids"]))
-        for s in range(0, len(order), bs):
-            ids = order[s:s + bs]
-            batch = collate([examples[k] for k in ids])
-            hs = runner.hidden_states(batch)
-            for i in self.layers:
-                for row, k in enumerate(ids):
-                    L = len(examples[k]["input_ids"])
-                    self.h[i][k] = hs[i][row, :L].clone()
-
-    def batch(self, layer, idx, examples):
-        n = max(len(examples[k]["input_ids"]) for k in idx)
-        h = torch.zeros(len(idx), n, self.h[layer][idx[0]].shape[-1])
-        mask = torch.zeros(len(idx), n, dtype=torch.long)
-        for r, k in enumerate(idx):
-            t = self.h[layer][k]
-            h[r, :len(t)], mask[r, :len(t)] = t, 1
-        return h, mask, torch.tensor([examples[k]["label"] for k in idx])
 
 
 def warm_head(model, cache, examples, train_ids, val_ids, steps=50, lr=1e-2):
@@ -280,7 +180,7 @@ def spearman(x, y):
 
 def run_task(task, args, model, tok, layout, space_cands, log):
     t_task = time.perf_counter()
-    rows = read_task(task)
+    rows = read_task(task, args.data_dir)
     rng = random.Random(0)
     order = list(range(len(rows)))
     rng.shuffle(order)
@@ -316,6 +216,19 @@ def run_task(task, args, model, tok, layout, space_cands, log):
             raise AssertionError(f"{name} degenerate on {task}")
         result["proxies"][name] = {"seconds": secs, "scores": scores, "non_degenerate": ok,
                                    "kind_means": {k: float(np.mean(v)) for k, v in by_kind.items()}}
+    if args.supernet_steps:
+        batches = [collate([examples[k] for k in b]) for b in
+                   bucketed_batches(train_idx, lengths, args.batch, seed=0)[:args.supernet_steps]]
+        scores, secs, losses = trained_scores(
+            model, layout, space_cands, batches, steps=args.supernet_steps, budget=args.supernet_budget,
+            lr=args.lr, warmup=args.supernet_steps // 10)
+        vals = np.array(list(scores.values()))
+        log(f"[{task}] trained: super-network {args.supernet_steps} steps (loss {np.mean(losses[:10]):.3f} -> "
+            f"{np.mean(losses[-10:]):.3f}), {len(scores)} candidates scored in {secs:.1f}s; "
+            f"never trained (score 0): {int((vals == 0).sum())}")
+        result["proxies"]["trained"] = {
+            "seconds": secs, "scores": scores, "non_degenerate": bool(len(set(vals.tolist())) > 1),
+            "kind_means": {}, "supernet_loss": [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]}
     if args.reuse:
         prev = json.loads(Path(args.reuse.format(task=task)).read_text())
         result.update({k: prev[k] for k in ("importance", "head_only_val_loss", "modules")})
@@ -406,6 +319,10 @@ def main(argv=None):
     ap.add_argument("--note", action="append", default=[], help="a line for the md's notes")
     ap.add_argument("--reuse", help="re-score only; take importance from this json ({task} -> name)")
     ap.add_argument("--step-seconds", type=float, help="skip the train-step timing, use this")
+    ap.add_argument("--data-dir", default=str(DATA), help="GLUE folder with MRPC/ and RTE/")
+    ap.add_argument("--supernet-steps", type=int, default=200,
+                    help="super-network training steps of the 'trained' importance (0: leave it out)")
+    ap.add_argument("--supernet-budget", default="0.1%", help="budget of the sampled sub-plans")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -413,6 +330,7 @@ def main(argv=None):
         return write_tables([json.loads(Path(f).read_text()) for f in args.merge], out, args.note)
     if args.quick:
         args.layers, args.steps, args.n_val = [1, 4], 10, 64
+        args.supernet_steps = min(args.supernet_steps, 20)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
 
@@ -428,7 +346,7 @@ def main(argv=None):
         f"{torch.get_num_threads()} thread(s)")
     results = []
     for task in args.tasks:
-        ex = encode(tok, read_task(task)[:64], args.max_len)
+        ex = encode(tok, read_task(task, args.data_dir)[:64], args.max_len)
         step = args.step_seconds or train_step_seconds(model, layout, ex)
         log(f"[{task}] one training step (batch 16, len 128, LoRA r8 everywhere): {step:.2f}s")
         res = run_task(task, args, model, tok, layout, space_cands, log)
@@ -443,92 +361,6 @@ def main(argv=None):
         log(f"[{task}] done in {res['seconds']:.0f}s -> {part}")
     write_tables(results, out, args.note)
     log("total")
-    return 0
-
-
-def write_tables(results, out: Path, notes=()):
-    rows = []
-    for res in results:
-        for name, r in res["proxies"].items():
-            rows.append({"proxy": name, "task": res["task"], "spearman": r["spearman"], "p_value": r["p_value"],
-                         "n_modules": len(res["modules"]), "scoring_s": r["seconds"],
-                         "train_step_s": res["train_step_seconds"], "time_per_train_step": r["steps_equivalent"],
-                         "trial_fraction": r["trial_fraction"]})
-    with open(out / "proxy_quality.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
-    names = sorted({r["proxy"] for r in rows})
-    mean_rho = {n: statistics.fmean(r["spearman"] for r in rows if r["proxy"] == n) for n in names}
-    best = max(names, key=lambda n: mean_rho[n])
-    cfg = results[0]["config"]
-    lines = [
-        "# Proxy quality: do proxy scores rank the modules that matter?",
-        "",
-        "Generated by `benchmarks/proxy_quality.py` on the packaged MiniLM-L6 (BERT, 6 layers, hidden 384), "
-        f"CPU, {cfg['threads']} thread(s), machine shared with other jobs (timings are noisy).",
-        "",
-        f"- Proxy scores: `proxies.score_candidates` on the whole default space "
-        f"(SPACES['default'], all kinds incl. shortcuts), {cfg['score_batches']} batches of {cfg['batch']} "
-        f"from the task's TRAIN split; the per-module score is its `lora r8` candidate's score.",
-        f"- Measured importance: per module, LoRA r=8 on that module alone + the classifier head "
-        f"({'warm-started on frozen features, ' if cfg['head_steps'] else 'from the same random init, '}"
-        f"{'frozen' if cfg['freeze_head'] else 'trained'}), {cfg['steps']} steps of batch {cfg['batch']} "
-        f"(length-bucketed, max_len {cfg['max_len']}, AdamW lr {cfg['lr']}, dropout off); importance = "
-        f"head-only validation loss - validation loss with the module (same data order and head init), "
-        f"averaged over the evaluations at {cfg['eval_fracs']} of the run, on {cfg['n_val']} held-out "
-        f"TRAIN examples (the GLUE dev set is never used); mean over {cfg['seeds']} seed(s). "
-        f"Modules (subsampled to fit ~30 min on 2 shared cores): layers {cfg['layers']} x "
-        f"{cfg['roles']} = {len(results[0]['modules'])} per task. Frozen layers below the adapted "
-        f"module are computed once and cached (exact).",
-        f"- Timing: scoring the whole default space vs one training step (batch 16 padded to 128, "
-        f"LoRA r8 on all 36 modules, AdamW) measured in the same process; a default short search "
-        f"trial is assumed to be {TRIAL_STEPS} such steps, and the scoring must cost <= 5% of it.",
-        "",
-        "| proxy | task | Spearman | p-value | scoring time (s) | time / train step | % of a 200-step trial |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in sorted(rows, key=lambda r: (r["proxy"], r["task"])):
-        lines.append(f"| {r['proxy']} | {r['task']} | {r['spearman']:+.3f} | {r['p_value']:.3g} | "
-                     f"{r['scoring_s']:.1f} | {r['time_per_train_step']:.2f} | {100 * r['trial_fraction']:.2f}% |")
-    lines += ["", "Mean Spearman over tasks: " + ", ".join(f"`{n}` {mean_rho[n]:+.3f}" for n in
-                                                           sorted(names, key=lambda n: -mean_rho[n])),
-              "", f"Best on average: `{best}` (DEFAULT_PROXY is `{proxies.DEFAULT_PROXY}`).", ""]
-    over = [r for r in rows if r["trial_fraction"] > 0.05]
-    lines.append("Every proxy scores the whole space in <= 5% of a default trial." if not over else
-                 "Over 5% of a trial: " + ", ".join(f"{r['proxy']}/{r['task']}" for r in over))
-    lines += ["", "## Notes", ""]
-    for res in results:
-        imp = np.array(list(res["importance"].values()))
-        head = statistics.fmean(np.mean(v) for v in res["head_only_val_loss"].values())
-        lines.append(f"- {res['task']}: head-only validation loss {head:.4f} (ln 2 = 0.6931); importance "
-                     f"range {imp.min():+.4f} .. {imp.max():+.4f}, median |importance| "
-                     f"{np.median(np.abs(imp)):.5f}; run took {res['seconds']:.0f}s; one training step "
-                     f"{res['train_step_seconds']:.1f}s.")
-        if abs(head - math.log(2)) < 0.005 and np.median(np.abs(imp)) < 5e-4:
-            lines.append(f"  {res['task']} stays at chance level in this short budget: its importances are "
-                         f"~0 and its correlations are mostly noise; weigh MRPC more.")
-    lines += [f"- {n}" for n in notes]
-    for res in results:
-        lines += ["", f"## {res['task']}: measured importance (head-only val loss "
-                      f"{statistics.fmean(np.mean(v) for v in res['head_only_val_loss'].values()):.4f})", "",
-                  "| module | importance | " + " | ".join(names) + " |",
-                  "|---|---:|" + "---:|" * len(names)]
-        for m in res["modules"]:
-            cells = []
-            for n in names:
-                sc = res["proxies"][n]["scores"]
-                k = next(k for k in sc if k.startswith(m + "|lora r8"))
-                cells.append(f"{sc[k]:.3g}")
-            lines.append(f"| {m.split('layer.')[-1]} | {res['importance'][m]:+.4f} | " + " | ".join(cells) + " |")
-    (out / "proxy_quality.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:len(rows) + 14]))
-    print(f"best proxy on average: {best} ({mean_rho[best]:+.3f})")
-    # the acceptance check of issue 3: scoring the whole space <= 5% of a default trial
-    default_rows = [r for r in rows if r["proxy"] == proxies.DEFAULT_PROXY]
-    for r in default_rows:
-        assert r["trial_fraction"] <= 0.05, f"{r['proxy']} on {r['task']}: {100 * r['trial_fraction']:.1f}% > 5%"
     return 0
 
 

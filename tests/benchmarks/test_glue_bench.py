@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+
+import pytest
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import glue  # noqa: E402
+from _glue_bench import pick_best  # noqa: E402
+from _glue_estimate import ISSUE_STEP_S, issue_step_time  # noqa: E402
 from _glue_methods import SURM_CHOICES, Spec, match_peft_rank, peft_lora_params  # noqa: E402
+from _glue_report import _ms  # noqa: E402
+from _glue_search import issue15_methods, make_methods, widest_lora  # noqa: E402
 
 
 def _ctx():
@@ -43,26 +49,26 @@ def test_pick_best_ties_and_failures():
     runs = {("", 5e-4): {"score": 0.6, "metrics": {"loss": 0.5}},
             ("", 2e-3): {"score": 0.6, "metrics": {"loss": 0.4}},
             ("x", 2e-3): {"score": float("nan"), "metrics": {}}}
-    assert glue.pick_best(runs) == ("", 2e-3)  # tie on the metric: lower loss
+    assert pick_best(runs) == ("", 2e-3)  # tie on the metric: lower loss
     runs[("", 2e-3)]["metrics"]["loss"] = 0.5
-    assert glue.pick_best(runs) == ("", 5e-4)  # full tie: lower lr
+    assert pick_best(runs) == ("", 5e-4)  # full tie: lower lr
 
 
 def test_method_table_and_protocols():
-    methods = glue.make_methods()
+    methods = make_methods()
     names = [m.name for m in methods]
     assert len(names) == len(set(names)) == 15
     assert next(m for m in methods if m.name == "surm-best").variants == tuple(SURM_CHOICES)
     for proto in (glue.FULL, glue.QUICK):
         assert proto.phase_settings("rte", "select") != proto.phase_settings("rte", "final")
     assert glue.FULL.train_rows["sst2"] == 8000 and len(glue.FULL.seeds) >= 2
-    assert glue._ms([0.5, 0.7]) == "60.0 ± 14.1" and glue._ms([float("nan")]) == "n/a"
-    assert math.isclose(glue.issue_step_time(128), glue.ISSUE_STEP_S)
+    assert _ms([0.5, 0.7]) == "60.0 ± 14.1" and _ms([float("nan")]) == "n/a"
+    assert math.isclose(issue_step_time(128), ISSUE_STEP_S)
 
 
 def test_shared_selection_task_runs_first_and_once(tmp_path):
     """With select_task, lr selection happens on that task only, before any task's finals."""
-    methods = glue.make_methods(("0.1%",))
+    methods = make_methods(("0.1%",))
     proto = glue.replace(glue.FULL, tasks=("mrpc", "rte"), select_task="sst2", budgets=("0.1%",))
     jobs = glue.Bench(proto, methods, tmp_path).jobs()
     selects = [j for j in jobs if j[0] == "select"]
@@ -86,7 +92,7 @@ def test_resumed_search_time_leaves_out_the_interrupted_trial(tmp_path):
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import FrozenTrial, TrialState
 
-    from _glue_methods import _study_seconds
+    from _glue_search import _study_seconds
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
     study = optuna.create_study(study_name="s", storage=storage)
@@ -99,3 +105,68 @@ def test_resumed_search_time_leaves_out_the_interrupted_trial(tmp_path):
             params={"x": 0.1}, distributions={"x": FloatDistribution(0, 1)}, user_attrs={},
             system_attrs={}, intermediate_values={0: 0.5} if state == TrialState.PRUNED else {}))
     assert _study_seconds(tmp_path) == 120.0
+
+
+# ---- issue 15's protocol ----------------------------------------------------------------------
+def _adapter_params(ctx, rank, targets):
+    size = {m.name: m.d_in + m.d_out for m in ctx.layout.modules}
+    return rank * sum(size[t] for t in targets)
+
+
+def test_widest_lora_fits_and_is_widest_first():
+    ctx = _ctx()
+    all_r1 = _adapter_params(ctx, 1, [m.name for m in ctx.layout.modules])  # 41,472 on MiniLM
+    for size in (1_536, 3_500, 4_540, 9_216, 18_431, 18_432, 22_656, all_r1 - 1, all_r1, 100_000, 10**7):
+        rank, where, targets = widest_lora(ctx, size)
+        assert 1 <= _adapter_params(ctx, rank, targets) <= size  # never above the plan's size
+        if size >= all_r1:  # rank 1 fits on every linear layer: all of them, the largest rank that fits
+            assert where == "all" and len(targets) == 36
+            assert _adapter_params(ctx, rank + 1, targets) > size or rank == 64
+        elif size >= 18_432:  # else every attention projection
+            assert where == "attn" and {m.split(".")[1] for m in targets} == {"q", "k", "v", "o"}
+    assert widest_lora(ctx, 22_656)[:2] == (1, "attn")  # 0.1% of MiniLM: attention r1, not q,v r2
+    rank, where, targets = widest_lora(ctx, 4_540)  # 0.02%: not even q,v r1 everywhere fits
+    assert (rank, where) == (1, "qv-top2") and {t.split(".")[0] for t in targets} == {"l4", "l5"}
+    with pytest.raises(ValueError, match="no uniform LoRA fits"):
+        widest_lora(ctx, 1_000)
+
+
+def test_peft_qv_matching_stays_on_query_value():
+    ctx = _ctx()
+    assert match_peft_rank(ctx, 9_216 * 70, ("qv",)) == (64, "qv")  # capped, never all-attention
+    assert match_peft_rank(ctx, 22_656, ("qv",)) == (2, "qv")
+
+
+def test_issue15_job_list_budgets_epochs_and_phases(tmp_path):
+    proto = glue.ISSUE15
+    methods = issue15_methods(glue.ISSUE15_BUDGETS)
+    bench = glue.Bench(proto, methods, tmp_path)
+    jobs = bench.jobs()
+    searches = {(j[1], j[2]) for j in jobs if j[0] == "search"}
+    assert searches == {(t, f"{k}-search@{b}") for t, bs in glue.ISSUE15_BUDGETS.items() for b in bs
+                        for k in ("new", "old")}  # 6: 0.02% on SST-2 only
+    finals = [j for j in jobs if j[0] == "final"]
+    per_task = {t: {j[2] for j in finals if j[1] == t} for t in proto.tasks}
+    assert len(per_task["sst2"]) == 9 and len(per_task["mrpc"]) == 5
+    assert not any("0.02%" in n for n in per_task["mrpc"]) and "peft-lora-r8" in per_task["mrpc"]
+    assert len(finals) == 3 * 14 and {j[5] for j in finals} == {0, 1, 2}
+    assert len([j for j in jobs if j[0] == "select"]) == 14 * 4 and min(proto.lr_grid) == 5e-4
+    assert max(proto.lr_grid) == 5e-3
+    # per-task epochs reach the run keys and the search; other protocols' keys are unchanged
+    assert proto.phase_settings("mrpc", "final")["epochs"] == 3.0
+    assert proto.phase_settings("sst2", "final")["epochs"] == 1.0
+    assert proto.search_settings("mrpc")["epochs"] == 3.0
+    assert glue.FULL.phase_settings("mrpc", "final")["epochs"] == glue.FULL.epochs
+    # a phase waits for the one before it; its shards split its jobs exactly
+    with pytest.raises(SystemExit, match="--phase select"):
+        glue.select_jobs(bench, "select", "0/2", lambda msg: (_ for _ in ()).throw(SystemExit(msg)))
+    shards = [glue.select_jobs(bench, "search", f"{k}/4", None) for k in range(4)]
+    assert sorted(j for s in shards for j in s) == sorted(j for j in jobs if j[0] == "search")
+    assert glue.select_jobs(bench, None, None, None) == jobs
+
+
+def test_issue15_quick_is_the_same_comparison_smaller():
+    q = glue.ISSUE15_QUICK
+    assert q.tasks == glue.ISSUE15.tasks and q.task_epochs == glue.ISSUE15.task_epochs
+    assert len(q.seeds) == 1 and q.final_max_steps and q.select_steps < glue.ISSUE15.select_steps
+    assert glue.protocol_methods(q)[0].name == glue.protocol_methods(glue.ISSUE15)[0].name

@@ -1,0 +1,311 @@
+"""The reports of benchmarks/glue.py: <prefix>.csv (every run), <prefix>.md (protocol, date,
+machine, mean ± std per task x method; issue #15's comparison when its methods are there) and
+<prefix>_pareto.png (trainable parameters vs dev score per task)."""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from nas.search import SearchConfig
+
+from _glue_bench import CSV_FIELDS, Bench
+from _glue_methods import head_params
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD_NOTES = {  # method-name prefix -> its line in the protocol
+    "heterolora": "- HeteroLoRA: the pool is SPACES['heterolora'] (r=8 LoRA on every projection + the 4 "
+                  "shortcuts); budget 25% of the pool's parameters. Static: proxy grad-norm on 4 training "
+                  "batches, proxies.allocate. Dynamic: the whole pool built, allocation='dynamic', re-scored "
+                  "every 1/5 epoch with the live grad-norm.",
+    "peft-lora@": "- peft-lora@B: the uniform PEFT LoRA rank (on query,value or on all attention projections) "
+                  "whose size is closest to the more-search@B plan's; alpha = 2 x rank, as our LoRA. Every "
+                  "method, PEFT included, trains in nas.train's loop.",
+    "new-search@": "- new-search@B: SearchConfig(strategy='supernet'), old-search@B: strategy='trials' "
+                   "(today's engine), same budget and settings; (a) peft-qv@B: PEFT LoRA on query,value, "
+                   "the rank whose size is closest to the new plan's; (b) widest-lora@B: PEFT LoRA on the "
+                   "widest placement where rank 1 fits within the new plan's size (all linear layers, else "
+                   "all attention projections, else query,value, else query,value on the top layers), at "
+                   "the largest rank that fits (never above the plan's size). alpha = 2 x rank. Every "
+                   "method, PEFT included, trains in nas.train's loop.",
+}
+
+
+def _fmt_params(n) -> str:
+    n = float(n)
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
+
+
+def _ms(values, scale=100.0) -> str:
+    vals = [v * scale for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return "n/a"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.fmean(vals):.1f} ± {sd:.1f}" + ("" if len(vals) > 1 else " (n=1)")
+
+
+def summarize(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    groups: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        if r["phase"] != "final":
+            continue
+        g = groups.setdefault((r["task"], r["method"]), {"runs": []})
+        g["runs"].append(r)
+    for g in groups.values():
+        runs = g["runs"]
+        first = runs[0]
+        mem = [r["step_tensor_peak_bytes"] for r in runs if r.get("step_tensor_peak_bytes")]
+        cuda = [r["peak_memory_bytes"] for r in runs if r.get("peak_memory_kind") == "cuda_allocated"]
+        g.update(family=first["family"], variant=first["variant"], lr=first["lr"],
+                 holdout=first["holdout_score"], params=first["trainable_params"],
+                 adapter_params=first["adapter_params"], main_metric=first["main_metric"],
+                 scores=[r["score"] for r in runs], f1=[r.get("f1") for r in runs],
+                 acc=[r.get("accuracy") for r in runs],
+                 train_time=statistics.fmean(r["train_time_s"] for r in runs if r.get("train_time_s") is not None)
+                 if any(r.get("train_time_s") is not None for r in runs) else None,
+                 search_time=first.get("search_time_s"), spec=first["spec"],
+                 memory=(max(cuda) if cuda else (mem[0] if mem else None)),
+                 memory_kind="CUDA allocator peak" if cuda else "step tensor peak")
+        sc = [s for s in g["scores"] if s is not None and math.isfinite(s)]
+        g["mean"] = statistics.fmean(sc) if sc else float("nan")
+        g["std"] = statistics.stdev(sc) if len(sc) > 1 else 0.0
+    return groups
+
+
+TASK_LABEL = {"rte": "RTE", "mrpc": "MRPC", "cola": "CoLA", "sst2": "SST-2"}
+
+
+def _machine(device) -> str:
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if dev.startswith("cuda") and torch.cuda.is_available() else ""
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} CPU cores{gpu}; Python {platform.python_version()}"
+
+
+def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float | None = None) -> None:
+    import peft
+    import torch
+    import transformers
+
+    from nas.io import atomic_write_text
+
+    p = bench.proto
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(f"{prefix}.csv", table.getvalue())
+    groups = summarize(rows)
+    names = [m.name for m in bench.methods]
+    tasks = [t for t in p.tasks if any((t, n) in groups for n in names)]
+    # Methods that train the same thing share its runs: count each run once.
+    unique = {(r["phase"], r["task"], r["spec"], r["lr"], r["seed"]): r for r in rows}.values()
+    wall = sum(r.get("wall_s") or 0 for r in unique)
+    searches = {(r["task"], r["method"]): r["search_time_s"] for r in rows if r.get("search_time_s")}
+    threads = sorted({r["threads"] for r in rows if r.get("threads")}) or [bench.threads]  # the runs', not ours
+    lines = [
+        "# GLUE on the packaged MiniLM: every method, one protocol"
+        + {"quick": " (QUICK mode: a check of the script, not results)",
+           "search15": " (issue #5: a 15-minute more-search vs PEFT LoRA)",
+           "issue15": " (issue #15: the super-network search vs uniform LoRA at the plan's size)",
+           "issue15-quick": " (issue #15 QUICK mode: a check of the pipeline, not results)",
+           }.get(p.name.removesuffix("-cuda"), ""),
+        "",
+        f"- date: {datetime.date.today().isoformat()}; machine: {_machine(bench.device)}; torch {torch.__version__} "
+        f"({'/'.join(map(str, threads))} thread(s) per run), transformers {transformers.__version__}, peft {peft.__version__}; "
+        f"device {bench.device or 'auto'}",
+        f"- compute: {wall / 3600:.2f} h of training/evaluation runs and {sum(searches.values()) / 3600:.2f} h of "
+        f"search in the saved runs ({len(unique)} runs: {sum(r['phase'] == 'select' for r in unique)} lr-selection, "
+        f"{sum(r['phase'] == 'final' for r in unique)} final)",
+        "",
+        "## Protocol",
+        "",
+        f"- model: the packaged MiniLM (BERT, 6 layers, hidden 384, 22.7M parameters); the task head "
+        f"({head_params(bench.ctx(tasks[0]).template) if tasks else 770} parameters) is trainable in every method and counted in 'params'.",
+        f"- data: {bench.data_dir}; training rows: " + ", ".join(
+            f"{TASK_LABEL.get(t, t)} {len(bench.ctx(t).data.train):,}" for t in tasks)
+        + (f" (fixed subsets, data seed 0: {', '.join(TASK_LABEL.get(t, t) for t in tasks if p.train_rows.get(t))})"
+           if any(p.train_rows.get(t) for t in tasks) else " (the full train sets)")
+        + "; dev rows: " + ", ".join(
+            f"{TASK_LABEL.get(t, t)} {len(bench.ctx(t).data.eval):,}" for t in tasks)
+        + (" (a dev subset)" if p.eval_rows else " (the full dev sets)") + ".",
+        f"- training, the same for every method: max length {p.max_length} (dynamic padding"
+        + (", batches grouped by length" if p.group_by_length else "") + f"), batch {p.batch_size}, "
+        + (f"{p.epochs:g} epoch(s)" if len({p.epochs_for(t) for t in tasks}) <= 1 else
+           ", ".join(f"{TASK_LABEL.get(t, t)} {p.epochs_for(t):g} epoch(s)" for t in tasks)) + (f" capped at {p.final_max_steps} steps" if p.final_max_steps else "")
+        + f", AdamW, {p.scheduler} schedule, warmup {p.warmup_ratio:.0%}, weight decay {p.weight_decay:g}, "
+        f"grad-clip 1.0; seeds {', '.join(map(str, p.seeds))} (head init, data order, dropout); "
+        f"dev evaluated once per epoch, the last evaluation reported (no early stopping on dev).",
+        "- learning rate: picked per method"
+        + (f" on {TASK_LABEL.get(p.select_task, p.select_task)} and used for every task"
+           if p.select_task else " and task")
+        + f" from {{{', '.join(f'{x:g}' for x in p.lr_grid)}}} on held-out TRAIN: {p.holdout:.0%} of the training rows held out (seed 0), one run of {p.select_steps} steps per lr "
+        f"(seed {p.seeds[0]}) on the other {1 - p.holdout:.0%}, scored on <= {p.select_eval_rows} held-out rows by "
+        f"the main metric (ties: lower held-out loss). SURM's kind (circulant / kronecker r8 / toeplitz / ldr r1) is "
+        f"picked together with the lr the same way. Dev never chooses anything.",
+        f"- search: run_search per task and budget ({', '.join(p.budgets)} of the model's "
+        f"{bench.ctx(tasks[0]).base_params if tasks else 0:,} parameters), default space and proxy, "
+        + (f"trials of {p.search_steps} steps until {p.search_timeout_s / 60:g} min of trial stage, "
+           if p.search_timeout_s else f"{p.search_trials} trials x {p.search_steps} steps, ")
+        + f"{p.search_evals} evaluations per trial, the engine's default pruner ({SearchConfig.pruner}), "
+        f"trials scored on the same held-out TRAIN rows; search seed 0, so one plan per task and budget, "
+        f"trained with every seed. 'search s' is the search's wall time.",
+        *[note for prefix, note in METHOD_NOTES.items() if any(n.startswith(prefix) for n in names)],
+        "- metrics: accuracy (x100); CoLA: Matthews correlation (x100); MRPC: accuracy and F1. mean ± std over "
+        "seeds. Memory: the peak tensor memory of one training step (forward + backward + AdamW) on the longest "
+        "training batch (torch profiler, CPU), or the CUDA allocator's peak of the run on a GPU.",
+        "",
+        "## Summary: dev score, mean ± std over seeds",
+        "",
+    ]
+    head = ["method"] + [f"{TASK_LABEL.get(t, t)} {'MCC' if t == 'cola' else 'acc'}" for t in tasks]
+    if "mrpc" in tasks:
+        head.insert(1 + tasks.index("mrpc") + 1, "MRPC F1")
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in names:
+        cells = [n]
+        for t in tasks:
+            g = groups.get((t, n))
+            cells.append(_ms(g["scores"]) if g else "-")
+            if t == "mrpc":
+                cells.append(_ms(g["f1"]) if g else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    if any(n.startswith("new-search@") for n in names):
+        lines += issue15_summary(bench, groups, tasks)
+    for t in tasks:
+        ctx = bench.ctx(t)
+        lines += ["", f"## {TASK_LABEL.get(t, t)} (train {len(ctx.data.train):,}, dev {len(ctx.data.eval):,}; "
+                      f"main metric {ctx.data.main_metric})", "",
+                  "| method | what is trained | lr (held-out score) | params | dev " + ctx.data.main_metric
+                  + (" | dev F1" if t == "mrpc" else "") + " | train s | search s | memory MiB |",
+                  "|---|---|---|---|---|" + ("---|" if t == "mrpc" else "") + "---|---|---|"]
+        for n in names:
+            g = groups.get((t, n))
+            if not g:
+                lines.append(f"| {n} | (not run yet) |")
+                continue
+            lines.append(
+                f"| {n} | {g['spec']} | {g['lr']:g} ({g['holdout'] * 100:.1f}) | {g['params']:,} | "
+                f"{_ms(g['scores'])}" + (f" | {_ms(g['f1'])}" if t == "mrpc" else "")
+                + f" | {g['train_time']:.0f} | " + (f"{g['search_time']:.0f}" if g["search_time"] else "")
+                + " | " + (f"{g['memory'] / 2**20:.0f}" if g["memory"] else "n/a") + " |")
+    shared = {}
+    for (t, n), g in groups.items():
+        shared.setdefault((t, g["spec"], g["lr"]), []).append(n)
+    dups = [f"{TASK_LABEL.get(t, t)}: {', '.join(ns)} train the same thing ({s}, lr {lr:g}) and share its runs"
+            for (t, s, lr), ns in shared.items() if len(ns) > 1]
+    if dups:
+        lines += ["", "Shared runs: " + "; ".join(dups) + "."]
+    lines += ["", f"Per-run records: {bench.runs_dir.relative_to(ROOT) if bench.runs_dir.is_relative_to(ROOT) else bench.runs_dir}/"
+                  f"<task>/<phase>/*.json; all runs (lr selection included): {Path(str(prefix) + '.csv').name}; "
+                  f"plot: {Path(str(prefix) + '_pareto.png').name}."]
+    if started is not None:
+        lines += [f"This invocation ran {bench.ran} run(s)/search(es) and reused {bench.skipped} in "
+                  f"{(time.time() - started) / 60:.1f} min."]
+    atomic_write_text(f"{prefix}.md", "\n".join(lines) + "\n")
+    plot_pareto(groups, tasks, names, Path(f"{prefix}_pareto.png"))
+
+
+FAMILY_STYLE = {"baseline": ("tab:gray", "x"), "peft": ("tab:blue", "s"), "ours": ("tab:green", "o"),
+                "heterolora": ("tab:purple", "D"), "search": ("tab:red", "*"),
+                "peft-matched": ("tab:cyan", "s"), "search-new": ("tab:orange", "*"),
+                "peft-widest": ("tab:olive", "s")}
+
+
+def plot_pareto(groups: dict, tasks: list[str], names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not tasks:
+        return
+    cols = min(2, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), squeeze=False)
+    for ax, t in zip(axes.flat, tasks):
+        pts = []
+        for n in names:
+            g = groups.get((t, n))
+            if not g or not math.isfinite(g["mean"]):
+                continue
+            color, marker = FAMILY_STYLE.get(g["family"], ("black", "o"))
+            x, y, e = g["params"], g["mean"] * 100, g["std"] * 100
+            ax.errorbar(x, y, yerr=e, fmt=marker, color=color, ms=8 if marker == "*" else 6, capsize=3)
+            dy = (-12, 2, 14)[len(pts) % 3]  # stagger the labels of neighbouring points
+            ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, dy), fontsize=6.5,
+                        rotation=15, color=color)
+            pts.append((x, y))
+        front, best = [], -math.inf
+        for x, y in sorted(pts):
+            if y > best:
+                front.append((x, y))
+                best = y
+        if len(front) > 1:
+            ax.step(*zip(*front), where="post", color="k", alpha=0.3, lw=1)
+        metric = "MCC" if t == "cola" else "accuracy"
+        ax.set(xscale="log", xlabel="trainable parameters (adapters + task head)",
+               ylabel=f"dev {metric} (x100)", title=TASK_LABEL.get(t, t))
+        ax.grid(alpha=0.3, which="both")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    used = {g["family"] for g in groups.values()}
+    handles = [plt.Line2D([], [], color=c, marker=mk, ls="", label=f) for f, (c, mk) in FAMILY_STYLE.items()
+               if f in used]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
+    """Issue #15's reading: per task and budget, the new plan against the better of (a) and (b),
+    today's search and PEFT LoRA r=8, and each search's cost in trainings of its own plan."""
+    def cell(g):
+        return f"{_ms(g['scores'])} ({_fmt_params(g['params'])})" if g else "-"
+
+    def cost(g):  # search seconds / the plan's final-run train seconds (same device)
+        return f"{g['search_time'] / g['train_time']:.2f}x" if g and g["search_time"] and g["train_time"] else "-"
+
+    lines = ["", "## Issue #15: the new search's plan vs uniform LoRA at its size", "",
+             "Dev score mean ± std (trainable parameters, head included). gap = new − the better of (a), (b) "
+             "in points of the mean; cost = search seconds / one final training of that plan (same device; "
+             "where searches and finals ran as parallel processes sharing it, both are slowed, so the ratio "
+             "is approximate).", "",
+             "| task | budget | new plan | (a) PEFT q,v | (b) widest LoRA | gap vs max(a,b) | (c) today's search "
+             "| new − (c) | PEFT r8 q,v | new − r8 | new cost | (c) cost |", "|" + "---|" * 12]
+    gaps, missing = [], []
+    for t in tasks:
+        for b in [m.name.split("@", 1)[1] for m in bench.methods_for(t) if m.name.startswith("new-search@")]:
+            new, a, w, old = (groups.get((t, f"{k}@{b}")) for k in ("new-search", "peft-qv", "widest-lora",
+                                                                     "old-search"))
+            r8 = groups.get((t, "peft-lora-r8"))
+            spec = bench.spec(t, bench.method(f"new-search@{b}"), build=False)
+            if spec is not None and spec.info.get("strategy_applied") is False:
+                missing.append(f"{t} {b}")
+            diff = (lambda x, y: f"{(x['mean'] - y['mean']) * 100:+.1f}" if x and y and
+                    math.isfinite(x["mean"]) and math.isfinite(y["mean"]) else "-")
+            best = max((g for g in (a, w) if g and math.isfinite(g["mean"])), key=lambda g: g["mean"], default=None)
+            if new and best and math.isfinite(new["mean"]):
+                gaps.append((new["mean"] - best["mean"]) * 100)
+            lines.append(f"| {TASK_LABEL.get(t, t)} | {b} | {cell(new)} | {cell(a)} | {cell(w)} | {diff(new, best)} | "
+                         f"{cell(old)} | {diff(new, old)} | {cell(r8)} | {diff(new, r8)} | {cost(new)} | {cost(old)} |")
+    if gaps:
+        lines += ["", f"Mean gap of the new plan over the better of (a), (b): {statistics.fmean(gaps):+.2f} points "
+                      f"over {len(gaps)} task x budget cell(s) (the issue's goal: >= +1.0)."]
+    if missing:
+        lines += ["", f"**SearchConfig has no `strategy` field in this checkout: the 'new' search ran today's "
+                      f"engine** ({', '.join(missing)}); these rows do not measure the super-network search."]
+    return lines

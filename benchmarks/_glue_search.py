@@ -1,0 +1,191 @@
+"""The searched methods of benchmarks/glue.py (more-search plans and the baselines sized to
+them) and the method tables: ``make_methods`` (issue #6's GLUE table) and ``issue15_methods``
+(issue #15: the super-network search against uniform LoRA at the plan's size)."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable
+
+from nas import Plan
+from nas.io import atomic_write_text
+
+from _glue_methods import (ALL_LINEAR, PEFT_MAX_RANK, PEFT_TARGETS, SURM_CHOICES, Method, Spec,
+                           TaskCtx, fresh_model, head_only, heterolora_dynamic, heterolora_static,
+                           match_peft_rank, peft_lora, peft_lora_params, peft_spec, peft_targets,
+                           spec_from_plan, surm, uniform)
+
+BUDGETS = ("0.02%", "0.05%", "0.1%", "0.3%")
+# Widest first: the placement of the uniform LoRA baseline is the first one where rank 1 fits.
+PLACEMENTS = (("all", ALL_LINEAR), ("attn", PEFT_TARGETS["attn"]), ("qv", PEFT_TARGETS["qv"]))
+
+
+def budget_tag(budget: str) -> str:
+    return budget.replace("%", "pct")
+
+
+def search_name(budget: str, strategy: str | None = None) -> str:
+    """The search's folder under runs/<task>/ (no strategy: issue #6's folders, unchanged)."""
+    return f"search_{budget}" if strategy is None else f"search_{strategy}_{budget}"
+
+
+def _study_seconds(out: Path) -> float:
+    """Summed durations of the finished (complete or pruned) trials of the study in ``out``
+    (a resumed search's wall time is lost). A trial cut off by an interruption is failed on
+    resume, and its span would count the whole time the run was down, so it is left out."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    total = 0.0
+    for name in optuna.get_all_study_names(storage):
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False,
+                                                                             states=finished):
+            if t.datetime_start and t.datetime_complete:
+                total += (t.datetime_complete - t.datetime_start).total_seconds()
+    return total
+
+
+def run_or_load_search(ctx: TaskCtx, budget: str, strategy: str | None = None) -> dict[str, Any]:
+    """more-search on the task (trials score on held-out TRAIN, never dev), resumable:
+    the finished result is ``<search_name>/glue_search.json``; an interrupted one resumes
+    its Optuna journal.  ``strategy`` goes to SearchConfig.strategy when the engine has
+    that field (recorded as ``strategy_applied``); None leaves the engine's default."""
+    from nas.search import SearchConfig, run_search
+
+    out = ctx.runs_dir / search_name(budget, strategy)
+    done, settings_file = out / "glue_search.json", out / "glue_search_settings.json"
+    settings = {**ctx.proto.search_settings(ctx.task), "budget": budget,
+                **({"strategy": strategy} if strategy else {})}
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+        raise SystemExit(f"{out} holds a search with other settings; remove it or use another "
+                         f"--runs-dir")
+    if done.is_file():
+        return json.loads(done.read_text())
+    resumed = (out / "study.journal").is_file()
+    atomic_write_text(settings_file, json.dumps(settings, indent=1))
+    p = ctx.proto
+    applied = strategy is not None and "strategy" in {f.name for f in fields(SearchConfig)}
+    cfg = SearchConfig(**({"strategy": strategy} if applied else {}),task=ctx.task, budget=budget, output_dir=str(out), n_trials=p.search_trials,
+                       trial_steps=p.search_steps, n_evals=p.search_evals, holdout=p.holdout,
+                       timeout_s=p.search_timeout_s, group_by_length=p.group_by_length,
+                       trial_eval_samples=p.select_eval_rows, batch_size=p.batch_size,
+                       max_length=p.max_length, epochs=p.epochs, seed=0, progress=False,
+                       resume=True, data_dir=ctx.data_dir)
+    t0 = time.perf_counter()
+    res = run_search(cfg, model=fresh_model(ctx, 0), tokenizer=ctx.tokenizer, data=ctx.data)
+    wall = time.perf_counter() - t0
+    seconds = wall
+    if resumed:  # this process saw only part of it: setup + proxy + every trial's duration
+        st = res.stage_seconds
+        seconds = st.get("setup", 0.0) + st.get("proxy", 0.0) + _study_seconds(out)
+    record = {"budget": budget, "plan": res.plan.to_dict(), "search_time_s": seconds,
+              "wall_s_this_process": wall, "resumed": resumed, "best_holdout": res.best_value,
+              "trials": {"complete": res.n_complete, "pruned": res.n_pruned, "failed": res.n_failed},
+              "stage_seconds": res.stage_seconds, "settings": settings,
+              "strategy": strategy, "strategy_applied": applied}
+    atomic_write_text(done, json.dumps(record, indent=1, default=str))
+    return record
+
+
+def more_search(budget: str, strategy: str | None = None) -> Callable[[TaskCtx, str], Spec]:
+    def build(ctx: TaskCtx, variant: str = "") -> Spec:
+        rec = run_or_load_search(ctx, budget, strategy)
+        plan = Plan.from_dict(rec["plan"])
+        kinds = sorted({c["type"] for c in plan.modules.values()} | ({"shortcut"} if plan.shortcuts else set()))
+        label = f"search-{budget_tag(budget)}" if strategy is None else f"search-{strategy}-{budget_tag(budget)}"
+        return spec_from_plan(label, plan, search_time_s=rec["search_time_s"],
+                              best_holdout=rec["best_holdout"], kinds=kinds,
+                              search_dir=str(ctx.runs_dir / search_name(budget, strategy)),
+                              strategy=strategy, strategy_applied=rec.get("strategy_applied"))
+    return build
+
+
+def plan_size(ctx: TaskCtx, budget: str, strategy: str | None) -> int:
+    return more_search(budget, strategy)(ctx, "").info["plan_params"]
+
+
+def peft_matched(budget: str, strategy: str | None = None,
+                 wheres: tuple[str, ...] = tuple(PEFT_TARGETS)) -> Callable[[TaskCtx, str], Spec]:
+    """PEFT LoRA with the uniform rank (on the placements ``wheres``) whose size is closest
+    to the searched plan's."""
+    def build(ctx: TaskCtx, variant: str = "") -> Spec:
+        params = plan_size(ctx, budget, strategy)
+        rank, where = match_peft_rank(ctx, params, wheres)
+        return peft_spec(ctx, rank, where, matched_to=params, budget=budget)
+    return build
+
+
+def widest_lora(ctx: TaskCtx, params: int) -> tuple[int, str, list[str]]:
+    """(rank, placement, target modules) of the widest uniform LoRA with at most ``params``
+    adapter parameters: the first of all linear layers / all attention projections / query,value
+    where rank 1 fits, at the largest rank that fits there.  Below query,value r=1 on every
+    layer: query,value r=1 on as many of the top layers as fit ('qv-top<k>')."""
+    for where, roles in PLACEMENTS:
+        per_rank = peft_lora_params(ctx, 1, roles)
+        if 0 < per_rank <= params:
+            return min(params // per_rank, PEFT_MAX_RANK), where, peft_targets(ctx, roles)
+    qv = [m for m in ctx.layout.modules if m.role in PEFT_TARGETS["qv"]]
+    targets, used = [], 0
+    for layer in sorted({m.layer for m in qv}, reverse=True):
+        mods = [m for m in qv if m.layer == layer]
+        cost = sum(m.d_in + m.d_out for m in mods)
+        if used + cost > params:
+            break
+        targets += [m.name for m in mods]
+        used += cost
+    if not targets:
+        raise ValueError(f"no uniform LoRA fits in {params:,} parameters (query,value r=1 on one "
+                         f"layer needs more); give a larger budget")
+    return 1, f"qv-top{len(targets) // len(PEFT_TARGETS['qv'])}", targets
+
+
+def peft_widest(budget: str, strategy: str | None = None) -> Callable[[TaskCtx, str], Spec]:
+    """PEFT LoRA on the widest placement that fits the searched plan's size (never above it)."""
+    def build(ctx: TaskCtx, variant: str = "") -> Spec:
+        params = plan_size(ctx, budget, strategy)
+        rank, where, targets = widest_lora(ctx, params)
+        return peft_spec(ctx, rank, where, targets, matched_to=params, budget=budget)
+    return build
+
+
+# ---- the tables ---------------------------------------------------------------------------
+def make_methods(budgets: tuple[str, ...] = BUDGETS) -> list[Method]:
+    return [
+        Method("head-only", "baseline", head_only, cost=0.45),
+        Method("peft-lora-r8", "peft", peft_lora(8, "qv")),
+        Method("lora-r8", "ours", uniform({"type": "lora", "rank": 8}, ("q", "v"), "lora-qv-r8")),
+        Method("more-N4r4", "ours", uniform({"type": "more", "nblocks": 4, "rank": 4}, ("q", "k", "v"),
+                                            "more-qkv-N4r4"), cost=1.1),
+        Method("surm-best", "ours", surm, variants=tuple(SURM_CHOICES), cost=1.1),
+        Method("heterolora-static", "heterolora", heterolora_static, cost=1.15),
+        Method("heterolora-dynamic", "heterolora", heterolora_dynamic, cost=1.3),
+        *[Method(f"more-search@{b}", "search", more_search(b), cost=1.1, searched=True,
+                 search=search_name(b)) for b in budgets],
+        *[Method(f"peft-lora@{b}", "peft-matched", peft_matched(b), searched=True,
+                 search=search_name(b)) for b in budgets],
+    ]
+
+
+NEW, OLD = "supernet", "trials"  # SearchConfig.strategy of the new and of today's search
+
+
+def issue15_methods(task_budgets: dict[str, tuple[str, ...]]) -> list[Method]:
+    """Per budget (on the tasks that have it): the new search's plan, (a) PEFT LoRA on
+    query,value at its size, (b) PEFT LoRA on the widest placement that fits its size, (c)
+    today's search; and PEFT LoRA r=8 on query,value on every task."""
+    out = []
+    for b in dict.fromkeys(b for bs in task_budgets.values() for b in bs):
+        tasks = tuple(t for t, bs in task_budgets.items() if b in bs)
+        new = dict(searched=True, search=search_name(b, NEW), tasks=tasks)
+        out += [Method(f"new-search@{b}", "search-new", more_search(b, NEW), cost=1.1, **new),
+                Method(f"peft-qv@{b}", "peft-matched", peft_matched(b, NEW, ("qv",)), **new),
+                Method(f"widest-lora@{b}", "peft-widest", peft_widest(b, NEW), **new),
+                Method(f"old-search@{b}", "search", more_search(b, OLD), cost=1.1, searched=True,
+                       search=search_name(b, OLD), tasks=tasks)]
+    return out + [Method("peft-lora-r8", "peft", peft_lora(8, "qv"))]
