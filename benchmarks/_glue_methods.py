@@ -9,7 +9,7 @@ A method is a row of ``METHODS``: a name and a builder ``build(ctx, variant) -> 
 
 Runs are keyed by the Spec's content (``Spec.digest``), not by the method's name, so two
 methods that end up training the same thing (e.g. the PEFT ranks matched to two budgets that
-both round to r=1) share one run.  ``build_trainer`` turns a Spec into a ``nas.trainer.Trainer``:
+both round to r=1) share one run.  ``build_trainer`` turns a Spec into a ``nas.train.Trainer``:
 every method, PEFT included, trains in the same loop (as benchmarks/trainer_vs_peft.py does).
 """
 from __future__ import annotations
@@ -399,10 +399,10 @@ def make_methods(budgets: tuple[str, ...] = BUDGETS) -> list[Method]:
 
 # ---- a Spec -> a Trainer --------------------------------------------------------------------
 def build_trainer(spec: Spec, ctx: TaskCtx, data, cfg):
-    """The model for ``spec`` (head initialised from ``cfg.seed``) in nas.trainer's loop."""
+    """The model for ``spec`` (head initialised from ``cfg.seed``) in nas.train's loop."""
     from transformers import set_seed
 
-    from nas.trainer import Trainer, prepare
+    from nas.train import Trainer, prepare
 
     set_seed(cfg.seed)
     model = fresh_model(ctx, cfg.seed)
@@ -426,7 +426,7 @@ def build_trainer(spec: Spec, ctx: TaskCtx, data, cfg):
 
 def train_config(spec: Spec, proto: Protocol, *, lr: float, seed: int, select: bool,
                  device: str | None):
-    from nas.trainer import TrainConfig
+    from nas.train import TrainConfig
 
     return TrainConfig(
         epochs=proto.epochs, lr=lr, batch_size=proto.batch_size, max_length=proto.max_length,

@@ -189,7 +189,7 @@ class Bench:
             run_missing: bool = True) -> tuple[dict | None, bool]:
         """(record, cached): the saved result, or train it now and save it atomically."""
         from nas.plan import atomic_write_text
-        from nas.trainer import NonFiniteLoss
+        from nas.train import NonFiniteLoss
 
         path = self.run_path(task, phase, spec, lr, seed)
         if path.is_file():
@@ -370,7 +370,7 @@ def _row(rec: dict, m: Method, variant: str, picked: bool, holdout: float | None
 def mean_padded_length(data, batch_size: int, grouped: bool, seed: int = 0) -> float:
     import numpy as np
 
-    from nas.trainer import group_by_length
+    from nas.train.trainer import group_by_length
 
     lens = np.array([len(x) for x in data.train["input_ids"]])
     perm = np.random.default_rng(seed).permutation(len(lens))
@@ -583,7 +583,7 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
         "Dynamic: the whole pool built, allocation='dynamic', re-scored every 1/5 epoch with the live grad-norm.",
         "- peft-lora@B: the uniform PEFT LoRA rank (on query,value or on all attention projections) whose size is "
         "closest to the more-search@B plan's; alpha = 2 x rank, as our LoRA. Every method, PEFT included, "
-        "trains in nas.trainer's loop.",
+        "trains in nas.train's loop.",
         "- metrics: accuracy (x100); CoLA: Matthews correlation (x100); MRPC: accuracy and F1. mean ± std over "
         "seeds. Memory: the peak tensor memory of one training step (forward + backward + AdamW) on the longest "
         "training batch (torch profiler, CPU), or the CUDA allocator's peak of the run on a GPU.",

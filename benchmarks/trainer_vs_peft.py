@@ -3,9 +3,9 @@
 Real packaged MiniLM (BERT, 6 layers, hidden 384) on real GLUE MRPC (3,668 train / 408 dev):
 
   PEFT:  LoraConfig(r=8, lora_alpha=16, lora_dropout=0, target_modules=["query", "value"],
-         modules_to_save=["classifier"], task_type="SEQ_CLS") -> nas.trainer.Trainer
+         modules_to_save=["classifier"], task_type="SEQ_CLS") -> nas.train.Trainer
   ours:  the plan {every query and value: {"type": "lora", "rank": 8, "alpha": 16}}
-         -> nas.trainer.prepare (apply_plan) -> the same nas.trainer.Trainer
+         -> nas.train.prepare (apply_plan) -> the same nas.train.Trainer
 
 Same seed (same head init, same data order, same dropout stream: each method keeps its own
 copy of the seeded torch RNG), AdamW lr 5e-4, linear schedule with 6% warmup, batch 16,
@@ -55,7 +55,7 @@ def _setup(args):
 
 
 def _config(args, seed):
-    from nas.trainer import TrainConfig
+    from nas.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                        max_length=args.max_length, seed=seed, max_steps=args.max_steps,
@@ -69,7 +69,7 @@ def build(method: str, data, cfg):
 
     from nas import Plan, discover
     from nas.models import load_model
-    from nas.trainer import Trainer, prepare
+    from nas.train import Trainer, prepare
 
     set_seed(cfg.seed)
     base = load_model(None, num_labels=data.num_labels)
@@ -164,7 +164,7 @@ def profile_memory(args) -> dict:
 def rss_child(args, method: str) -> dict:
     import resource
 
-    from nas.trainer import _rss_bytes
+    from nas.train.trainer import _rss_bytes
 
     data = _setup(args)
     tr = build(method, data, _config(args, 0))

@@ -307,7 +307,7 @@ class Search:
         return self._allocate(scores, lr=params["lr"], fill=params.get("fill", 1.0))
 
     def objective(self, trial: optuna.Trial) -> float:
-        from .trainer import TrainConfig, train
+        from .train import TrainConfig, train
 
         cfg = self.cfg
         params = self.trial_params(trial)
@@ -373,7 +373,7 @@ class Search:
             study.enqueue_trial(only_lora, user_attrs={"origin": "proxy plan, LoRA preferred"})
 
     def trial_stage(self, study: optuna.Study) -> None:
-        from .trainer import NonFiniteLoss
+        from .train import NonFiniteLoss
 
         cfg = self.cfg
         t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import random
 import torch
 
 from nas import Plan, discover
-from nas.trainer import TrainConfig
+from nas.train import TrainConfig
 
 WORDS = ("good great fine nice bad awful poor sad the a movie film plot actor was is very not "
          "really quite what why answer question yes no").split()

@@ -81,7 +81,7 @@ def test_causal_lm_round_trip(tiny_llama, tmp_path):  # noqa: F811
 
 
 def test_trained_run_exports_peft(tiny_bert, layout, sentiment, tmp_path):  # noqa: F811
-    from nas.trainer import train
+    from nas.train import train
 
     res = train(lora_plan(tiny_bert, layout), cfg_for(sentiment, output_dir=str(tmp_path), epochs=1))
     assert res.peft_dir == str(tmp_path / "peft_adapter")
@@ -112,7 +112,7 @@ def test_same_trajectory_as_peft_in_the_same_loop(tiny_bert, layout, sentiment):
 
     from nas.data import load_task
     from nas.models import load_tokenizer
-    from nas.trainer import Trainer, prepare
+    from nas.train import Trainer, prepare
 
     cfg = cfg_for(sentiment, epochs=1, lr=1e-2, max_steps=5)
     tok = load_tokenizer(str(tiny_bert))

@@ -82,11 +82,11 @@ _KILLER = """
 import os, sys, json
 sys.path.insert(0, {root!r})
 import torch; torch.set_num_threads(1)
-import nas.trainer
+import nas.train
 from nas.search import Search, SearchConfig
 cfg = SearchConfig(**json.loads({cfg!r}))
 kill_at = int(os.environ.get("KILL_AT_TRIAL", "-1"))
-original_objective, original_train, current = Search.objective, nas.trainer.train, {{}}
+original_objective, original_train, current = Search.objective, nas.train.train, {{}}
 def objective(self, trial):
     current["trial"] = trial.number
     return original_objective(self, trial)
@@ -94,7 +94,7 @@ def train(*args, **kwargs):
     if current["trial"] == kill_at:
         os._exit(9)  # a hard kill in the middle of a trial: no cleanup, trial left RUNNING
     return original_train(*args, **kwargs)
-Search.objective, nas.trainer.train = objective, train
+Search.objective, nas.train.train = objective, train
 Search(cfg).run()
 """
 
@@ -158,7 +158,7 @@ def test_two_workers_share_one_journal(setup, tmp_path):
 
 
 def test_failed_trials_do_not_stop_the_search(setup, tmp_path, monkeypatch):
-    import nas.trainer as trainer
+    import nas.train as trainer
 
     real_train = trainer.train
     calls = {"n": 0}

@@ -16,7 +16,7 @@ import torch
 
 from nas import Plan, discover
 from nas.data import load_task
-from nas.trainer import NonFiniteLoss, TrainConfig, TrainResult, train
+from nas.train import NonFiniteLoss, TrainConfig, TrainResult, train
 from tests.factories import cfg_for, lora_plan, sentence, write_sentiment
 
 # Tiny models: one intra-op thread is much faster than two on a shared, busy machine.
@@ -161,8 +161,8 @@ def test_progress_bar(tiny_bert, layout, sentiment, capsys):
 
 @pytest.mark.parametrize("proxy", [None, "live-grad-norm"])
 def test_reallocation_keeps_weights_and_optimizer_state(tiny_bert, layout, sentiment, proxy):
-    from nas.dynamic import DynamicAllocator, select_within_budget
-    from nas.trainer import prepare
+    from nas.train.dynamic import DynamicAllocator, select_within_budget
+    from nas.train import prepare
 
     assert select_within_budget({"a": 3, "b": 2, "c": 1}, {"a": 5, "b": 4, "c": 1}, 6) == ["a", "c"]
     plan = lora_plan(tiny_bert, layout, roles=("q", "v"))
@@ -435,7 +435,7 @@ def test_cli_bad_flag_values(tiny_bert, layout, tmp_path, capsys):
 
 # ---- batching and evaluation order -------------------------------------------------------------
 def test_group_by_length_is_a_shuffle_with_little_padding():
-    from nas.trainer import group_by_length
+    from nas.train.trainer import group_by_length
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 120, size=1000).tolist()
@@ -455,7 +455,7 @@ def test_group_by_length_is_a_shuffle_with_little_padding():
 
 def test_group_by_length_trainer_batches(tiny_bert, layout, sentiment):
     """Same seed, same batches; every row once per epoch; batches of similar lengths."""
-    from nas.trainer import prepare
+    from nas.train import prepare
 
     plan = lora_plan(tiny_bert, layout)
     a = prepare(plan, cfg_for(sentiment, group_by_length=True, batch_size=8))
@@ -474,7 +474,7 @@ def test_group_by_length_trainer_batches(tiny_bert, layout, sentiment):
 
 def test_evaluation_equals_row_by_row(tiny_bert, layout, sentiment):
     """Evaluation batches rows sorted by length; the metrics are those of each row alone."""
-    from nas.trainer import prepare
+    from nas.train import prepare
 
     tr = prepare(lora_plan(tiny_bert, layout), cfg_for(sentiment, batch_size=8))
     for _ in range(3):

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv=None):
     from ..plan import Plan
-    from ..trainer import TrainConfig, train
+    from ..train import TrainConfig, train
 
     args = build_parser().parse_args(argv)
     plan = Plan.load(args.plan)

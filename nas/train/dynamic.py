@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .discovery import ModelLayout
-from .inject import adapters, shortcut_set
-from .shortcuts import parse_shortcut_key
+from ..discovery import ModelLayout
+from ..inject import adapters, shortcut_set
+from ..shortcuts import parse_shortcut_key
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class DynamicAllocator:
         }
 
     def save_report(self, out_dir: str | Path) -> tuple[Path, Path]:
-        from .plan import atomic_write_text
+        from ..plan import atomic_write_text
 
         out_dir = Path(out_dir)
         report = self.counts_report()
@@ -308,7 +308,7 @@ def save_heatmap(report: dict[str, Any], layout: ModelLayout, path: str | Path) 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .plan import atomic_write_bytes
+    from ..plan import atomic_write_bytes
 
     roles, layers, matrix = heatmap_matrix(report, layout)
     m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)

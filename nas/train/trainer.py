@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .discovery import ModelLayout, discover
-from .errors import UserError
-from .inject import HEAD_NAMES, adapters, apply_plan, merge_plan, shortcut_set, trainable_state_dict
-from .plan import Plan, atomic_write_bytes, atomic_write_text
+from ..discovery import ModelLayout, discover
+from ..errors import UserError
+from ..inject import HEAD_NAMES, adapters, apply_plan, merge_plan, shortcut_set, trainable_state_dict
+from ..plan import Plan, atomic_write_bytes, atomic_write_text
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -658,8 +658,8 @@ def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=No
     """Load (or take) model, tokenizer and task, inject the plan, and build the Trainer."""
     from transformers import set_seed
 
-    from .data import load_task
-    from .models import load_model, load_tokenizer
+    from ..data import load_task
+    from ..models import load_model, load_tokenizer
 
     cfg.validate()
     log = logger or logging.getLogger("nas.trainer")
@@ -791,7 +791,7 @@ def _write_outputs(trainer: Trainer, plan: Plan, cfg: TrainConfig, result: Train
                    out: Path, logger: logging.Logger) -> None:
     from safetensors.torch import save as st_save
 
-    from .export import export_peft, is_pure_lora
+    from ..export import export_peft, is_pure_lora
 
     model = trainer.model
     tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()}
@@ -820,7 +820,7 @@ def merge_and_save(model: nn.Module, plan: Plan, out: Path, tokenizer, logger=No
     """
     from safetensors.torch import save as st_save
 
-    from .inject import SHORTCUTS_ATTR
+    from ..inject import SHORTCUTS_ATTR
 
     model.cpu()
     report = merge_plan(model)
