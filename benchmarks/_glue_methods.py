@@ -402,7 +402,7 @@ def build_trainer(spec: Spec, ctx: TaskCtx, data, cfg):
     """The model for ``spec`` (head initialised from ``cfg.seed``) in nas.train's loop."""
     from transformers import set_seed
 
-    from nas.train import Trainer, prepare
+    from nas.train.loop import Trainer, prepare
 
     set_seed(cfg.seed)
     model = fresh_model(ctx, cfg.seed)

@@ -370,7 +370,7 @@ def _row(rec: dict, m: Method, variant: str, picked: bool, holdout: float | None
 def mean_padded_length(data, batch_size: int, grouped: bool, seed: int = 0) -> float:
     import numpy as np
 
-    from nas.train.trainer import group_by_length
+    from nas.train.loop import group_by_length
 
     lens = np.array([len(x) for x in data.train["input_ids"]])
     perm = np.random.default_rng(seed).permutation(len(lens))

@@ -69,7 +69,7 @@ def build(method: str, data, cfg):
 
     from nas import Plan, discover
     from nas.models import load_model
-    from nas.train import Trainer, prepare
+    from nas.train.loop import Trainer, prepare
 
     set_seed(cfg.seed)
     base = load_model(None, num_labels=data.num_labels)
@@ -164,7 +164,7 @@ def profile_memory(args) -> dict:
 def rss_child(args, method: str) -> dict:
     import resource
 
-    from nas.train.trainer import _rss_bytes
+    from nas.train.loop import _rss_bytes
 
     data = _setup(args)
     tr = build(method, data, _config(args, 0))

@@ -90,35 +90,7 @@ def export_peft(model: nn.Module, plan: Plan, out_dir: str | Path, task_type: st
 
 def load_trained(run_dir: str | Path, model: nn.Module | None = None, task_type: str | None = None,
                  num_labels: int | None = None) -> nn.Module:
-    """Rebuild a trained model from a more-train output folder (plan.json + adapters.safetensors).
+    """Rebuild a trained model from a more-train output folder (see nas.load_adapted)."""
+    from .train.saving import load_adapted
 
-    ``model``: the base model to adapt in place (default: load the plan's model with the head
-    size stored in the run's weights).
-    """
-    from safetensors.torch import load_file
-
-    from .inject import apply_plan
-    from .models import load_model
-
-    run = Path(run_dir)
-    plan = Plan.load(run / "plan.json")
-    weights = run / "adapters.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{str(run)!r} holds no adapters.safetensors; is it a more-train output folder?")
-    tensors = load_file(str(weights))
-    if model is None:
-        cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-        ttype = task_type or cfg.get("task_type") or "classification"
-        head = next((v for k, v in tensors.items() if k.split(".")[0] in HEAD_NAMES and k.endswith("weight")), None)
-        if ttype != "causal_lm" and num_labels is None and head is not None:
-            num_labels = head.shape[0]
-            if num_labels == 1 and task_type is None:
-                ttype = "regression"
-        model = load_model(plan.model.get("name_or_path"), task_type=ttype, num_labels=num_labels or 2,
-                           revision=plan.model.get("revision"))
-    apply_plan(model, plan)
-    _, unexpected = model.load_state_dict(tensors, strict=False)
-    if unexpected:
-        raise UserError(f"{weights} has tensors this model lacks: {unexpected[:3]}")
-    model.eval()
-    return model
+    return load_adapted(run_dir, model, task_type=task_type, num_labels=num_labels)

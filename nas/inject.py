@@ -34,7 +34,8 @@ def apply_plan(model: nn.Module, plan: Plan, layout: ModelLayout | None = None) 
     """Inject the plan's adapters and shortcuts into ``model`` in place and return it.
 
     Validates first and changes nothing if any choice does not fit.  Afterwards only the
-    adapters, the shortcuts and the task head require gradients.
+    adapters, the shortcuts and the task head require gradients, and ``model.save_pretrained``
+    writes only the plan and those tensors (``nas.load_adapted`` reads them back).
     """
     layout = layout or discover(model)
     plan.validate(layout)
@@ -55,7 +56,9 @@ def apply_plan(model: nn.Module, plan: Plan, layout: ModelLayout | None = None) 
         setattr(model, SHORTCUTS_ATTR, sset)
     for p in task_head_parameters(model):
         p.requires_grad_(True)
-    return model
+    from .train.saving import attach  # save_pretrained now writes the plan + trained tensors
+
+    return attach(model, plan)
 
 
 def adapters(model: nn.Module) -> dict[str, Adapter]:

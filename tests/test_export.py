@@ -112,7 +112,7 @@ def test_same_trajectory_as_peft_in_the_same_loop(tiny_bert, layout, sentiment):
 
     from nas.data import load_task
     from nas.models import load_tokenizer
-    from nas.train import Trainer, prepare
+    from nas.train.loop import Trainer, prepare
 
     cfg = cfg_for(sentiment, epochs=1, lr=1e-2, max_steps=5)
     tok = load_tokenizer(str(tiny_bert))

@@ -1,6 +1,11 @@
-"""Training a plan: configuration, the loop, callbacks, outputs, saving and dynamic allocation."""
-from .trainer import (NonFiniteLoss, TrainConfig, Trainer, TrainResult, final_plan, merge_and_save,
-                      prepare, train)
+"""Training a plan: configuration, the loop (transformers.Trainer), callbacks, outputs, saving,
+precision and dynamic allocation."""
+from .config import NonFiniteLoss, TrainConfig, TrainResult
+from .outputs import final_plan, merge_and_save
+from .saving import load_adapted, save_adapted
+from .trainer import AdapterTrainer, prepare, train
 
-__all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "Trainer", "final_plan", "merge_and_save",
-           "prepare", "train"]
+Trainer = AdapterTrainer  # the loop: a transformers.Trainer
+
+__all__ = ["AdapterTrainer", "NonFiniteLoss", "TrainConfig", "TrainResult", "Trainer", "final_plan",
+           "load_adapted", "merge_and_save", "prepare", "save_adapted", "train"]

@@ -1,277 +1,91 @@
-"""Training a plan: a plain PyTorch loop with AdamW, warmup schedules and dynamic padding.
+"""Training a plan on transformers' Trainer: mixed precision, accumulation, checkpointing, DDP.
 
-    result = train(plan, TrainConfig.from_plan(plan, epochs=1), on_eval=callback)
+    result = train(plan, TrainConfig.from_plan(plan, num_train_epochs=1), on_eval=callback)
 
-``train`` loads the plan's model and task (or uses the ones given), injects the plan
-(``nas.apply_plan``), trains the adapters, shortcuts and task head, evaluates once per epoch or
-every ``eval_every`` steps, and writes to ``output_dir``:
-
-    plan.json               the plan with the final on/off state of each module
-    adapters.safetensors    adapter + shortcut + task-head tensors (nas.trainable_state_dict)
-    metrics.jsonl           one line per evaluation
-    train.log               the training log
-    checkpoint.pt           everything ``resume`` needs (written atomically)
-    results.json            the final TrainResult
-    enable_counts.json, enable_heatmap.png     (dynamic allocation)
-    peft_adapter/           a PEFT LoRA adapter, when the plan is pure LoRA
-    merged/                 (merge=True) the merged full model + tokenizer + merge_report.json
-
-The loop itself (``Trainer``) also trains any model whose trainable parameters are set, e.g. a
-PEFT model, so baselines run through exactly the same code.
+``train`` loads the plan's model and task (or takes the ones given), injects the plan, and runs
+``AdapterTrainer`` (a ``transformers.Trainer``): bf16/fp16 autocast, gradient accumulation,
+gradient checkpointing, ``torchrun``/``accelerate launch`` multi-GPU, ``report_to``, rotated
+checkpoints and resume, length-grouped batches all come from the library.  What is ours: the
+task metrics, dynamic allocation and the search's hook (callbacks), checkpoints that hold only
+the trained tensors, and a resume that refuses other settings or data.  Outputs: nas.train.outputs.
 """
 from __future__ import annotations
 
-import dataclasses
-import io
-import itertools
+import contextlib
 import json
 import logging
 import math
-import os
-import random
-import sys
+import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+import transformers
 from torch import nn
 
-from ..discovery import ModelLayout, discover
+from ..discovery import discover
 from ..errors import UserError
-from ..inject import HEAD_NAMES, adapters, apply_plan, merge_plan, shortcut_set, trainable_state_dict
-from ..plan import Plan, atomic_write_bytes, atomic_write_text
+from ..inject import HEAD_NAMES, adapters, apply_plan, shortcut_set
+from ..plan import Plan, atomic_write_text
+from .callbacks import DynamicAllocation, EvaluateAtEnd, OnEval, StepStats
+from .config import NonFiniteLoss, TrainConfig, TrainResult
+from .loop import _close_logger, _enabled_adapter_params, _is_causal_lm, _run_logger
+from .outputs import CONFIG_NAME, remove_outputs, write_outputs
+from .precision import check_precision, frozen_base_to, resolve_device, restore_frozen_base
+from .saving import save_adapted, trained_tensors
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
-ALLOCATIONS = ("static", "dynamic")
-
+RESUME_STATE = "more_state.pt"
 # Settings that must match to resume a run.
-_RESUME_KEYS = ("epochs", "lr", "batch_size", "max_length", "seed", "allocation", "max_steps",
-                "eval_every", "warmup_ratio", "weight_decay", "scheduler", "dynamic_every",
-                "dynamic_batches", "dynamic_proxy", "max_grad_norm")
+RESUME_KEYS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size",
+               "gradient_accumulation_steps", "max_length", "seed", "allocation", "max_steps", "eval_steps",
+               "warmup_ratio", "weight_decay", "lr_scheduler_type", "dynamic_every", "dynamic_batches",
+               "dynamic_proxy", "max_grad_norm", "bf16", "fp16")
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite (the search marks such a trial failed)."""
-
-    def __init__(self, step: int, value: float):
-        self.step, self.value = step, value
-        super().__init__(f"non-finite training loss {value} at step {step}; "
-                         f"try a lower learning rate")
-
-
-@dataclass
-class TrainConfig:
-    epochs: float = 3
-    lr: float = 5e-4
-    batch_size: int = 16
-    max_length: int = 128
-    seed: int = 0
-    allocation: str = "static"
-    output_dir: str | None = None
-    max_steps: int | None = None
-    eval_every: int | None = None  # steps; None = once per epoch
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
-    scheduler: str = "linear"  # any transformers SchedulerType: linear, cosine, constant, ...
-    resume: bool = False
-    merge: bool = False
-    progress: bool = True
-    dynamic_every: float = 0.2  # fraction of an epoch between reallocations
-    group_by_length: bool = False  # batches of similar lengths (less padding: faster on CPU)
-    # ---- loop details
-    max_grad_norm: float | None = 1.0
-    eval_batch_size: int | None = None  # None = batch_size
-    save_every: int | None = None  # checkpoint every N steps; None = at each evaluation
-    dynamic_batches: int = 2  # training batches per re-scoring
-    dynamic_proxy: str | None = None  # None: proxies.DEFAULT_PROXY; or "live-grad-norm", ...
-    device: str | None = None  # None = cuda when available, else cpu
-    export_peft: bool = True  # write peft_adapter/ for pure-LoRA plans
-    # ---- the task (usually from plan.task; see nas.data.load_task)
-    task: str | None = None
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    text_columns: tuple[str, ...] | None = None
-    label_column: str | None = None
-    task_type: str | None = None
-    num_labels: int | None = None
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    data_seed: int = 0
-
-    @classmethod
-    def from_plan(cls, plan: Plan | None, **overrides) -> "TrainConfig":
-        """Defaults, then ``plan.task`` (task/data options), then ``plan.training`` hints,
-        then ``overrides``; an override of None means "not given" and is skipped."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        if plan is not None:
-            for k, v in (plan.task or {}).items():
-                key = _TASK_ALIASES.get(k, k)
-                if key in names and v is not None:
-                    values[key] = v
-            for k, v in (plan.training or {}).items():
-                key = _TRAINING_ALIASES.get(k, k)
-                if key in names and v is not None:
-                    values[key] = v
-        for k, v in overrides.items():
-            if k not in names:
-                raise TypeError(f"TrainConfig has no field {k!r}")
-            if v is not None:
-                values[k] = v
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> "TrainConfig":
-        problems = []
-        from transformers import SchedulerType
-
-        if isinstance(self.text_columns, str):
-            self.text_columns = tuple(c.strip() for c in self.text_columns.split(",") if c.strip())
-        elif self.text_columns is not None:
-            self.text_columns = tuple(self.text_columns)
-        if self.allocation not in ALLOCATIONS:
-            problems.append(f"allocation {self.allocation!r} must be one of {list(ALLOCATIONS)}")
-        if not self.epochs or self.epochs <= 0:
-            problems.append(f"epochs must be > 0, got {self.epochs}")
-        if not self.lr or self.lr <= 0:
-            problems.append(f"learning rate must be > 0, got {self.lr}")
-        for name in ("batch_size", "max_length"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("max_steps", "eval_every", "save_every", "max_train_samples", "eval_batch_size"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                problems.append(f"{name} must be a positive integer, got {v!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 0 < self.dynamic_every:
-            problems.append(f"dynamic_every must be > 0 (a fraction of an epoch), got {self.dynamic_every}")
-        valid = [s.value for s in SchedulerType]
-        if self.scheduler not in valid:
-            problems.append(f"scheduler {self.scheduler!r} is not one of {valid}")
-        if self.resume and not self.output_dir:
-            problems.append("resume needs an output directory (--output-dir) holding a checkpoint")
-        if problems:
-            raise UserError("invalid training settings: " + "; ".join(problems))
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if d["text_columns"] is not None:
-            d["text_columns"] = list(d["text_columns"])
-        return d
-
-
-_TRAINING_ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs",
-                     "lr_scheduler": "scheduler", "lr_scheduler_type": "scheduler",
-                     "per_device_train_batch_size": "batch_size", "max_seq_length": "max_length",
-                     "warmup": "warmup_ratio"}
-_TASK_ALIASES = {"name": "task", "max_seq_length": "max_length"}
-
-
-@dataclass
-class TrainResult:
-    metrics: dict[str, float]  # the final evaluation
-    main_metric: str
-    score: float  # metrics[main_metric]
-    history: list[dict[str, Any]]  # every evaluation, with "step"
-    steps: int
-    train_time_s: float
-    step_time_s: float  # mean seconds per optimizer step (forward + backward + update)
-    peak_memory_bytes: int
-    trainable_params: int  # enabled adapters + shortcuts + task head
-    output_dir: str | None = None
-    enable_counts: dict[str, int] | None = None  # dynamic: steps each candidate was on
-    adapter_params: int = 0  # enabled adapters + shortcuts (the budget's unit)
-    peak_memory_kind: str = "rss"  # "rss" (process resident set, CPU) or "cuda_allocated"
-    merge_report: dict[str, Any] | None = None
-    peft_dir: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# ---- memory -------------------------------------------------------------------------------
-def _rss_bytes() -> int:
+@torch.no_grad()
+def evaluate_model(model: nn.Module, data, batch_size: int, device, autocast=None) -> dict[str, float]:
+    """The task's metrics on ``data.eval`` (rows sorted by length: every metric is order-free)."""
+    split, collate = data.eval, data.collator()
+    keys = _forward_keys(model)
+    lengths = [len(x) for x in split["input_ids"]]
+    order = sorted(range(len(split)), key=lengths.__getitem__)
+    was = model.training
+    model.eval()
+    preds, labels, loss_sum, loss_n, tok_loss, tok_correct, tok_total = [], [], 0.0, 0, 0.0, 0, 0
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class _Memory:
-    """Peak memory during the run: CUDA's allocator peak, or the sampled RSS on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.kind = "cuda_allocated" if self.cuda else "rss"
-        self.peak = 0
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        self.device = device
-
-    def sample(self) -> None:
-        if not self.cuda:
-            self.peak = max(self.peak, _rss_bytes())
-
-    def value(self) -> int:
-        if self.cuda:
-            return int(torch.cuda.max_memory_allocated(self.device))
-        return int(self.peak)
-
-
-# ---- logging ------------------------------------------------------------------------------
-class _TqdmHandler(logging.Handler):
-    def emit(self, record):
-        from tqdm.auto import tqdm
-
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001
-            self.handleError(record)
+        for start in range(0, len(split), batch_size):
+            cols = split[order[start:start + batch_size]]
+            rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+            batch = {k: v.to(device) for k, v in collate(rows).items() if keys is None or k in keys}
+            with (autocast or contextlib.nullcontext()):
+                out = model(**batch)
+            if data.task_type == "causal_lm":
+                logits, target = out.logits[:, :-1].float(), batch["labels"][:, 1:]
+                mask = target != -100
+                tok_loss += float(torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"))
+                tok_total += int(mask.sum())
+                tok_correct += int(((logits.argmax(-1) == target) & mask).sum())
+                continue
+            loss_sum += float(out.loss) * len(batch["labels"])
+            loss_n += len(batch["labels"])
+            logits = out.logits.float()
+            preds.append((logits.reshape(-1) if data.task_type == "regression" else logits.argmax(-1)).cpu().numpy())
+            labels.append(batch["labels"].cpu().numpy())
+    finally:
+        model.train(was)
+    if data.task_type == "causal_lm":
+        loss = tok_loss / max(tok_total, 1)
+        return {"token_accuracy": tok_correct / max(tok_total, 1), "loss": loss,
+                "perplexity": math.exp(min(loss, 50.0))}
+    metrics = data.compute_metrics(np.concatenate(preds), np.concatenate(labels))
+    metrics["loss"] = loss_sum / max(loss_n, 1)
+    return metrics
 
 
-_RUN_IDS = itertools.count()
-
-
-def _run_logger(output_dir: Path | None, to_console: bool) -> logging.Logger:
-    logger = logging.getLogger(f"nas.trainer.run{next(_RUN_IDS)}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
-        fh.setFormatter(fmt)
-        logger.addHandler(fh)
-    if to_console:
-        ch = _TqdmHandler()
-        ch.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(ch)
-    if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
-    return logger
-
-
-def _close_logger(logger: logging.Logger) -> None:
-    for h in list(logger.handlers):
-        h.close()
-        logger.removeHandler(h)
-    logging.Logger.manager.loggerDict.pop(logger.name, None)  # one per run: do not accumulate
-
-
-# ---- the loop -----------------------------------------------------------------------------
 def _forward_keys(model: nn.Module) -> set[str] | None:
-    """Argument names the model's forward accepts (None: accept anything)."""
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -282,413 +96,162 @@ def _forward_keys(model: nn.Module) -> set[str] | None:
     return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class AdapterTrainer(transformers.Trainer):
+    """transformers.Trainer with our metrics, a NaN check, and checkpoints of trained tensors only."""
 
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def group_by_length(perm: list[int], lengths: list[int], batch_size: int) -> list[int]:
-    """transformers' LengthGroupedSampler rule: cut the shuffled rows into mega-batches of up
-    to 50 batches and sort each by length, longest first, so a batch pads little while the
-    data order stays random at the mega-batch scale."""
-    mega = batch_size * max(1, min(50, len(perm) // (batch_size * 4)))
-    return [i for k in range(0, len(perm), mega)
-            for i in sorted(perm[k:k + mega], key=lambda i: -lengths[i])]
-
-
-class Trainer:
-    """The training loop for one model (any model: its trainable parameters are what trains).
-
-    ``train_step()`` runs one optimizer step, ``evaluate()`` one evaluation, ``run()`` the whole
-    schedule with evaluation, dynamic reallocation, checkpoints and progress.
-    """
-
-    def __init__(self, model: nn.Module, data, cfg: TrainConfig, *, plan: Plan | None = None,
-                 layout: ModelLayout | None = None, allocator=None,
-                 on_eval: Callable[[int, dict], None] | None = None,
-                 output_dir: str | os.PathLike | None = None):
-        self.cfg, self.data, self.plan, self.layout = cfg, data, plan, layout
-        self.allocator, self.on_eval = allocator, on_eval
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device)
-        self.output_dir = Path(output_dir) if output_dir else None
-        self.collate = data.collator()
-        self.keys = _forward_keys(model)
-        self.n_train = len(data.train)
-        if self.n_train == 0:
-            raise UserError(f"task {data.name!r} has no training rows")
-        self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
-        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
-        self.eval_every = cfg.eval_every or self.steps_per_epoch
-        self.dynamic_every = max(1, round(cfg.dynamic_every * self.steps_per_epoch))
-
-        # Trainable tensors: whatever requires grad, plus every adapter's own (a disabled
-        # adapter is still trained when it is switched on again).
-        seen, named = set(), []
-        for n, p in model.named_parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                named.append((n, p))
-        if not named:
-            raise UserError("the model has no trainable parameters")
-        decay = [p for n, p in named if not _no_decay(n)]
-        no_decay = [p for n, p in named if _no_decay(n)]
-        groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-        self.params = [p for _, p in named]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-        from transformers import get_scheduler
-
-        self.warmup_steps = math.ceil(cfg.warmup_ratio * self.total_steps)
-        self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=self.warmup_steps,
-                                       num_training_steps=self.total_steps)
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
+    def __init__(self, *args, data, history: list[dict], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data, self.history = data, history
         self._loss_sum, self._loss_n = 0.0, 0
-        self._step_time, self._step_count = 0.0, 0
-        self._train_time_prev = 0.0
-        self._perm_cache: tuple[int, list[int]] | None = None
-        self._eval_order_cache: tuple[Any, list[int]] = (None, [])
-        self._train_lengths: list[int] | None = None
-        self.memory = _Memory(self.device)
-        self.log = logging.getLogger("nas.trainer")
 
-    # ---- data --------------------------------------------------------------------------
-    def _perm(self, epoch: int) -> list[int]:
-        if self._perm_cache is None or self._perm_cache[0] != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-            perm = torch.randperm(self.n_train, generator=g).tolist()
-            if self.cfg.group_by_length:
-                perm = self._group_by_length(perm)
-            self._perm_cache = (epoch, perm)
-        return self._perm_cache[1]
-
-    def _group_by_length(self, perm: list[int]) -> list[int]:
-        if self._train_lengths is None:
-            self._train_lengths = [len(x) for x in self.data.train["input_ids"]]
-        return group_by_length(perm, self._train_lengths, self.cfg.batch_size)
-
-    def batch_indices(self, step: int) -> list[int]:
-        """Rows of the training batch for optimizer step ``step`` (0-based): a fixed function
-        of (seed, step), so a resumed run sees exactly the same batches."""
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        bs = self.cfg.batch_size
-        return self._perm(epoch)[pos * bs:(pos + 1) * bs]
-
-    def make_batch(self, split, indices: list[int]) -> dict[str, torch.Tensor]:
-        cols = split[indices]
-        rows = [{k: cols[k][i] for k in cols} for i in range(len(indices))]
-        batch = self.collate(rows)
-        return {k: v.to(self.device) for k, v in batch.items()
-                if self.keys is None or k in self.keys}
-
-    def scoring_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
-        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + step)
-        perm = torch.randperm(self.n_train, generator=g).tolist()
-        bs = self.cfg.batch_size
-        return [self.make_batch(self.data.train, perm[i * bs:(i + 1) * bs])
-                for i in range(max(1, self.cfg.dynamic_batches)) if perm[i * bs:(i + 1) * bs]]
-
-    # ---- one step ------------------------------------------------------------------------
-    def train_step(self, indices: list[int] | None = None) -> float:
-        """One optimizer step on batch ``self.step`` (or on the given training rows); returns
-        its loss."""
-        batch = self.make_batch(self.data.train, self.batch_indices(self.step) if indices is None else indices)
-        t0 = time.perf_counter()
-        self.model.train()
-        if self.allocator is not None:
-            self.allocator.tick()
-        loss = self.model(**batch).loss
-        self.memory.sample()
-        value = float(loss.detach())
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        value = float(loss) * self.args.gradient_accumulation_steps
         if not math.isfinite(value):
-            raise NonFiniteLoss(self.step + 1, value)
-        loss.backward()
-        self.memory.sample()
-        if self.cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self._step_time += time.perf_counter() - t0
-        self._step_count += 1
-        self.step += 1
-        self._loss_sum += value
-        self._loss_n += 1
-        return value
+            raise NonFiniteLoss(self.state.global_step + 1, value)
+        self._loss_sum += value / self.args.gradient_accumulation_steps
+        self._loss_n += 1 / self.args.gradient_accumulation_steps
+        return loss
 
-    # ---- evaluation ----------------------------------------------------------------------
-    def _eval_order(self, split) -> list[int]:
-        """Rows sorted by length: batches of similar lengths pad little (every metric here is
-        order-free, so the order changes the cost, not the result)."""
-        key = (id(split), len(split))
-        if self._eval_order_cache[0] != key:  # a permutation of the rows whatever the key
-            if "input_ids" in split.column_names:
-                lengths = [len(x) for x in split["input_ids"]]
-                order = sorted(range(len(split)), key=lengths.__getitem__)
-            else:
-                order = list(range(len(split)))
-            self._eval_order_cache = (key, order)
-        return self._eval_order_cache[1]
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        model = self.accelerator.unwrap_model(self.model)
+        bs = self.args.per_device_eval_batch_size
+        metrics = evaluate_model(model, self.data, bs, self.args.device, self.autocast_smart_context_manager())
+        s = self.state.global_step
+        steps = self.state.max_steps or 1
+        entry = {"step": s, "epoch": round(self.state.epoch or 0.0, 4), **metrics,
+                 "train_loss": self._loss_sum / max(self._loss_n, 1e-9), "lr": self._get_learning_rate()}
+        self._loss_sum, self._loss_n = 0.0, 0
+        self.history.append(entry)
+        out = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        self.log(out)
+        del steps
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, out)
+        return out
 
-    @torch.no_grad()
-    def evaluate(self, split=None) -> dict[str, float]:
-        split = self.data.eval if split is None else split
-        was_training = self.model.training
-        self.model.eval()
-        bs = self.cfg.eval_batch_size or self.cfg.batch_size
-        n = len(split)
-        preds, labels, loss_sum, loss_n = [], [], 0.0, 0
-        tok_correct = tok_total = 0
-        tok_loss = 0.0
-        order = self._eval_order(split)
-        try:
-            for start in range(0, n, bs):
-                batch = self.make_batch(split, order[start:start + bs])
-                out = self.model(**batch)
-                self.memory.sample()
-                if self.data.task_type == "causal_lm":
-                    logits = out.logits[:, :-1].float()
-                    target = batch["labels"][:, 1:]
-                    mask = target != -100
-                    lp = torch.nn.functional.cross_entropy(
-                        logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                        ignore_index=-100, reduction="sum")
-                    tok_loss += float(lp)
-                    tok_total += int(mask.sum())
-                    tok_correct += int(((logits.argmax(-1) == target) & mask).sum())
-                    continue
-                loss_sum += float(out.loss) * len(batch["labels"])
-                loss_n += len(batch["labels"])
-                logits = out.logits.float()
-                if self.data.task_type == "regression":
-                    preds.append(logits.reshape(-1).cpu().numpy())
-                else:
-                    preds.append(logits.argmax(-1).cpu().numpy())
-                labels.append(batch["labels"].cpu().numpy())
-        finally:
-            self.model.train(was_training)
-        if self.data.task_type == "causal_lm":
-            loss = tok_loss / max(tok_total, 1)
-            return {"token_accuracy": tok_correct / max(tok_total, 1), "loss": loss,
-                    "perplexity": math.exp(min(loss, 50.0))}
-        metrics = self.data.compute_metrics(np.concatenate(preds), np.concatenate(labels))
-        metrics["loss"] = loss_sum / max(loss_n, 1)
-        return metrics
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """A checkpoint holds the plan and the trained tensors only (as a PEFT checkpoint)."""
+        out = Path(output_dir or self.args.output_dir)
+        if self.args.should_save:
+            save_adapted(self.accelerator.unwrap_model(self.model), out)
+            torch.save(self.args, out / transformers.trainer.TRAINING_ARGS_NAME)
 
-    # ---- checkpoints ---------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": CHECKPOINT_VERSION, "step": self.step,
-            "trainable": {k: v.detach().cpu().clone() for k, v in trainable_state_dict(self.model).items()},
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": _rng_state(), "history": self.history,
-            "loss_acc": [self._loss_sum, self._loss_n],
-            "timing": [self._step_time, self._step_count, self._train_time_prev + self._elapsed()],
-            "peak_memory": self.memory.peak,
-            "allocator": self.allocator.state_dict() if self.allocator is not None else None,
-            "config": {k: getattr(self.cfg, k) for k in _RESUME_KEYS},
-            "data": self.data.fingerprint(),
-            "plan_keys": sorted(self.plan.modules) + sorted(self.plan.shortcuts) if self.plan else None,
-        }
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from safetensors.torch import load_file
 
-    def save_checkpoint(self) -> Path | None:
-        if self.output_dir is None:
-            return None
-        buf = io.BytesIO()
-        torch.save(self.state_dict(), buf)
-        return atomic_write_bytes(self.output_dir / CHECKPOINT, buf.getvalue())
+        from .saving import WEIGHTS_NAME
 
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise UserError(f"checkpoint {str(path)!r} has version {state.get('version')}; "
-                            f"this more-nas writes version {CHECKPOINT_VERSION}")
-        now = {k: getattr(self.cfg, k) for k in _RESUME_KEYS}
-        diff = [f"{k}: checkpoint {state['config'].get(k)!r}, now {now[k]!r}"
-                for k in _RESUME_KEYS if state["config"].get(k) != now[k]]
-        if diff:
-            raise UserError(f"cannot resume from {str(path)!r}: the settings differ ("
-                            + "; ".join(diff) + "); use the same settings or start without --resume")
-        if state["data"] != self.data.fingerprint():
-            raise UserError(f"cannot resume from {str(path)!r}: the training data differs from the "
-                            f"data the checkpoint was trained on")
-        keys = sorted(self.plan.modules) + sorted(self.plan.shortcuts) if self.plan else None
-        if state["plan_keys"] != keys:
-            raise UserError(f"cannot resume from {str(path)!r}: it was made with a different plan")
-        missing, unexpected = self.model.load_state_dict(state["trainable"], strict=False)
+        model = self.accelerator.unwrap_model(model or self.model)
+        tensors = load_file(str(Path(resume_from_checkpoint) / WEIGHTS_NAME))
+        ref = next(model.parameters())
+        _, unexpected = model.load_state_dict({k: v.to(ref.device) for k, v in tensors.items()}, strict=False)
         if unexpected:
-            raise UserError(f"cannot resume from {str(path)!r}: tensors {unexpected[:3]} do not fit the model")
+            raise UserError(f"cannot resume from {resume_from_checkpoint}: tensors {unexpected[:3]} do "
+                            f"not fit the model")
+
+
+class ResumeState(transformers.TrainerCallback):
+    """Beside each checkpoint: what must match to resume it, the metrics history and the
+    dynamic allocator's state."""
+
+    def __init__(self, identity: dict[str, Any], history: list[dict], allocator=None):
+        self.identity, self.history, self.allocator = identity, history, allocator
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:
+            return
+        ckpt = Path(args.output_dir) / f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if ckpt.is_dir():
+            torch.save({**self.identity, "history": list(self.history),
+                        "allocator": self.allocator.state_dict() if self.allocator is not None else None},
+                       ckpt / RESUME_STATE)
+
+    def check_and_load(self, ckpt: Path) -> None:
+        path = ckpt / RESUME_STATE
+        if not path.is_file():
+            raise UserError(f"cannot resume from {str(ckpt)!r}: it holds no {RESUME_STATE} (not a more-train "
+                            f"checkpoint)")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        old, now = state["config"], self.identity["config"]
+        diff = [f"{k}: checkpoint {old.get(k)!r}, now {now[k]!r}" for k in now if old.get(k) != now[k]]
+        if diff:
+            raise UserError(f"cannot resume from {str(ckpt)!r}: the settings differ (" + "; ".join(diff)
+                            + "); use the same settings or start without --resume")
+        if state["data"] != self.identity["data"]:
+            raise UserError(f"cannot resume from {str(ckpt)!r}: the training data differs from the data "
+                            f"the checkpoint was trained on")
+        if state["plan_keys"] != self.identity["plan_keys"]:
+            raise UserError(f"cannot resume from {str(ckpt)!r}: it was made with a different plan")
+        self.history[:] = state["history"]
         if self.allocator is not None and state["allocator"] is not None:
             self.allocator.load_state_dict(state["allocator"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        self.step = int(state["step"])
-        self.history = list(state["history"])
-        self._loss_sum, self._loss_n = state["loss_acc"]
-        self._step_time, self._step_count, self._train_time_prev = state["timing"]
-        self.memory.peak = max(self.memory.peak, int(state.get("peak_memory", 0)))
-        self._resumed = True
-
-    # ---- the schedule --------------------------------------------------------------------
-    def _elapsed(self) -> float:
-        return time.perf_counter() - self._t_start if getattr(self, "_t_start", None) else 0.0
-
-    def _write_metrics(self) -> None:
-        if self.output_dir is None:
-            return
-        text = "".join(json.dumps(h) + "\n" for h in self.history)
-        atomic_write_text(self.output_dir / "metrics.jsonl", text)
-
-    def run(self, logger: logging.Logger | None = None) -> TrainResult:
-        """Train to ``total_steps`` (from the current step: 0, or the resumed one)."""
-        from tqdm.auto import tqdm
-
-        log = logger or self.log
-        self.log = log
-        cfg = self.cfg
-        if self.step == 0:
-            torch.manual_seed(cfg.seed)  # the dropout stream starts from the seed, whatever
-            random.seed(cfg.seed)        # loading the model consumed
-            np.random.seed(cfg.seed % 2**32)
-        self._t_start = time.perf_counter()
-        save_every = cfg.save_every
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress, desc="train",
-                   unit="step", dynamic_ncols=True, file=sys.stderr, leave=False)
-        samples, t_loop = 0, time.perf_counter()
-        try:
-            if self.step == 0 and self.allocator is not None and \
-                    sum(self.allocator.sizes[n] for n in self.allocator.enabled_names()) > self.allocator.budget:
-                # The plan switches on more than the budget: allocate before the first step.
-                info = self.allocator.reallocate(self.scoring_batches(0), 0)
-                log.info("step 0: the plan's enabled set exceeds the budget; allocated %d candidates, "
-                         "%d params (%s)", info["enabled"], info["params"], self.allocator.score_name)
-            while self.step < self.total_steps:
-                loss = self.train_step()
-                samples += len(self.batch_indices(self.step - 1))
-                s = self.step
-                if cfg.progress:
-                    rate = samples / max(time.perf_counter() - t_loop, 1e-9)
-                    bar.set_postfix_str(f"loss={loss:.4f}, lr={self.scheduler.get_last_lr()[0]:.2e}, "
-                                        f"{rate:.1f} samples/s", refresh=False)
-                bar.update(1)
-                evaluated = s % self.eval_every == 0 or s == self.total_steps
-                entry = None
-                if evaluated:
-                    metrics = self.evaluate()
-                    entry = {"step": s, "epoch": round(s / self.steps_per_epoch, 4),
-                             **metrics, "train_loss": self._loss_sum / max(self._loss_n, 1),
-                             "lr": self.scheduler.get_last_lr()[0]}
-                    self._loss_sum, self._loss_n = 0.0, 0
-                    self.history.append(entry)
-                    self._write_metrics()
-                    log.info("step %d/%d epoch %.2f: %s", s, self.total_steps, entry["epoch"],
-                             ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-                if (self.allocator is not None and s % self.dynamic_every == 0
-                        and s < self.total_steps):
-                    info = self.allocator.reallocate(self.scoring_batches(s), s)
-                    log.info("step %d: reallocated (%s): %d on, %d params; on %s off %s", s,
-                             self.allocator.score_name, info["enabled"], info["params"],
-                             _short(info["on"]), _short(info["off"]))
-                if evaluated or (save_every and s % save_every == 0) or s == self.total_steps:
-                    self.save_checkpoint()
-                if entry is not None and self.on_eval is not None:
-                    self.on_eval(s, dict(entry))
-        finally:
-            bar.close()
-        if not self.history:  # resumed after the end: nothing ran
-            self.history.append({"step": self.step, **self.evaluate()})
-        final = {k: v for k, v in self.history[-1].items()
-                 if k not in ("step", "epoch", "train_loss", "lr")}
-        main = self.data.main_metric
-        train_time = self._train_time_prev + self._elapsed()
-        enabled_ad = _enabled_adapter_params(self.model)
-        head = sum(p.numel() for n, c in self.model.named_children() if n in HEAD_NAMES
-                   for p in c.parameters() if p.requires_grad)
-        trainable = enabled_ad + head if (enabled_ad or self.plan is not None) else \
-            sum(p.numel() for p in self.params)
-        return TrainResult(
-            metrics=final, main_metric=main, score=float(final.get(main, float("nan"))),
-            history=list(self.history), steps=self.step, train_time_s=train_time,
-            step_time_s=self._step_time / max(self._step_count, 1),
-            peak_memory_bytes=self.memory.value(), trainable_params=int(trainable),
-            output_dir=str(self.output_dir) if self.output_dir else None,
-            enable_counts=dict(self.allocator.counts) if self.allocator is not None else None,
-            adapter_params=int(enabled_ad), peak_memory_kind=self.memory.kind,
-        )
 
 
-def _short(names: list[str], k: int = 4) -> str:
-    return "[" + ", ".join(names[:k]) + (f", +{len(names) - k}" if len(names) > k else "") + "]"
-
-
-def _no_decay(name: str) -> bool:
-    low = name.lower()
-    return low.endswith("bias") or "layernorm" in low or "layer_norm" in low or ".norm" in low
-
-
-def _enabled_adapter_params(model: nn.Module) -> int:
-    total = sum(sum(p.numel() for p in a.trainable_parameters())
-                for a in adapters(model).values() if a.enabled)
-    sset = shortcut_set(model)
-    if sset is not None:
-        total += sum(sum(p.numel() for p in sc.parameters()) for _, sc in sset.items() if sc.enabled)
-    return total
-
-
-# ---- train(plan) --------------------------------------------------------------------------
-def _is_causal_lm(model: nn.Module) -> bool:
-    return hasattr(model, "lm_head") or type(model).__name__.endswith("ForCausalLM")
+def training_args(cfg: TrainConfig, out: str, n_train: int, device: torch.device, *,
+                  unused_params: bool) -> transformers.TrainingArguments:
+    per_epoch = max(1, math.ceil(math.ceil(n_train / cfg.per_device_train_batch_size)
+                                 / cfg.gradient_accumulation_steps))
+    every = cfg.eval_steps or per_epoch
+    saving = cfg.output_dir is not None
+    return transformers.TrainingArguments(
+        output_dir=out, seed=cfg.seed, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size or cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm or 0.0, optim="adamw_torch",
+        bf16=cfg.bf16, fp16=cfg.fp16, use_cpu=device.type == "cpu",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        eval_strategy="steps", eval_steps=every, logging_steps=cfg.logging_steps,
+        save_strategy="steps" if saving else "no", save_steps=cfg.save_steps or every,
+        save_total_limit=cfg.save_total_limit, report_to=cfg.report_to, disable_tqdm=not cfg.progress,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        dataloader_pin_memory=device.type == "cuda",
+        ddp_find_unused_parameters=unused_params, remove_unused_columns=True, label_names=["labels"],
+    )
 
 
 def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None,
-            on_eval: Callable[[int, dict], None] | None = None,
-            logger: logging.Logger | None = None) -> Trainer:
-    """Load (or take) model, tokenizer and task, inject the plan, and build the Trainer."""
+            on_eval: Callable[[int, dict], None] | None = None, logger: logging.Logger | None = None,
+            callbacks: list | None = None) -> AdapterTrainer:
+    """Check device and precision, load (or take) model, tokenizer and task, inject the plan and
+    build the AdapterTrainer (``trainer.train()`` runs it; ``train()`` does all of this)."""
     from transformers import set_seed
 
     from ..data import load_task
     from ..models import load_model, load_tokenizer
 
     cfg.validate()
-    log = logger or logging.getLogger("nas.trainer")
+    device = resolve_device(cfg.device)  # before anything loads
+    check_precision(device, cfg.bf16, cfg.fp16)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    log = logger or logging.getLogger("nas.train")
     set_seed(cfg.seed)
-    name = (plan.model or {}).get("name_or_path")
-    revision = (plan.model or {}).get("revision")
+    name, revision = (plan.model or {}).get("name_or_path"), (plan.model or {}).get("revision")
     if data is None:
-        if tokenizer is None:
-            tokenizer = load_tokenizer(name, revision=revision)
+        tokenizer = tokenizer or load_tokenizer(name, revision=revision)
         data = load_task(cfg.task, tokenizer, data_dir=cfg.data_dir, train_file=cfg.train_file,
                          validation_file=cfg.validation_file, text_columns=cfg.text_columns,
-                         label_column=cfg.label_column, task_type=cfg.task_type,
-                         num_labels=cfg.num_labels, max_length=cfg.max_length,
-                         max_train_samples=cfg.max_train_samples,
+                         label_column=cfg.label_column, task_type=cfg.task_type, num_labels=cfg.num_labels,
+                         max_length=cfg.max_length, max_train_samples=cfg.max_train_samples,
                          max_eval_samples=cfg.max_eval_samples, data_seed=cfg.data_seed)
+    if len(data.train) == 0:
+        raise UserError(f"task {data.name!r} has no training rows")
     log.info("task %s: %s (%s; main metric %s)", data.name, data.source, data, data.main_metric)
     if model is None:
         set_seed(cfg.seed)
         model = load_model(name, task_type=data.task_type, num_labels=data.num_labels, revision=revision)
     elif adapters(model) or shortcut_set(model) is not None:
         raise ValueError("train(model=...) expects a base model without adapters")
-    if data.task_type == "causal_lm":
-        if not _is_causal_lm(model):
-            raise UserError(f"task {data.name!r} is causal-LM data (prompt/response) but the model "
-                            f"{type(model).__name__} has no language-model head")
-    else:
+    if data.task_type == "causal_lm" and not _is_causal_lm(model):
+        raise UserError(f"task {data.name!r} is causal-LM data (prompt/response) but the model "
+                        f"{type(model).__name__} has no language-model head")
+    if data.task_type != "causal_lm":
         if _is_causal_lm(model):
-            raise UserError(f"task {data.name!r} is {data.task_type} but the model "
-                            f"{type(model).__name__} is a causal LM; load it with a classification head")
+            raise UserError(f"task {data.name!r} is {data.task_type} but the model {type(model).__name__} "
+                            f"is a causal LM; load it with a classification head")
         data.check_head(int(model.config.num_labels))
     layout = discover(model)
     set_seed(cfg.seed)
@@ -697,161 +260,128 @@ def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=No
     if cfg.allocation == "dynamic":
         from .dynamic import DynamicAllocator
 
-        budget = (plan.budget or {}).get("params")
-        allocator = DynamicAllocator(model, layout, budget=budget, proxy=cfg.dynamic_proxy, plan=plan,
-                                     seed=cfg.seed)
-        log.info("dynamic allocation: %d candidates, budget %d params, re-scored every %.2f epoch "
-                 "with %s", len(allocator.pool), allocator.budget, cfg.dynamic_every, allocator.score_name)
-    return Trainer(model, data, cfg, plan=plan, layout=layout, allocator=allocator,
-                   on_eval=on_eval, output_dir=cfg.output_dir)
+        allocator = DynamicAllocator(model, layout, budget=(plan.budget or {}).get("params"),
+                                     proxy=cfg.dynamic_proxy, plan=plan, seed=cfg.seed)
+        log.info("dynamic allocation: %d candidates, budget %d params, re-scored every %.2f epoch with %s",
+                 len(allocator.pool), allocator.budget, cfg.dynamic_every, allocator.score_name)
+    originals = frozen_base_to(model, torch.bfloat16) if cfg.bf16 else {}
+    out = cfg.output_dir or tempfile.mkdtemp(prefix="more-train-")
+    any_off = any(not a.enabled for a in adapters(model).values())
+    args = training_args(cfg, out, len(data.train), device, unused_params=allocator is not None or any_off)
+    history: list[dict] = []
+    stats = StepStats(device)
+    cbs = [EvaluateAtEnd(), stats, OnEval(history, on_eval, Path(cfg.output_dir) if cfg.output_dir else None)]
+    identity = {"config": {k: getattr(cfg, k) for k in RESUME_KEYS}, "data": data.fingerprint(),
+                "plan_keys": sorted(plan.modules) + sorted(plan.shortcuts)}
+    resume = ResumeState(identity, history, allocator)
+    cbs.append(resume)
+    if allocator is not None:
+        collate, keys = data.collator(), _forward_keys(model)
+        bs = cfg.per_device_train_batch_size
+
+        def scoring_batches(step: int) -> list[dict]:
+            g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+            perm = torch.randperm(len(data.train), generator=g).tolist()
+            dev = next(model.parameters()).device
+            batches = []
+            for i in range(max(1, cfg.dynamic_batches)):
+                idx = perm[i * bs:(i + 1) * bs]
+                if idx:
+                    cols = data.train[idx]
+                    rows = [dict(zip(cols, v)) for v in zip(*cols.values())]
+                    batches.append({k: v.to(dev) for k, v in collate(rows).items() if keys is None or k in keys})
+            return batches
+
+        steps_per_epoch = math.ceil(len(data.train) / bs / cfg.gradient_accumulation_steps)
+        cbs.append(DynamicAllocation(allocator, scoring_batches,
+                                     max(1, round(cfg.dynamic_every * steps_per_epoch)), log))
+    trainer = AdapterTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                             data_collator=data.collator(), callbacks=cbs + list(callbacks or []),
+                             data=data, history=history)
+    if not cfg.progress:  # no per-log dicts on stdout (the CLI's last line is its JSON summary)
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    trainer.plan, trainer.allocator, trainer.stats, trainer.resume_state = plan, allocator, stats, resume
+    trainer.frozen_originals = originals
+    return trainer
 
 
 def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None,
-          on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
+          on_eval: Callable[[int, dict], None] | None = None, callbacks: list | None = None) -> TrainResult:
     """Train ``plan`` with ``cfg``.
 
     ``model``: an already-loaded base model (no adapters) to adapt in place instead of loading
     ``plan.model["name_or_path"]``; ``data``: a pre-built TaskData (e.g. ``data.holdout(...)``);
     ``on_eval(step, metrics)`` runs after each evaluation and its exceptions propagate (the
-    search raises optuna.TrialPruned from it).  Raises NonFiniteLoss on a NaN/inf loss.
-    With ``merge=True`` the model is merged in place at the end.
+    search raises optuna.TrialPruned from it); ``callbacks``: more TrainerCallbacks.
+    Raises NonFiniteLoss on a NaN/inf loss.  With ``merge=True`` the model is merged in place.
     """
+    from transformers.trainer_utils import get_last_checkpoint
+
     cfg.validate()
+    resolve_device(cfg.device)
     out = Path(cfg.output_dir) if cfg.output_dir else None
-    if out is not None and not cfg.resume:
-        _remove_outputs(out)
+    if out is not None and not cfg.resume and out.is_dir():
+        remove_outputs(out)
     logger = _run_logger(out, cfg.progress)
+    trainer = None
     try:
-        ckpt = out / CHECKPOINT if out else None
         trainer = prepare(plan, cfg, model=model, tokenizer=tokenizer, data=data, on_eval=on_eval,
-                          logger=logger)
+                          logger=logger, callbacks=callbacks)
+        ckpt = None
         if cfg.resume:
-            if ckpt.exists():
-                trainer.load_checkpoint(ckpt)
-                logger.info("resumed from %s at step %d/%d", ckpt, trainer.step, trainer.total_steps)
-            else:
+            last = get_last_checkpoint(str(out)) if out.is_dir() else None
+            if last is None:
                 logger.info("no checkpoint in %s: starting from step 0", out)
-        logger.info("training %d step(s) (%d per epoch), batch %d, lr %g, %s schedule, warmup %d, "
-                    "%s allocation, %d trainable tensors on %s", trainer.total_steps,
-                    trainer.steps_per_epoch, cfg.batch_size, cfg.lr, cfg.scheduler,
-                    trainer.warmup_steps, cfg.allocation, len(trainer.params), trainer.device)
-        if out is not None:
+            else:
+                ckpt = Path(last)
+                trainer.resume_state.check_and_load(ckpt)
+                logger.info("resuming from %s", ckpt)
+        if out is not None and trainer.args.should_save:
             resolved = {**cfg.to_dict(), "task": trainer.data.name, "task_type": trainer.data.task_type,
                         "num_labels": trainer.data.num_labels}
-            atomic_write_text(out / "config.json", json.dumps(resolved, indent=2, default=str) + "\n")
-        result = trainer.run(logger)
-        if out is not None:
-            _write_outputs(trainer, plan, cfg, result, out, logger)
-        logger.info("done: %s = %.4f after %d steps (%.1f s, %.3f s/step)", result.main_metric,
-                    result.score, result.steps, result.train_time_s, result.step_time_s)
+            atomic_write_text(out / CONFIG_NAME, json.dumps(resolved, indent=2, default=str) + "\n")
+        logger.info("training: batch %d x %d accumulation, lr %g, %s schedule, %s allocation, %s%s on %s",
+                    cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.learning_rate,
+                    cfg.lr_scheduler_type, cfg.allocation, "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
+                    " + gradient checkpointing" if cfg.gradient_checkpointing else "", trainer.args.device)
+        t0 = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        result = _result(trainer, time.perf_counter() - t0, out)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        restore_frozen_base(model, trainer.frozen_originals)
+        if out is not None and trainer.args.should_save:
+            write_outputs(model, plan, trainer.data, result, out, allocator=trainer.allocator,
+                          export_peft=cfg.export_peft, merge=cfg.merge, logger=logger)
+        logger.info("done: %s = %.4f after %d steps (%.1f s, %.3f s/step)", result.main_metric, result.score,
+                    result.steps, result.train_time_s, result.step_time_s)
         return result
     finally:
+        if trainer is not None and trainer.frozen_originals:
+            restore_frozen_base(trainer.accelerator.unwrap_model(trainer.model), trainer.frozen_originals)
+        if trainer is not None and out is None:
+            import shutil
+
+            shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
         _close_logger(logger)
 
 
-OUTPUT_FILES = ("plan.json", "adapters.safetensors", "metrics.jsonl", "train.log", CHECKPOINT,
-                "results.json", "config.json", "enable_counts.json", "enable_heatmap.png")
-OUTPUT_DIRS = ("peft_adapter", "merged")
+def _result(trainer: AdapterTrainer, seconds: float, out: Path | None) -> TrainResult:
+    history = trainer.history
+    if not history:
+        trainer.evaluate()
+    final = {k: v for k, v in history[-1].items() if k not in ("step", "epoch", "train_loss", "lr")}
+    main = trainer.data.main_metric
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    enabled_ad = _enabled_adapter_params(model)
+    head = sum(p.numel() for n, c in model.named_children() if n in HEAD_NAMES for p in c.parameters()
+               if p.requires_grad)
+    return TrainResult(
+        metrics=final, main_metric=main, score=float(final.get(main, float("nan"))), history=list(history),
+        steps=trainer.state.global_step, train_time_s=seconds, step_time_s=trainer.stats.step_time,
+        peak_memory_bytes=trainer.stats.value(), trainable_params=int(enabled_ad + head),
+        output_dir=str(out) if out else None,
+        enable_counts=dict(trainer.allocator.counts) if trainer.allocator is not None else None,
+        adapter_params=int(enabled_ad), peak_memory_kind=trainer.stats.kind)
 
 
-def _remove_outputs(out: Path) -> None:
-    """A fresh run in an old output folder: remove what an earlier run wrote there (only our
-    own file names), so nothing stale (a PEFT export, a merged model) is left behind."""
-    import shutil
-
-    for name in OUTPUT_FILES:
-        if (out / name).is_file():
-            (out / name).unlink()
-    for name in OUTPUT_DIRS:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-
-
-def final_plan(plan: Plan, model: nn.Module, result: TrainResult | None = None) -> Plan:
-    """A copy of ``plan`` with each module's and shortcut's final on/off state."""
-    p = Plan.from_dict(json.loads(plan.to_json()))
-    ads = adapters(model)
-    for name, choice in p.modules.items():
-        if name in ads:
-            choice["enabled"] = bool(ads[name].enabled)
-    sset = shortcut_set(model)
-    if sset is not None:
-        on = {k: sc.enabled for k, sc in sset.items()}
-        for key, hp in p.shortcuts.items():
-            if key in on:
-                hp["enabled"] = bool(on[key])
-    if result is not None:
-        p.provenance = {**p.provenance, "training": {
-            "main_metric": result.main_metric, "score": result.score, "steps": result.steps,
-            "metrics": result.metrics}}
-    return p
-
-
-def _write_outputs(trainer: Trainer, plan: Plan, cfg: TrainConfig, result: TrainResult,
-                   out: Path, logger: logging.Logger) -> None:
-    from safetensors.torch import save as st_save
-
-    from ..export import export_peft, is_pure_lora
-
-    model = trainer.model
-    tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()}
-    atomic_write_bytes(out / "adapters.safetensors", st_save(tensors, metadata={"format": "pt"}))
-    final = final_plan(plan, model, result)
-    final.save(out / "plan.json")
-    if trainer.allocator is not None:
-        j, png = trainer.allocator.save_report(out)
-        logger.info("enable counts: %s, heatmap: %s", j, png)
-    if cfg.export_peft and is_pure_lora(final):
-        result.peft_dir = str(export_peft(model, final, out / "peft_adapter",
-                                          task_type=trainer.data.task_type))
-        logger.info("PEFT adapter: %s", result.peft_dir)
-    if cfg.merge:
-        result.merge_report = merge_and_save(model, final, out / "merged", trainer.data.tokenizer, logger)
-    atomic_write_text(out / "results.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
-
-
-def merge_and_save(model: nn.Module, plan: Plan, out: Path, tokenizer, logger=None) -> dict[str, Any]:
-    """Fold the adapters into the base weights and save_pretrained the model + tokenizer.
-
-    Parts that cannot be folded (shortcuts: new residual paths no weight can absorb) are left
-    out of the merged model and saved beside it as ``residual_plan.json`` +
-    ``residual.safetensors``: ``apply_plan(merged_model, residual_plan)`` then loading those
-    tensors (strict=False) gives back the trained model exactly.
-    """
-    from safetensors.torch import save as st_save
-
-    from ..inject import SHORTCUTS_ATTR
-
-    model.cpu()
-    report = merge_plan(model)
-    out.mkdir(parents=True, exist_ok=True)
-    sset = shortcut_set(model)
-    residual = None
-    if sset is not None:
-        delattr(model, SHORTCUTS_ATTR)
-        try:
-            model.save_pretrained(out)
-        finally:
-            setattr(model, SHORTCUTS_ATTR, sset)
-        on = {k for k, sc in sset.items() if sc.enabled}
-        if on:
-            residual = Plan(model=dict(plan.model), task=dict(plan.task),
-                            shortcuts={k: {h: v for h, v in plan.shortcuts[k].items() if h != "enabled"}
-                                       for k in sorted(on)})
-            residual.save(out / "residual_plan.json")
-            tensors = {f"{SHORTCUTS_ATTR}.paths.{k.replace('.', '_')}.{pn}": p.detach().cpu().contiguous()
-                       for k, sc in sset.items() if k in on for pn, p in sc.named_parameters()}
-            atomic_write_bytes(out / "residual.safetensors", st_save(tensors, metadata={"format": "pt"}))
-    else:
-        model.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    rep = {"merged": report.merged, "not_foldable": report.not_foldable,
-           "residual_plan": "residual_plan.json" if residual else None,
-           "note": ("shortcuts are new residual paths that no base weight can absorb: they are not in "
-                    "the merged model; apply residual_plan.json and load residual.safetensors "
-                    "to get the trained model exactly") if residual else "everything was folded"}
-    atomic_write_text(out / "merge_report.json", json.dumps(rep, indent=2) + "\n")
-    if logger is not None:
-        logger.info("merged model in %s: %s", out, report)
-    return rep
+__all__ = ["AdapterTrainer", "evaluate_model", "prepare", "train", "training_args", "trained_tensors"]

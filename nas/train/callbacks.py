@@ -1,0 +1,114 @@
+"""TrainerCallbacks for what is ours: the search's on_eval hook (Optuna pruning), dynamic
+allocation, metrics.jsonl, step time and peak memory."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import TrainerCallback
+
+from ..plan import atomic_write_text
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class OnEval(TrainerCallback):
+    """Calls ``on_eval(step, entry)`` after each evaluation; its exceptions propagate (the
+    search raises optuna.TrialPruned from it) and the entry goes to metrics.jsonl."""
+
+    def __init__(self, history: list[dict], on_eval: Callable[[int, dict], None] | None,
+                 out: Path | None):
+        self.history, self.on_eval, self.out = history, on_eval, out
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        entry = self.history[-1]
+        if self.out is not None and args.should_save:
+            atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+        if self.on_eval is not None:
+            self.on_eval(entry["step"], dict(entry))
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluate (and save) after the last step too, whatever the eval interval."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True
+            control.should_save = args.save_strategy != "no"
+        return control
+
+
+class DynamicAllocation(TrainerCallback):
+    """HeteroLoRA-style dynamic allocation: re-score the candidate pool every ``every`` steps
+    and switch on the best within the budget (nas.train.dynamic.DynamicAllocator)."""
+
+    def __init__(self, allocator, scoring_batches: Callable[[int], list], every: int, logger=None):
+        self.allocator, self.batches, self.every, self.log = allocator, scoring_batches, every, logger
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        a = self.allocator
+        if state.global_step == 0 and sum(a.sizes[n] for n in a.enabled_names()) > a.budget:
+            info = a.reallocate(self.batches(0), 0)  # the plan switches on more than the budget
+            self._report(0, info)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.allocator.tick()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        s = state.global_step
+        if s % self.every == 0 and s < state.max_steps:
+            self._report(s, self.allocator.reallocate(self.batches(s), s))
+
+    def _report(self, step, info):
+        if self.log is not None:
+            self.log.info("step %d: reallocated (%s): %d on, %d params", step, self.allocator.score_name,
+                          info["enabled"], info["params"])
+
+
+class StepStats(TrainerCallback):
+    """Mean optimizer-step time (forward + backward + update, evaluation excluded) and peak
+    memory: CUDA's allocator peak, or the process RSS sampled around each step on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.kind = "cuda_allocated" if self.cuda else "rss"
+        self.peak, self.total, self.count, self._t0 = 0, 0.0, 0, None
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def _sample(self):
+        if not self.cuda:
+            self.peak = max(self.peak, rss_bytes())
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._sample()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._sample()
+        if self._t0 is not None:
+            self.total += time.perf_counter() - self._t0
+            self.count += 1
+            self._t0 = None
+
+    @property
+    def step_time(self) -> float:
+        return self.total / max(self.count, 1)
+
+    def value(self) -> int:
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.cuda else int(self.peak)
