@@ -75,6 +75,9 @@ class SearchConfig:
     validation_file: str | None = None
     text_columns: str | list[str] | None = None  # 'a,b' or a list
     label_column: str | None = None
+    device: str | None = None  # trials: cpu, cuda, cuda:1 (None: cuda when available)
+    bf16: bool = False  # trials in bf16 mixed precision (see nas.train.TrainConfig)
+    fp16: bool = False
 
 
 @dataclass
@@ -327,6 +330,7 @@ class Search:
             plan, max_steps=steps, eval_every=eval_every, seed=cfg.seed, lr=params["lr"],
             batch_size=cfg.batch_size, max_length=cfg.max_length, allocation=cfg.allocation,
             output_dir=None, progress=False, group_by_length=cfg.group_by_length,
+            device=cfg.device, bf16=cfg.bf16, fp16=cfg.fp16,
         )
         rung = {"i": 0}
 

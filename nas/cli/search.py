@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-length", type=int, default=128)
     d.add_argument("--lr", type=float, default=1e-3, help="learning rate of the first (proxy) trial")
     d.add_argument("--epochs", type=float, default=3, help="epochs hint written into the plan")
+    d.add_argument("--device", help="where the trials train: cpu, cuda, cuda:1 (default: cuda when available)")
+    d.add_argument("--bf16", action="store_true", help="trials in bfloat16 mixed precision")
+    d.add_argument("--fp16", action="store_true", help="trials in float16 mixed precision (CUDA)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -80,7 +83,13 @@ def _main(argv=None) -> int:
         raise UserError("--trials and --trial-steps must be at least 1")
     if not 0 < args.holdout < 1:
         raise UserError("--holdout must be a fraction between 0 and 1, e.g. 0.2")
+    from ..train.precision import check_precision, resolve_device
+
+    if args.bf16 and args.fp16:
+        raise UserError("choose one of --bf16 and --fp16")
+    check_precision(resolve_device(args.device), args.bf16, args.fp16)  # before anything loads
     cfg = SearchConfig(
+        device=args.device, bf16=args.bf16, fp16=args.fp16,
         model=args.model, task=args.task, budget=args.budget, space=args.space, proxy=args.proxy,
         output_dir=str(out), n_trials=args.trials,
         timeout_s=parse_duration(args.time_budget) if args.time_budget else None,

@@ -13,71 +13,83 @@ from pathlib import Path
 from . import run_cli
 
 
+_GROUPS = {"output": ("output_dir", "resume", "merge", "progress", "report_to", "save_steps",
+                      "save_total_limit", "logging_steps", "export_peft"),
+           "task (default: the plan's task)": ("task", "data_dir", "train_file", "validation_file",
+                                               "text_columns", "label_column", "task_type", "num_labels",
+                                               "max_train_samples", "max_eval_samples", "data_seed")}
+_CHOICES = {"allocation": ["static", "dynamic"], "task_type": ["classification", "regression", "causal_lm"]}
+
+
+def _scalar(tp: str):
+    for name, conv in (("int", int), ("float", float)):
+        if tp.startswith(name):
+            return conv
+    return str
+
+
+def add_config_flags(p: argparse.ArgumentParser, cls=None) -> None:
+    """One flag per TrainConfig field, named as in TrainingArguments (``--learning_rate``), with
+    its dashed spelling and older names (``--lr``, ``--batch-size``) as aliases; help and
+    defaults come from the field (the plan's training hints fill what is not given)."""
+    import dataclasses
+
+    from ..train.config import TrainConfig
+
+    groups = {"training (default: the plan's training hints)": p.add_argument_group(
+        "training (default: the plan's training hints)")}
+    groups.update({g: p.add_argument_group(g) for g in _GROUPS})
+    for f in dataclasses.fields(cls or TrainConfig):
+        where = next((g for g, names in _GROUPS.items() if f.name in names),
+                     "training (default: the plan's training hints)")
+        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        flags += [a for a in f.metadata["aliases"] if a != "--name"]
+        if f.name == "progress":
+            groups[where].add_argument("--no-progress", "--no_progress", dest="progress",
+                                       action="store_false", default=None, help="no progress bar")
+            continue
+        tp = str(f.type)
+        text = f.metadata["help"] + (f" (default {f.default})" if f.default not in (None, False) else "")
+        kw = {"help": text.replace("%", "%%"), "dest": f.name, "default": None}
+        if tp == "bool":
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        else:
+            kw["type"] = _scalar(tp)
+            if f.name in _CHOICES:
+                kw["choices"] = _CHOICES[f.name]
+        groups[where].add_argument(*dict.fromkeys(flags), **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="more-train",
-        description="Train an adapter plan (from more-search) on a task and save the result.",
+        description="Train an adapter plan (from more-search) on a task and save the result. Flags take "
+                    "the names of transformers' TrainingArguments / run_glue.py (--learning_rate, "
+                    "--per_device_train_batch_size, --bf16, ...); older spellings (--lr, --batch-size, "
+                    "--epochs) still work. Multi-GPU: torchrun --nproc_per_node N -m nas.cli.train ...",
         epilog="Tasks: GLUE by name (cola sst2 mrpc qqp stsb mnli qnli rte wnli; from --data-dir in "
                "the original GLUE layout, or the Hub/cache), sst2-sample (bundled, the default), or "
                "your own --train-file/--validation-file (CSV, TSV, JSON Lines).",
     )
     p.add_argument("--plan", required=True, help="plan JSON written by more-search")
-    g = p.add_argument_group("training (default: the plan's training hints)")
-    g.add_argument("--allocation", choices=["static", "dynamic"])
-    g.add_argument("--epochs", type=float)
-    g.add_argument("--lr", type=float, help="learning rate")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--max-length", type=int, help="max tokens per example")
-    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    g.add_argument("--eval-every", type=int, help="evaluate every N steps (default: once per epoch)")
-    g.add_argument("--scheduler", help="linear, cosine, constant, ... (transformers schedules)")
-    g.add_argument("--warmup-ratio", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--dynamic-every", type=float, help="dynamic: re-score every this fraction of an epoch")
-    g.add_argument("--proxy", help="dynamic: the scoring proxy (default: the proxies package's "
-                                   "default; 'live-grad-norm': grad-norm of each module's own weights)")
-    g.add_argument("--group-by-length", action="store_true",
-                   help="batch rows of similar lengths (less padding; faster, above all on CPU)")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    o = p.add_argument_group("output")
-    o.add_argument("--output-dir", help="where to write (default: runs/<plan name>)")
-    o.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
-    o.add_argument("--merge", action="store_true", help="also save the merged full model")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    d = p.add_argument_group("task (default: the plan's task)")
-    d.add_argument("--task", help="GLUE task name or sst2-sample")
-    d.add_argument("--data-dir", help="local GLUE folder (<dir>/MRPC/train.tsv, ...)")
-    d.add_argument("--train-file", help="CSV, TSV or JSON Lines")
-    d.add_argument("--validation-file", help="CSV, TSV or JSON Lines (default: hold out 10%% of train)")
-    d.add_argument("--text-columns", help="one or two comma-separated text columns "
-                                          "(causal LM: prompt,response)")
-    d.add_argument("--label-column")
-    d.add_argument("--task-type", choices=["classification", "regression", "causal_lm"])
-    d.add_argument("--max-train-samples", type=int, help="train on a fixed random subset")
+    p.add_argument("--model", help="train the plan on this local copy (or Hub name) of its model")
+    add_config_flags(p)
     return p
 
 
 def _main(argv=None):
+    import dataclasses
+
     from ..plan import Plan
     from ..train import TrainConfig, train
 
     args = build_parser().parse_args(argv)
     plan = Plan.load(args.plan)
-    output_dir = args.output_dir or str(Path("runs") / Path(args.plan).stem)
-    cfg = TrainConfig.from_plan(
-        plan, allocation=args.allocation, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        seed=args.seed, max_length=args.max_length, max_steps=args.max_steps,
-        eval_every=args.eval_every, scheduler=args.scheduler, warmup_ratio=args.warmup_ratio,
-        weight_decay=args.weight_decay, dynamic_every=args.dynamic_every, dynamic_proxy=args.proxy,
-        device=args.device, group_by_length=args.group_by_length or None,
-        output_dir=output_dir,
-        resume=args.resume or None, merge=args.merge or None,
-        progress=False if args.no_progress else None, task=args.task, data_dir=args.data_dir,
-        train_file=args.train_file, validation_file=args.validation_file,
-        text_columns=args.text_columns, label_column=args.label_column, task_type=args.task_type,
-        max_train_samples=args.max_train_samples,
-    )
+    if args.model:
+        plan.model = {**(plan.model or {}), "name_or_path": args.model}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values["output_dir"] = values["output_dir"] or str(Path("runs") / Path(args.plan).stem)
+    cfg = TrainConfig.from_plan(plan, **values)
     result = train(plan, cfg)
     print(f"{result.main_metric} = {result.score:.4f} after {result.steps} steps; "
           f"outputs in {result.output_dir}", file=sys.stderr)

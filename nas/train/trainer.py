@@ -318,7 +318,7 @@ def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
     from transformers.trainer_utils import get_last_checkpoint
 
     cfg.validate()
-    resolve_device(cfg.device)
+    check_precision(resolve_device(cfg.device), cfg.bf16, cfg.fp16)  # before anything loads or is removed
     out = Path(cfg.output_dir) if cfg.output_dir else None
     if out is not None and not cfg.resume and out.is_dir():
         remove_outputs(out)
