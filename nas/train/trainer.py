@@ -103,6 +103,11 @@ class AdapterTrainer(transformers.Trainer):
         super().__init__(*args, **kwargs)
         self.data, self.history = data, history
         self._loss_sum, self._loss_n = 0.0, 0
+        if data.task_type != "causal_lm":
+            # A classification head's loss is a mean over its micro-batch and ignores the
+            # ``num_items_in_batch`` transformers passes to any forward taking **kwargs; left
+            # on, Trainer would not divide it by the accumulation steps (gradients k times too big).
+            self.model_accepts_loss_kwargs = False
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
