@@ -42,7 +42,7 @@ def build(variant: str, data, args, **overrides):
     from nas import Plan, discover
     from nas.models import load_model
     from nas.train import AdapterTrainer, TrainConfig, prepare
-    from nas.train.callbacks import StepStats
+    from nas.train.callbacks import EvaluateAtEnd, StepStats
     from nas.train.precision import restore_frozen_base
     from nas.train.trainer import training_args
 
@@ -74,6 +74,7 @@ def build(variant: str, data, args, **overrides):
                 modules={m.name: {"type": "lora", "rank": 8, "alpha": 16.0}
                          for m in layout.modules if m.role in ("q", "v")})
     tr = prepare(plan, cfg, model=model, data=data)
+    tr.remove_callback(EvaluateAtEnd)  # timing runs do not evaluate; metric runs evaluate once
     if variant == "ours-autocast":
         restore_frozen_base(model, tr.frozen_originals)
         tr.frozen_originals = {}
