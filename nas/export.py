@@ -12,7 +12,6 @@ A plan is "pure LoRA" when every enabled module is ``lora`` and no shortcut is e
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 

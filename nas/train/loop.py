@@ -1,27 +1,9 @@
-"""The hand-written training loop of before transformers.Trainer, kept for benchmarks/glue.py
-(its step-level API: train_step, batch_indices, evaluate) until that benchmark is ported.
-nas.train.train runs on transformers.Trainer (nas/train/trainer.py).
+"""The hand-written training loop from before transformers.Trainer, kept for benchmarks/glue.py,
+which drives it step by step (``train_step``, ``batch_indices``, ``evaluate``) until it is ported.
 
-Old description: a plain PyTorch loop with AdamW, warmup schedules and dynamic padding.
-
-    result = train(plan, TrainConfig.from_plan(plan, epochs=1), on_eval=callback)
-
-``train`` loads the plan's model and task (or uses the ones given), injects the plan
-(``nas.apply_plan``), trains the adapters, shortcuts and task head, evaluates once per epoch or
-every ``eval_every`` steps, and writes to ``output_dir``:
-
-    plan.json               the plan with the final on/off state of each module
-    adapters.safetensors    adapter + shortcut + task-head tensors (nas.trainable_state_dict)
-    metrics.jsonl           one line per evaluation
-    train.log               the training log
-    checkpoint.pt           everything ``resume`` needs (written atomically)
-    results.json            the final TrainResult
-    enable_counts.json, enable_heatmap.png     (dynamic allocation)
-    peft_adapter/           a PEFT LoRA adapter, when the plan is pure LoRA
-    merged/                 (merge=True) the merged full model + tokenizer + merge_report.json
-
-The loop itself (``Trainer``) also trains any model whose trainable parameters are set, e.g. a
-PEFT model, so baselines run through exactly the same code.
+``nas.train.train`` runs on transformers.Trainer (nas/train/trainer.py); this loop trains any model
+whose trainable parameters are set (a PEFT model too): AdamW, warmup schedules, dynamic padding,
+its own ``checkpoint.pt`` resume.
 """
 from __future__ import annotations
 
@@ -41,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..discovery import ModelLayout, discover
+from ..discovery import ModelLayout
 from ..errors import UserError
-from ..inject import HEAD_NAMES, adapters, apply_plan, merge_plan, shortcut_set, trainable_state_dict
+from ..inject import HEAD_NAMES, adapters, shortcut_set, trainable_state_dict
 from ..plan import Plan, atomic_write_bytes, atomic_write_text
+from .callbacks import rss_bytes as _rss_bytes
 from .config import NonFiniteLoss, TrainConfig, TrainResult
 
 CHECKPOINT = "checkpoint.pt"
@@ -57,16 +40,6 @@ _RESUME_KEYS = ("epochs", "lr", "batch_size", "max_length", "seed", "allocation"
 
 
 # ---- memory -------------------------------------------------------------------------------
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 class _Memory:
     """Peak memory during the run: CUDA's allocator peak, or the sampled RSS on CPU."""
 
@@ -514,52 +487,11 @@ def _is_causal_lm(model: nn.Module) -> bool:
 def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None,
             on_eval: Callable[[int, dict], None] | None = None,
             logger: logging.Logger | None = None) -> Trainer:
-    """Load (or take) model, tokenizer and task, inject the plan, and build the Trainer."""
-    from transformers import set_seed
-
-    from ..data import load_task
-    from ..models import load_model, load_tokenizer
+    """Load (or take) model, tokenizer and task, inject the plan, and build the hand loop."""
+    from .trainer import setup
 
     cfg.validate()
-    log = logger or logging.getLogger("nas.trainer")
-    set_seed(cfg.seed)
-    name = (plan.model or {}).get("name_or_path")
-    revision = (plan.model or {}).get("revision")
-    if data is None:
-        if tokenizer is None:
-            tokenizer = load_tokenizer(name, revision=revision)
-        data = load_task(cfg.task, tokenizer, data_dir=cfg.data_dir, train_file=cfg.train_file,
-                         validation_file=cfg.validation_file, text_columns=cfg.text_columns,
-                         label_column=cfg.label_column, task_type=cfg.task_type,
-                         num_labels=cfg.num_labels, max_length=cfg.max_length,
-                         max_train_samples=cfg.max_train_samples,
-                         max_eval_samples=cfg.max_eval_samples, data_seed=cfg.data_seed)
-    log.info("task %s: %s (%s; main metric %s)", data.name, data.source, data, data.main_metric)
-    if model is None:
-        set_seed(cfg.seed)
-        model = load_model(name, task_type=data.task_type, num_labels=data.num_labels, revision=revision)
-    elif adapters(model) or shortcut_set(model) is not None:
-        raise ValueError("train(model=...) expects a base model without adapters")
-    if data.task_type == "causal_lm":
-        if not _is_causal_lm(model):
-            raise UserError(f"task {data.name!r} is causal-LM data (prompt/response) but the model "
-                            f"{type(model).__name__} has no language-model head")
-    else:
-        if _is_causal_lm(model):
-            raise UserError(f"task {data.name!r} is {data.task_type} but the model "
-                            f"{type(model).__name__} is a causal LM; load it with a classification head")
-        data.check_head(int(model.config.num_labels))
-    layout = discover(model)
-    set_seed(cfg.seed)
-    apply_plan(model, plan, layout)  # PlanError (a UserError) when the plan is for another model
-    allocator = None
-    if cfg.allocation == "dynamic":
-        from .dynamic import DynamicAllocator
-
-        budget = (plan.budget or {}).get("params")
-        allocator = DynamicAllocator(model, layout, budget=budget, proxy=cfg.dynamic_proxy, plan=plan,
-                                     seed=cfg.seed)
-        log.info("dynamic allocation: %d candidates, budget %d params, re-scored every %.2f epoch "
-                 "with %s", len(allocator.pool), allocator.budget, cfg.dynamic_every, allocator.score_name)
+    model, data, layout, allocator = setup(plan, cfg, model=model, tokenizer=tokenizer, data=data,
+                                           log=logger or logging.getLogger("nas.train.loop"))
     return Trainer(model, data, cfg, plan=plan, layout=layout, allocator=allocator,
                    on_eval=on_eval, output_dir=cfg.output_dir)

@@ -14,7 +14,6 @@ Everything is written atomically (a file is either the old or the new one).
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 from typing import Any

@@ -31,7 +31,7 @@ from ..inject import HEAD_NAMES, adapters, apply_plan, shortcut_set
 from ..plan import Plan, atomic_write_text
 from .callbacks import DynamicAllocation, EvaluateAtEnd, OnEval, StepStats
 from .config import NonFiniteLoss, TrainConfig, TrainResult
-from .loop import _close_logger, _enabled_adapter_params, _is_causal_lm, _run_logger
+from .loop import _close_logger, _enabled_adapter_params, _forward_keys, _is_causal_lm, _run_logger
 from .outputs import CONFIG_NAME, remove_outputs, write_outputs
 from .precision import check_precision, frozen_base_to, resolve_device, restore_frozen_base
 from .saving import save_adapted, trained_tensors
@@ -83,17 +83,6 @@ def evaluate_model(model: nn.Module, data, batch_size: int, device, autocast=Non
     metrics = data.compute_metrics(np.concatenate(preds), np.concatenate(labels))
     metrics["loss"] = loss_sum / max(loss_n, 1)
     return metrics
-
-
-def _forward_keys(model: nn.Module) -> set[str] | None:
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        params = inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return None
-    return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
 class AdapterTrainer(transformers.Trainer):
@@ -217,22 +206,14 @@ def training_args(cfg: TrainConfig, out: str, n_train: int, device: torch.device
     )
 
 
-def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None,
-            on_eval: Callable[[int, dict], None] | None = None, logger: logging.Logger | None = None,
-            callbacks: list | None = None) -> AdapterTrainer:
-    """Check device and precision, load (or take) model, tokenizer and task, inject the plan and
-    build the AdapterTrainer (``trainer.train()`` runs it; ``train()`` does all of this)."""
+def setup(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None, log=None):
+    """Load (or take) task and model, check they fit, inject the plan; -> (model, data, layout,
+    allocator or None)."""
     from transformers import set_seed
 
     from ..data import load_task
     from ..models import load_model, load_tokenizer
 
-    cfg.validate()
-    device = resolve_device(cfg.device)  # before anything loads
-    check_precision(device, cfg.bf16, cfg.fp16)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
-    log = logger or logging.getLogger("nas.train")
     set_seed(cfg.seed)
     name, revision = (plan.model or {}).get("name_or_path"), (plan.model or {}).get("revision")
     if data is None:
@@ -269,6 +250,21 @@ def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=No
                                      proxy=cfg.dynamic_proxy, plan=plan, seed=cfg.seed)
         log.info("dynamic allocation: %d candidates, budget %d params, re-scored every %.2f epoch with %s",
                  len(allocator.pool), allocator.budget, cfg.dynamic_every, allocator.score_name)
+    return model, data, layout, allocator
+
+
+def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None,
+            on_eval: Callable[[int, dict], None] | None = None, logger: logging.Logger | None = None,
+            callbacks: list | None = None) -> AdapterTrainer:
+    """Check device and precision, load (or take) model, tokenizer and task, inject the plan and
+    build the AdapterTrainer (``trainer.train()`` runs it; ``train()`` does all of this)."""
+    cfg.validate()
+    device = resolve_device(cfg.device)  # before anything loads
+    check_precision(device, cfg.bf16, cfg.fp16)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    log = logger or logging.getLogger("nas.train")
+    model, data, layout, allocator = setup(plan, cfg, model=model, tokenizer=tokenizer, data=data, log=log)
     originals = frozen_base_to(model, torch.bfloat16) if cfg.bf16 else {}
     out = cfg.output_dir or tempfile.mkdtemp(prefix="more-train-")
     any_off = any(not a.enabled for a in adapters(model).values())
