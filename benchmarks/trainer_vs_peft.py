@@ -115,13 +115,34 @@ def memory_child(args) -> None:
 
 def metrics(args, variant) -> dict:
     data = load_data(args, args.metric_train)
-    tr = build(variant, data, args)
+    tr = build(variant, data, args, learning_rate=args.metric_lr)
     t0 = time.perf_counter()
     tr.train()
     from nas.train.trainer import evaluate_model
 
     m = evaluate_model(tr.model, data, 64, tr.args.device, tr.autocast_smart_context_manager())
     return {**m, "train_s": time.perf_counter() - t0, "steps": tr.state.global_step}
+
+
+def metrics_only(args) -> None:
+    rows = []
+    for v in args.variants:
+        m = metrics(args, v)
+        rows.append({"variant": v, "lr": args.metric_lr, "train_rows": args.metric_train, "steps": m["steps"],
+                     **{k: round(m[k], 4) for k in ("accuracy", "f1", "loss")}, "train_s": round(m["train_s"], 1)})
+        print(rows[-1], flush=True)
+    res = ROOT / "benchmarks" / "results"
+    with open(res / "trainer_vs_peft_metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    head = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+    body = "".join("| " + " | ".join(str(r[k]) for k in rows[0]) + " |\n" for r in rows)
+    (res / "trainer_vs_peft_metrics.md").write_text(
+        "# Dev metrics: ours vs PEFT LoRA (same transformers.Trainer), fp32 vs bf16\n\n"
+        f"MiniLM-L6 on MRPC, 1 epoch on {args.metric_train} training rows (seeded subset), batch 16, "
+        f"lr {args.metric_lr}, full dev set (408 rows).\n\n" + head + body)
+    print(head + body)
 
 
 def main():
@@ -133,13 +154,18 @@ def main():
     ap.add_argument("--metric-train", type=int, default=1000, help="training rows of the metric runs")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--metric-lr", type=float, default=2e-3, help="learning rate of the metric runs")
     ap.add_argument("--skip-metrics", action="store_true")
+    ap.add_argument("--metrics-only", action="store_true",
+                    help="only the metric runs, written to trainer_vs_peft_metrics.{md,csv}")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
     if args.child:
         return memory_child(args)
+    if args.metrics_only:
+        return metrics_only(args)
     times = timing(args)
     mem = {}
     for v in args.variants:

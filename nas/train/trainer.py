@@ -112,14 +112,12 @@ class AdapterTrainer(transformers.Trainer):
         bs = self.args.per_device_eval_batch_size
         metrics = evaluate_model(model, self.data, bs, self.args.device, self.autocast_smart_context_manager())
         s = self.state.global_step
-        steps = self.state.max_steps or 1
         entry = {"step": s, "epoch": round(self.state.epoch or 0.0, 4), **metrics,
                  "train_loss": self._loss_sum / max(self._loss_n, 1e-9), "lr": self._get_learning_rate()}
         self._loss_sum, self._loss_n = 0.0, 0
         self.history.append(entry)
         out = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         self.log(out)
-        del steps
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, out)
         return out
 
