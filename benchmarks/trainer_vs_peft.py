@@ -7,8 +7,9 @@ something side by side):
   peft        LoraConfig(r=8, lora_alpha=16, target_modules=["query","value"],
               modules_to_save=["classifier"], task_type="SEQ_CLS") in nas.train.AdapterTrainer
   ours        the plan {every query and value: lora r 8, alpha 16} via nas.train.prepare
-  ours-bf16   the same with bf16=True: frozen base stored in bf16, adapters + head fp32 masters
-  ours-autocast  bf16 autocast with the frozen base left in fp32 (re-cast every step)
+  ours-bf16   the same with bf16=True, bf16_frozen_base=True: frozen base stored in bf16,
+              adapters + head fp32 masters
+  ours-autocast  bf16=True alone: autocast, the frozen base left in fp32 (re-cast every step)
 
 Timing: short runs of --steps optimizer steps on the same batches, interleaved round-robin for
 --rounds rounds; step time = the median over rounds of each run's mean step (StepStats: forward +
@@ -43,12 +44,12 @@ def build(variant: str, data, args, **overrides):
     from nas.models import load_model
     from nas.train import AdapterTrainer, TrainConfig, prepare
     from nas.train.callbacks import EvaluateAtEnd, StepStats
-    from nas.train.precision import restore_frozen_base
     from nas.train.trainer import training_args
 
     kw = dict(learning_rate=5e-4, per_device_train_batch_size=16, max_length=128, seed=0, progress=False,
               num_train_epochs=1, warmup_ratio=0.06, eval_steps=10**9, export_peft=False,
-              bf16=variant in ("ours-bf16", "ours-autocast"), device="cpu")
+              bf16=variant in ("ours-bf16", "ours-autocast"), bf16_frozen_base=variant == "ours-bf16",
+              device="cpu")
     kw.update(overrides)
     cfg = TrainConfig(**kw)
     torch.manual_seed(0)
@@ -75,9 +76,6 @@ def build(variant: str, data, args, **overrides):
                          for m in layout.modules if m.role in ("q", "v")})
     tr = prepare(plan, cfg, model=model, data=data)
     tr.remove_callback(EvaluateAtEnd)  # timing runs do not evaluate; metric runs evaluate once
-    if variant == "ours-autocast":
-        restore_frozen_base(model, tr.frozen_originals)
-        tr.frozen_originals = {}
     return tr
 
 

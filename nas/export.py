@@ -44,7 +44,7 @@ def _compact_targets(model: nn.Module, names: list[str]) -> list[str]:
     return suffixes if selected == wanted else sorted(names)
 
 
-def _real_path(name: str | None) -> str | None:
+def base_model_path(name: str | None) -> str | None:
     """The folder or Hub id behind a model name ('minilm' is a packaged folder): what
     AutoPeftModel... needs to find the base model."""
     from .models import resolve_model
@@ -81,7 +81,7 @@ def export_peft(model: nn.Module, plan: Plan, out_dir: str | Path, task_type: st
         alpha_pattern={n: v for n, v in alphas.items() if v != alpha},
         modules_to_save=heads or None, fan_in_fan_out=fan_in_fan_out,
         task_type=_PEFT_TASK.get(task_type, "SEQ_CLS"),
-        base_model_name_or_path=base_model_name_or_path or _real_path((plan.model or {}).get("name_or_path")),
+        base_model_name_or_path=base_model_name_or_path or base_model_path((plan.model or {}).get("name_or_path")),
         inference_mode=True,
     )
     out = Path(out_dir)

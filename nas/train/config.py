@@ -61,7 +61,9 @@ class TrainConfig:
     dynamic_proxy: str | None = _f(None, "dynamic: the scoring proxy (default: the proxies package's; "
                                          "'live-grad-norm': grad-norm of each module's own weights)", "--proxy")
     device: str | None = _f(None, "cpu, cuda, cuda:1 (default: cuda when available)")
-    bf16: bool = _f(False, "bfloat16 mixed precision: the frozen base in bf16, adapters and head in fp32")
+    bf16: bool = _f(False, "bfloat16 mixed precision (autocast; adapters and head keep fp32 weights)")
+    bf16_frozen_base: bool = _f(False, "with bf16: also store the frozen base in bf16 for the run instead "
+                                       "of casting it in every forward (CPU benchmark: no clear gain over autocast)")
     fp16: bool = _f(False, "float16 mixed precision with loss scaling (CUDA only)")
     gradient_checkpointing: bool = _f(False, "recompute layer activations in the backward (less memory)")
     report_to: str = _f("none", "where to log: none, all, tensorboard, wandb, ... (installed integrations)")

@@ -132,7 +132,9 @@ def merge_and_save(model: nn.Module, plan: Plan, out: Path, tokenizer, logger=No
 
 
 def model_card(plan: Plan, rep: dict[str, Any], data=None, result: TrainResult | None = None) -> str:
-    base = (plan.model or {}).get("name_or_path") or "(unknown base model)"
+    from ..export import base_model_path
+
+    base = base_model_path((plan.model or {}).get("name_or_path")) or "(unknown base model)"
     task = data.name if data is not None else (plan.task or {}).get("task") or (plan.task or {}).get("name")
     score = (f"{result.main_metric} = {result.score:.4f} on the {data.eval_split if data else 'dev'} split "
              f"after {result.steps} steps") if result is not None else "not evaluated"

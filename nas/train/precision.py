@@ -1,9 +1,10 @@
 """Device and precision: checked before anything loads, and the bf16 frozen base.
 
-With ``bf16`` the frozen base weights are stored in bfloat16 for the run, while the adapters,
-shortcuts and task head keep fp32 master weights and autocast runs the matmuls in bf16.  Plain
-autocast would re-cast every frozen weight to bf16 in every forward; a bf16 copy kept for the
-run does it once (mixed-precision training keeps fp32 masters only for what is updated:
+``bf16`` is transformers' autocast.  ``bf16_frozen_base`` also stores the frozen base weights in
+bfloat16 for the run (adapters, shortcuts and task head keep fp32 master weights), so autocast
+need not re-cast every frozen weight in every forward; on our (loaded, 2-core) CPU benchmark it
+was no clear gain over plain autocast (benchmarks/results/trainer_vs_peft*.md), so it is opt-in.  A bf16
+copy kept for the run casts once (mixed-precision training keeps fp32 masters only for what is updated:
 Micikevicius et al. 2018, "Mixed Precision Training").  The original fp32 weights are kept on
 the host and put back at the end, so outputs and merges use the exact base.
 """

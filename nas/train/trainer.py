@@ -41,7 +41,7 @@ RESUME_STATE = "more_state.pt"
 RESUME_KEYS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size",
                "gradient_accumulation_steps", "max_length", "seed", "allocation", "max_steps", "eval_steps",
                "warmup_ratio", "weight_decay", "lr_scheduler_type", "dynamic_every", "dynamic_batches",
-               "dynamic_proxy", "max_grad_norm", "bf16", "fp16")
+               "dynamic_proxy", "max_grad_norm", "bf16", "bf16_frozen_base", "fp16")
 
 
 @torch.no_grad()
@@ -263,7 +263,7 @@ def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=No
         torch.cuda.set_device(device)
     log = logger or logging.getLogger("nas.train")
     model, data, layout, allocator = setup(plan, cfg, model=model, tokenizer=tokenizer, data=data, log=log)
-    originals = frozen_base_to(model, torch.bfloat16) if cfg.bf16 else {}
+    originals = frozen_base_to(model, torch.bfloat16) if cfg.bf16 and cfg.bf16_frozen_base else {}
     out = cfg.output_dir or tempfile.mkdtemp(prefix="more-train-")
     any_off = any(not a.enabled for a in adapters(model).values())
     args = training_args(cfg, out, len(data.train), device, unused_params=allocator is not None or any_off)

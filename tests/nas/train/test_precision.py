@@ -16,8 +16,9 @@ from tests.factories import cfg_for, mixed_plan
 torch.set_num_threads(1)
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["autocast", "frozen-base-bf16"])
 @pytest.mark.parametrize("gc", [False, True], ids=["plain", "grad-checkpointing"])
-def test_bf16_step_every_kind_and_shortcut(tiny_bert, layout, sentiment, gc):
+def test_bf16_step_every_kind_and_shortcut(tiny_bert, layout, sentiment, gc, frozen):
     plan = mixed_plan(tiny_bert, layout)
     model = load_model(str(tiny_bert), num_labels=2)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -27,7 +28,8 @@ def test_bf16_step_every_kind_and_shortcut(tiny_bert, layout, sentiment, gc):
         def on_train_begin(self, args, state, control, **kw):
             start.update({k: v.detach().float().clone() for k, v in trainable_state_dict(model).items()})
 
-    res = train(plan, cfg_for(sentiment, bf16=True, max_steps=3, eval_every=3, gradient_checkpointing=gc),
+    res = train(plan, cfg_for(sentiment, bf16=True, bf16_frozen_base=frozen, max_steps=3, eval_every=3,
+                              gradient_checkpointing=gc),
                 model=model, on_eval=lambda s, m: seen.append(m), callbacks=[Snapshot()])
     assert math.isfinite(seen[-1]["train_loss"]) and math.isfinite(res.metrics["loss"])
     trained = set(trainable_state_dict(model))
