@@ -129,17 +129,21 @@ def metrics_only(args) -> None:
         rows.append({"variant": v, "lr": args.metric_lr, "train_rows": args.metric_train, "steps": m["steps"],
                      **{k: round(m[k], 4) for k in ("accuracy", "f1", "loss")}, "train_s": round(m["train_s"], 1)})
         print(rows[-1], flush=True)
+    write_table("trainer_vs_peft_metrics", rows,
+                "# Dev metrics: ours vs PEFT LoRA (same transformers.Trainer), fp32 vs bf16\n\n"
+                f"MiniLM-L6 on MRPC, 1 epoch on {args.metric_train} training rows (seeded subset), batch 16, "
+                f"lr {args.metric_lr}, full dev set (408 rows).\n\n")
+
+
+def write_table(name: str, rows: list[dict], intro: str, outro: str = "") -> None:
     res = ROOT / "benchmarks" / "results"
-    with open(res / "trainer_vs_peft_metrics.csv", "w", newline="") as f:
+    with open(res / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     head = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
     body = "".join("| " + " | ".join(str(r[k]) for k in rows[0]) + " |\n" for r in rows)
-    (res / "trainer_vs_peft_metrics.md").write_text(
-        "# Dev metrics: ours vs PEFT LoRA (same transformers.Trainer), fp32 vs bf16\n\n"
-        f"MiniLM-L6 on MRPC, 1 epoch on {args.metric_train} training rows (seeded subset), batch 16, "
-        f"lr {args.metric_lr}, full dev set (408 rows).\n\n" + head + body)
+    (res / f"{name}.md").write_text(intro + head + body + outro)
     print(head + body)
 
 
@@ -183,21 +187,13 @@ def main():
                      "mem_vs_peft": round(mem[v] / mem["peft"], 3) if "peft" in mem and mem["peft"] > 0 else "",
                      "dev_accuracy": round(m.get("accuracy", float("nan")), 4), "dev_f1": round(m.get("f1", float("nan")), 4),
                      "dev_loss": round(m.get("loss", float("nan")), 4), "metric_steps": m.get("steps", "")})
-    res = ROOT / "benchmarks" / "results"
-    with open(res / "trainer_vs_peft.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    head = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    body = "".join("| " + " | ".join(str(r[k]) for k in rows[0]) + " |\n" for r in rows)
-    (res / "trainer_vs_peft.md").write_text(
-        "# Ours vs PEFT LoRA through the same transformers.Trainer; bf16 vs fp32 (CPU)\n\n"
-        f"MiniLM-L6 on MRPC, batch 16, max length 128, 1 thread; {args.rounds} interleaved rounds of "
-        f"{args.steps} steps (median); memory: peak RSS growth over 6 steps in a fresh process; metrics: "
-        f"1 epoch on {args.metric_train} training rows, full dev set (408 rows).\n\n" + head + body
-        + "\nPer-round step times (ms): " + json.dumps({v: [round(x * 1000) for x in t] for v, t in times.items()}) + "\n")
-    print(head + body)
-
+    write_table("trainer_vs_peft", rows,
+                "# Ours vs PEFT LoRA through the same transformers.Trainer; bf16 vs fp32 (CPU)\n\n"
+                f"MiniLM-L6 on MRPC, batch 16, max length 128, 1 thread; {args.rounds} interleaved rounds of "
+                f"{args.steps} steps (median); memory: peak RSS growth over 6 steps in a fresh process; "
+                f"metrics: 1 epoch on {args.metric_train} training rows, full dev set (408 rows).\n\n",
+                "\nPer-round step times (ms): "
+                + json.dumps({v: [round(x * 1000) for x in t] for v, t in times.items()}) + "\n")
 
 if __name__ == "__main__":
     main()

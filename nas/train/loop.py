@@ -190,7 +190,6 @@ class Trainer:
         self._step_time, self._step_count = 0.0, 0
         self._train_time_prev = 0.0
         self._perm_cache: tuple[int, list[int]] | None = None
-        self._eval_order_cache: tuple[Any, list[int]] = (None, [])
         self._train_lengths: list[int] | None = None
         self.memory = _Memory(self.device)
         self.log = logging.getLogger("nas.trainer")
@@ -260,62 +259,15 @@ class Trainer:
         return value
 
     # ---- evaluation ----------------------------------------------------------------------
-    def _eval_order(self, split) -> list[int]:
-        """Rows sorted by length: batches of similar lengths pad little (every metric here is
-        order-free, so the order changes the cost, not the result)."""
-        key = (id(split), len(split))
-        if self._eval_order_cache[0] != key:  # a permutation of the rows whatever the key
-            if "input_ids" in split.column_names:
-                lengths = [len(x) for x in split["input_ids"]]
-                order = sorted(range(len(split)), key=lengths.__getitem__)
-            else:
-                order = list(range(len(split)))
-            self._eval_order_cache = (key, order)
-        return self._eval_order_cache[1]
-
-    @torch.no_grad()
     def evaluate(self, split=None) -> dict[str, float]:
-        split = self.data.eval if split is None else split
-        was_training = self.model.training
-        self.model.eval()
-        bs = self.cfg.eval_batch_size or self.cfg.batch_size
-        n = len(split)
-        preds, labels, loss_sum, loss_n = [], [], 0.0, 0
-        tok_correct = tok_total = 0
-        tok_loss = 0.0
-        order = self._eval_order(split)
-        try:
-            for start in range(0, n, bs):
-                batch = self.make_batch(split, order[start:start + bs])
-                out = self.model(**batch)
-                self.memory.sample()
-                if self.data.task_type == "causal_lm":
-                    logits = out.logits[:, :-1].float()
-                    target = batch["labels"][:, 1:]
-                    mask = target != -100
-                    lp = torch.nn.functional.cross_entropy(
-                        logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                        ignore_index=-100, reduction="sum")
-                    tok_loss += float(lp)
-                    tok_total += int(mask.sum())
-                    tok_correct += int(((logits.argmax(-1) == target) & mask).sum())
-                    continue
-                loss_sum += float(out.loss) * len(batch["labels"])
-                loss_n += len(batch["labels"])
-                logits = out.logits.float()
-                if self.data.task_type == "regression":
-                    preds.append(logits.reshape(-1).cpu().numpy())
-                else:
-                    preds.append(logits.argmax(-1).cpu().numpy())
-                labels.append(batch["labels"].cpu().numpy())
-        finally:
-            self.model.train(was_training)
-        if self.data.task_type == "causal_lm":
-            loss = tok_loss / max(tok_total, 1)
-            return {"token_accuracy": tok_correct / max(tok_total, 1), "loss": loss,
-                    "perplexity": math.exp(min(loss, 50.0))}
-        metrics = self.data.compute_metrics(np.concatenate(preds), np.concatenate(labels))
-        metrics["loss"] = loss_sum / max(loss_n, 1)
+        """The task's metrics on ``split`` (default: the eval split), as nas.train.train reports them."""
+        from dataclasses import replace
+
+        from .trainer import evaluate_model
+
+        data = self.data if split is None else replace(self.data, eval=split)
+        metrics = evaluate_model(self.model, data, self.cfg.eval_batch_size or self.cfg.batch_size, self.device)
+        self.memory.sample()
         return metrics
 
     # ---- checkpoints ---------------------------------------------------------------------

@@ -46,7 +46,8 @@ RESUME_KEYS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, data, batch_size: int, device, autocast=None) -> dict[str, float]:
-    """The task's metrics on ``data.eval`` (rows sorted by length: every metric is order-free)."""
+    """The task's metrics on ``data.eval``.  Rows go sorted by length, so batches of similar
+    lengths pad little (every metric here is order-free: the order changes the cost only)."""
     split, collate = data.eval, data.collator()
     keys = _forward_keys(model)
     lengths = [len(x) for x in split["input_ids"]]
