@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from _glue_methods import Method, Protocol, Spec, TaskCtx, head_params
-from _glue_train import build_trainer, finite, step_tensor_peak, train_config
+from _glue_train import build_trainer, finite, step_tensor_peak, train_config, trainable_count
 
 DATA_DIR = "/work/shared/data/glue"
 
@@ -82,6 +82,7 @@ class Bench:
         """(record, cached): the saved result, or train it now and save it atomically."""
         from nas.io import atomic_write_text
         from nas.train import NonFiniteLoss
+        from nas.train.trainer import run
 
         path = self.run_path(task, phase, spec, lr, seed)
         if path.is_file():
@@ -99,10 +100,10 @@ class Bench:
                "main_metric": data.main_metric, "settings": self.proto.phase_settings(task, phase),
                "n_train": len(data.train), "n_eval": len(data.eval), "eval_split": data.eval_split}
         try:
-            res = trainer.run()
+            res = run(trainer)
         except NonFiniteLoss as e:
             rec.update(status="nonfinite", error=str(e), score=float("nan"), metrics={},
-                       trainable_params=sum(p.numel() for p in trainer.params))
+                       trainable_params=trainable_count(trainer))
         else:
             rec.update(status="ok", score=res.score, metrics=res.metrics, history=res.history,
                        steps=res.steps, train_time_s=res.train_time_s, step_time_s=res.step_time_s,
@@ -112,7 +113,7 @@ class Bench:
                 rec["step_tensor_peak_bytes"] = step_tensor_peak(trainer)
         rec["adapter_params"] = rec["trainable_params"] - head_params(ctx.template)
         rec.update(wall_s=time.perf_counter() - t0, threads=self.threads,
-                   device=str(trainer.device), finished=datetime.datetime.now().isoformat(timespec="seconds"))
+                   device=str(trainer.args.device), finished=datetime.datetime.now().isoformat(timespec="seconds"))
         del trainer
         atomic_write_text(path, json.dumps(rec, indent=1, default=str))
         self.ran += 1

@@ -75,19 +75,20 @@ def calibrate(bench: Bench, lengths=(32, 128)) -> tuple[float, float]:
     spec = uniform({"type": "lora", "rank": 8}, ("q", "v"), "lora-qv-r8")(ctx, "")
     tr = build_trainer(spec, ctx, ctx.data, train_config(spec, bench.proto, task=ctx.task, lr=1e-4, seed=0, select=True,
                                                           device=bench.device))
+    tr.create_optimizer()
     times = []
     for L in lengths:
         L = min(L, bench.proto.max_length)
-        ids = torch.randint(1000, 2000, (bench.proto.batch_size, L), device=tr.device)
+        ids = torch.randint(1000, 2000, (bench.proto.batch_size, L), device=tr.args.device)
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                 "labels": torch.zeros(len(ids), dtype=torch.long, device=tr.device)}
+                 "labels": torch.zeros(len(ids), dtype=torch.long, device=tr.args.device)}
         ts = []
         for i in range(3):
             t0 = time.perf_counter()
             tr.model(**batch).loss.backward()
             tr.optimizer.step()
             tr.optimizer.zero_grad(set_to_none=True)
-            if tr.device.type == "cuda":
+            if tr.args.device.type == "cuda":
                 torch.cuda.synchronize()
             if i:
                 ts.append(time.perf_counter() - t0)

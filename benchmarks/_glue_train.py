@@ -1,5 +1,6 @@
-"""A Spec -> a nas.train Trainer (every method, PEFT included, in the same loop, as
-benchmarks/trainer_vs_peft.py does), and the side measurements of a run (step memory)."""
+"""A Spec -> a nas.train AdapterTrainer (a transformers.Trainer: every method, PEFT included, in
+the same loop, as benchmarks/trainer_vs_peft.py does), and the side measurements of a run (step
+memory)."""
 from __future__ import annotations
 
 import contextlib
@@ -14,17 +15,18 @@ from _glue_methods import Protocol, Spec, TaskCtx, fresh_model
 
 # ---- a Spec -> a Trainer --------------------------------------------------------------------
 def build_trainer(spec: Spec, ctx: TaskCtx, data, cfg):
-    """The model for ``spec`` (head initialised from ``cfg.seed``) in nas.train's loop."""
+    """The model for ``spec`` (head initialised from ``cfg.seed``) in nas.train's AdapterTrainer."""
     from transformers import set_seed
 
-    from nas.train import Trainer, prepare
+    from nas.train import prepare
+    from nas.train.trainer import trainer_for
 
     set_seed(cfg.seed)
     model = fresh_model(ctx, cfg.seed)
     if spec.kind == "head":
         for name, p in model.named_parameters():
             p.requires_grad_(name.split(".")[0] in HEAD_NAMES)
-        return Trainer(model, data, cfg)
+        return trainer_for(model, data, cfg)
     if spec.kind == "peft":  # as benchmarks/trainer_vs_peft.py's PEFT baseline, any rank/targets
         from peft import LoraConfig, get_peft_model
 
@@ -33,7 +35,7 @@ def build_trainer(spec: Spec, ctx: TaskCtx, data, cfg):
             r=pl["rank"], lora_alpha=pl["alpha"], lora_dropout=pl["dropout"],
             target_modules=list(pl["targets"]), modules_to_save=list(HEAD_NAMES[:1]),
             task_type="SEQ_CLS"))
-        return Trainer(model, data, cfg)
+        return trainer_for(model, data, cfg)
     if spec.kind == "plan":
         return prepare(Plan.from_dict(spec.payload["plan"]), cfg, model=model, data=data)
     raise ValueError(f"unknown spec kind {spec.kind!r}")
@@ -44,14 +46,25 @@ def train_config(spec: Spec, proto: Protocol, *, task: str, lr: float, seed: int
     from nas.train import TrainConfig
 
     return TrainConfig(
-        epochs=proto.epochs_for(task), lr=lr, batch_size=proto.batch_size, max_length=proto.max_length,
-        seed=seed, max_steps=proto.select_steps if select else proto.final_max_steps,
-        eval_every=proto.select_steps if select else None, warmup_ratio=proto.warmup_ratio,
-        weight_decay=proto.weight_decay, scheduler=proto.scheduler,
+        num_train_epochs=proto.epochs_for(task), learning_rate=lr, per_device_train_batch_size=proto.batch_size,
+        max_length=proto.max_length, seed=seed, max_steps=proto.select_steps if select else proto.final_max_steps,
+        eval_steps=proto.select_steps if select else None, warmup_ratio=proto.warmup_ratio,
+        weight_decay=proto.weight_decay, lr_scheduler_type=proto.scheduler,
         allocation=spec.payload.get("allocation", "static"),
         dynamic_proxy=spec.payload.get("dynamic_proxy"), progress=False, device=device,
         group_by_length=proto.group_by_length,
         export_peft=False)
+
+
+def trainable_count(trainer) -> int:
+    return sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+
+
+def train_step(trainer, rows: list[int]) -> None:
+    """One optimizer step on the given training rows (after ``trainer.train()``: AdamW exists)."""
+    trainer.training_step(trainer.model, trainer.data.collator()([trainer.data.train[i] for i in rows]))
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
 
 
 def longest_rows(data, k: int) -> list[int]:
@@ -87,14 +100,14 @@ def step_tensor_peak(trainer) -> int | None:
 
     from torch.profiler import ProfilerActivity, profile
 
-    if trainer.device.type != "cpu":
+    if trainer.args.device.type != "cpu":
         return None
-    rows = longest_rows(trainer.data, trainer.cfg.batch_size)
+    rows = longest_rows(trainer.data, trainer.args.per_device_train_batch_size)
     try:
-        trainer.train_step(rows)  # warm-up: AdamW state exists from here on
+        train_step(trainer, rows)  # warm-up: AdamW state exists from here on
         with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
                                       record_shapes=True, with_stack=True) as prof:
-            trainer.train_step(rows)
+            train_step(trainer, rows)
         with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path = os.path.join(d, "timeline.json")

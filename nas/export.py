@@ -1,4 +1,5 @@
-"""Exporting trained plans: a PEFT LoRA adapter for pure-LoRA plans, and reloading a run.
+"""Exporting trained plans: a PEFT LoRA adapter for pure-LoRA plans, and loading saved adapters
+(``load_adapted``: a ``save_pretrained`` folder or a more-train run).
 
 ``export_peft(model, plan, out_dir)`` writes ``adapter_config.json`` (a ``peft.LoraConfig``:
 ``target_modules``, ``r``, ``lora_alpha``, ``rank_pattern`` / ``alpha_pattern`` for
@@ -12,7 +13,6 @@ A plan is "pure LoRA" when every enabled module is ``lora`` and no shortcut is e
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -22,9 +22,9 @@ from search_spaces.anatomy import HEAD_NAMES
 from search_spaces.attach import adapters, shortcut_set
 
 from .errors import UserError
-from .inject import apply_plan
+from .inject import PLAN_NAME, WEIGHTS_NAME, apply_plan, trainable_state_dict
 from .io import atomic_write_bytes
-from .models import load_model
+from .models import load_model, resolve_model
 from .plan import Plan
 
 PEFT_PREFIX = "base_model.model."
@@ -48,6 +48,15 @@ def _compact_targets(model: nn.Module, names: list[str]) -> list[str]:
     suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
     selected = {n for n in projections if n.rsplit(".", 1)[-1] in suffixes}
     return suffixes if selected == wanted else sorted(names)
+
+
+def base_model_path(name: str | None) -> str | None:
+    """The folder or Hub id behind a model name ('minilm' is a packaged folder): what
+    AutoPeftModel... needs to find the base model."""
+    try:
+        return resolve_model(name)[0]
+    except UserError:
+        return name
 
 
 def export_peft(model: nn.Module, plan: Plan, out_dir: str | Path, task_type: str = "classification",
@@ -76,7 +85,7 @@ def export_peft(model: nn.Module, plan: Plan, out_dir: str | Path, task_type: st
         alpha_pattern={n: v for n, v in alphas.items() if v != alpha},
         modules_to_save=heads or None, fan_in_fan_out=fan_in_fan_out,
         task_type=_PEFT_TASK.get(task_type, "SEQ_CLS"),
-        base_model_name_or_path=base_model_name_or_path or (plan.model or {}).get("name_or_path"),
+        base_model_name_or_path=base_model_name_or_path or base_model_path((plan.model or {}).get("name_or_path")),
         inference_mode=True,
     )
     out = Path(out_dir)
@@ -93,34 +102,45 @@ def export_peft(model: nn.Module, plan: Plan, out_dir: str | Path, task_type: st
     return out
 
 
-def load_trained(run_dir: str | Path, model: nn.Module | None = None, task_type: str | None = None,
+def load_adapted(directory: str | Path, model: nn.Module | None = None, *, task_type: str | None = None,
                  num_labels: int | None = None) -> nn.Module:
-    """Rebuild a trained model from a more-train output folder (plan.json + adapters.safetensors).
-
-    ``model``: the base model to adapt in place (default: load the plan's model with the head
-    size stored in the run's weights).
-    """
+    """Adapt ``model`` (default: the plan's base model, head sized from the saved tensors) with
+    the plan in ``directory`` (a ``save_pretrained``/``save_adapted`` folder or a more-train run)
+    and load the trained tensors; returns the model in eval mode.  PEFT's
+    ``PeftModel.from_pretrained`` is the same shape."""
     from safetensors.torch import load_file
 
-    run = Path(run_dir)
-    plan = Plan.load(run / "plan.json")
-    weights = run / "adapters.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{str(run)!r} holds no adapters.safetensors; is it a more-train output folder?")
+    folder = Path(directory)
+    weights, plan_file = folder / WEIGHTS_NAME, folder / PLAN_NAME
+    if not weights.is_file() or not plan_file.is_file():
+        raise UserError(f"{str(folder)!r} holds no {PLAN_NAME} + {WEIGHTS_NAME}; save one with "
+                        f"model.save_pretrained(dir) or point at a more-train output folder")
+    plan = Plan.load(plan_file)
     tensors = load_file(str(weights))
     if model is None:
-        cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-        ttype = task_type or cfg.get("task_type") or "classification"
-        head = next((v for k, v in tensors.items() if k.split(".")[0] in HEAD_NAMES and k.endswith("weight")), None)
-        if ttype != "causal_lm" and num_labels is None and head is not None:
-            num_labels = head.shape[0]
-            if num_labels == 1 and task_type is None:
+        ttype = task_type or (plan.task or {}).get("task_type")
+        head = next((v for k, v in tensors.items()
+                     if k.split(".")[0] in HEAD_NAMES and k.endswith("weight")), None)
+        if ttype is None:
+            ttype = "classification" if head is not None else "causal_lm"
+            if head is not None and head.shape[0] == 1:
                 ttype = "regression"
+        if num_labels is None and head is not None:
+            num_labels = head.shape[0]
         model = load_model(plan.model.get("name_or_path"), task_type=ttype, num_labels=num_labels or 2,
                            revision=plan.model.get("revision"))
-    apply_plan(model, plan)
-    _, unexpected = model.load_state_dict(tensors, strict=False)
-    if unexpected:
-        raise UserError(f"{weights} has tensors this model lacks: {unexpected[:3]}")
-    model.eval()
-    return model
+    elif adapters(model) or shortcut_set(model) is not None:
+        raise UserError("load_adapted expects a base model without adapters")
+    ref = next(model.parameters())
+    apply_plan(model, plan)  # also makes save_pretrained write the plan + trained tensors
+    expected = set(trainable_state_dict(model))
+    _, unexpected = model.load_state_dict({k: v.to(ref.device) for k, v in tensors.items()}, strict=False)
+    missing = sorted(expected - set(tensors))
+    if unexpected or missing:
+        raise UserError(f"{weights} does not fit this model: "
+                        + (f"unexpected tensors {unexpected[:3]}" if unexpected else "")
+                        + (f" missing tensors {missing[:3]}" if missing else ""))
+    return model.eval()
+
+
+load_trained = load_adapted  # the earlier name

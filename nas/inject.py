@@ -3,25 +3,37 @@
 apply_plan  -- wrap each chosen projection in its adapter, attach shortcuts, freeze the base,
                keep the task head trainable;
 merge_plan  -- fold every foldable adapter into its base weight and unwrap it;
-adapters / shortcut_set -- find what apply_plan attached.
+adapters / shortcut_set -- find what apply_plan attached;
+save_adapted -- write the plan and only the trained tensors, as PEFT does (an adapted model's
+               ``save_pretrained`` does the same; nas.train.saving.load_adapted reads them back).
 """
 from __future__ import annotations
 
+import json
+import types
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
 from search_spaces.anatomy import ModelLayout, discover, task_head_parameters
 from search_spaces.attach import adapters, attach, shortcut_set
 
+from .errors import UserError
+from .io import atomic_write_bytes
 from .plan import Plan
+
+PLAN_NAME = "plan.json"
+WEIGHTS_NAME = "adapters.safetensors"
+PLAN_ATTR = "more_plan"  # the plan apply_plan injected, kept on the model for save_pretrained
 
 
 def apply_plan(model: nn.Module, plan: Plan, layout: ModelLayout | None = None) -> nn.Module:
     """Inject the plan's adapters and shortcuts into ``model`` in place and return it.
 
     Validates first and changes nothing if any choice does not fit.  Afterwards only the
-    adapters, the shortcuts and the task head require gradients.
+    adapters, the shortcuts and the task head require gradients, and ``model.save_pretrained``
+    writes only the plan and those tensors (``nas.load_adapted`` reads them back).
     """
     layout = layout or discover(model)
     plan.validate(layout)
@@ -30,7 +42,7 @@ def apply_plan(model: nn.Module, plan: Plan, layout: ModelLayout | None = None) 
     attach(model, layout, plan.modules, plan.shortcuts)
     for p in task_head_parameters(model):
         p.requires_grad_(True)
-    return model
+    return remember_plan(model, plan)
 
 
 def trainable_state_dict(model: nn.Module) -> dict:
@@ -39,6 +51,56 @@ def trainable_state_dict(model: nn.Module) -> dict:
     for a in adapters(model).values():  # disabled adapters still carry weights
         keep |= {id(p) for p in a.trainable_parameters()}
     return {k: v for k, v in model.state_dict(keep_vars=True).items() if id(v) in keep}
+
+
+def trained_tensors(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()}
+
+
+def current_plan(model: nn.Module) -> Plan:
+    """The plan attached to ``model`` with each module's and shortcut's on/off state now."""
+    plan = getattr(model, PLAN_ATTR, None)
+    if plan is None:
+        raise UserError("this model has no more-nas plan attached; adapt it with nas.apply_plan first")
+    p = Plan.from_dict(json.loads(plan.to_json()))
+    ads = adapters(model)
+    for name, choice in p.modules.items():
+        if name in ads:
+            choice["enabled"] = bool(ads[name].enabled)
+    sset = shortcut_set(model)
+    if sset is not None:
+        on = dict(sset.items())
+        for key, hp in p.shortcuts.items():
+            if key in on:
+                hp["enabled"] = bool(on[key].enabled)
+    return p
+
+
+def save_adapted(model: nn.Module, save_directory: str | Path, plan: Plan | None = None,
+                 is_main_process: bool = True, **_) -> Path:
+    """Write ``plan.json`` and ``adapters.safetensors`` (adapters, shortcuts, task head)."""
+    from safetensors.torch import save as st_save
+
+    out = Path(save_directory)
+    if not is_main_process:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    plan = plan if plan is not None else current_plan(model)
+    atomic_write_bytes(out / WEIGHTS_NAME, st_save(trained_tensors(model), metadata={"format": "pt"}))
+    plan.save(out / PLAN_NAME)
+    return out
+
+
+def _save_pretrained(self, save_directory, *args, **kwargs):
+    """An adapted model's save_pretrained: the plan and the trained tensors only (as PEFT)."""
+    return save_adapted(self, save_directory, is_main_process=kwargs.get("is_main_process", True))
+
+
+def remember_plan(model: nn.Module, plan: Plan) -> nn.Module:
+    """Keep ``plan`` on ``model`` and make its ``save_pretrained`` write only what trains."""
+    setattr(model, PLAN_ATTR, plan)
+    model.save_pretrained = types.MethodType(_save_pretrained, model)
+    return model
 
 
 @dataclass

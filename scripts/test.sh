@@ -3,6 +3,9 @@
 # the fast suite plus the real-model tests marked `ci`. Pass pytest options to override.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The CPU wheel, pinned here (a machine's setup), not in the library: a plain torch requirement
+# would pull a multi-GB CUDA build.
+python3 -m pip install -q --disable-pip-version-check torch==2.13.0
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
 # The tests marked `postgres` start a throwaway server from Debian's package; without it (and
 # without root to install it) they are skipped and say why.

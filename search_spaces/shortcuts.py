@@ -165,8 +165,19 @@ class ShortcutSet(nn.Module):
                 h.append(f_mod.register_forward_pre_hook(capture_f_pre))
                 h.append(attn_site.register_forward_hook(add_post("attn")))
                 h.append(ffn_site.register_forward_hook(add_post("ffn")))
-        # Drop captured activations after the whole forward so they are not kept alive.
-        h.append(model.register_forward_hook(lambda *a: self._captured.clear()))
+        # Captured values belong to one forward: drop stale ones before it, and after it drop
+        # them so they are not kept alive -- unless the layers are gradient-checkpointed.  HF
+        # checkpoints a layer's ``forward`` (its hooks, where x_in is captured, stay outside),
+        # and the backward recomputation of layer i reads x_in[i] and f_in[i-1] again: they
+        # must still be there, or the recomputed graph differs (torch CheckpointError).
+        h.append(model.register_forward_pre_hook(lambda *a: self._captured.clear()))
+        h.append(model.register_forward_hook(lambda *a: self._release(layers)))
+
+    def _release(self, layers) -> None:
+        recompute = torch.is_grad_enabled() and any(
+            getattr(m, "gradient_checkpointing", False) and m.training for m in layers)
+        if not recompute:
+            self._captured.clear()
 
     def remove(self) -> None:
         for handle in self._handles:

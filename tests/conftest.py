@@ -139,3 +139,13 @@ def sentiment(tmp_path_factory):
 @pytest.fixture(scope="session")
 def layout(tiny_bert):
     return bert_layout(tiny_bert)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA GPU: skipped here, run by benchmarks/device_check.sh."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -94,3 +94,25 @@ def cfg_for(files, **kw) -> TrainConfig:
     base = dict(train_file=str(train_file), validation_file=str(dev_file), epochs=2, batch_size=16,
                 lr=5e-3, progress=False, max_length=32)
     return TrainConfig(**{**base, **kw})
+
+
+ADAPTER_KINDS = ("lora", "more", "circulant", "toeplitz", "kronecker", "ldr")
+SHORTCUTS = ("1.s_res1", "1.s_res2", "1.s_in", "1.s_cut", "0.s_res1")
+
+
+def mixed_plan(model_dir, layout, kinds=ADAPTER_KINDS, shortcuts=SHORTCUTS) -> Plan:
+    """Every adapter kind (round-robin over the projections) and every shortcut kind."""
+    hp = {"lora": {"rank": 4}, "more": {"nblocks": 4, "rank": 2}, "kronecker": {"rank": 2},
+          "ldr": {"rank": 2}}
+    modules = {m.name: {"type": k, **hp.get(k, {})} for m, k in zip(layout.modules, kinds * 8)}
+    plan = Plan(model={"name_or_path": str(model_dir)}, modules=modules,
+                shortcuts={k: {"rank": 2, "alpha": 4.0} for k in shortcuts})
+    plan.trainable_params = plan.count_params(layout)
+    return plan
+
+
+def no_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model

@@ -2,6 +2,7 @@
 gives the help, spellings and choices, and its default is the dataclass default, written once."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -16,24 +17,27 @@ def _scalar_type(hint) -> type:
     return hint if hint in _SCALARS else str
 
 
-def add_flags(group, cls, names: list[str], *, use_defaults: bool = True) -> None:
+def add_flags(group, cls, names: list[str], *, use_defaults: bool = True, underscores: bool = False) -> None:
     """Add ``--field-name`` (or the field's ``flags``, plus its ``aliases``) for each name.
 
     ``use_defaults=False``: a flag not given is None (more-train: the plan's value, then the
     dataclass default, applies); the help still shows the dataclass default.
+    ``underscores``: ``--field_name`` too, the spelling of transformers' TrainingArguments.
+    A bool field that defaults to True gets ``--no-...`` as well.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for name in names:
         f = fields[name]
         md = f.metadata
-        flags = list(md.get("flags") or ["--" + name.replace("_", "-")]) + list(md.get("aliases", ()))
+        own = ["--" + name] * underscores + ["--" + name.replace("_", "-")]
+        flags = list(dict.fromkeys(list(md.get("flags") or own) + list(md.get("aliases", ()))))
         help_text = md.get("help", "")
         if f.default is not None and f.default is not False:
             help_text += f" (default {str(f.default).replace('%', '%%')})"
         kw: dict = {"dest": name, "help": help_text}
         if hints[name] is bool:
-            kw["action"] = "store_true"
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
         else:
             kw["type"] = md.get("type") or _scalar_type(hints[name])
             if "choices" in md:

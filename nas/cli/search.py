@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..search import SearchConfig, run_search
+from ..train.precision import check_precision, resolve_device
 from . import run_cli
 from .flags import add_flags
 
@@ -25,7 +26,7 @@ WHAT = ["model", "task", "budget", "space", "proxy", "allocation"]
 OUTPUT = ["output_dir", "storage", "study", "resume"]
 TRIALS = ["n_trials", "trial_steps", "pruner", "sampler", "holdout", "seed"]
 DATA = ["data_dir", "train_file", "validation_file", "text_columns", "label_column", "task_type",
-        "max_train_samples", "batch_size", "max_length", "first_trial_lr", "epochs"]
+        "max_train_samples", "batch_size", "max_length", "first_trial_lr", "epochs", "device", "bf16", "fp16"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +56,9 @@ def _main(argv=None) -> int:
         raise UserError("--trials and --trial-steps must be at least 1")
     if not 0 < args.holdout < 1:
         raise UserError("--holdout must be a fraction between 0 and 1, e.g. 0.2")
+    if args.bf16 and args.fp16:
+        raise UserError("choose one of --bf16 and --fp16")
+    check_precision(resolve_device(args.device), args.bf16, args.fp16)  # before anything loads
     given = {n: getattr(args, n) for n in WHAT + OUTPUT + TRIALS + DATA}
     cfg = SearchConfig(
         **{**given, "output_dir": str(out)},

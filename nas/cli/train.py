@@ -1,6 +1,8 @@
 """more-train: train a plan (static or dynamic allocation) and save adapters, metrics, exports.
 
 Defaults come from the plan's ``training`` hints and ``task`` options; flags override them.
+Flags take transformers' TrainingArguments / run_glue.py names (``--learning_rate``), dashed
+(``--learning-rate``), and the older spellings (``--lr``, ``--batch-size``, ``--epochs``).
 On success the last line on stdout is a JSON summary of the run.
 """
 from __future__ import annotations
@@ -18,38 +20,48 @@ from .flags import add_flags
 
 # more-train's flags, by group: TrainConfig fields (the task ones from TaskSpec); a flag not given
 # leaves the plan's value (then the TrainConfig default) in place.
-TRAINING = ["allocation", "epochs", "lr", "batch_size", "seed", "max_length", "max_steps", "eval_every",
-            "scheduler", "warmup_ratio", "weight_decay", "dynamic_every", "dynamic_proxy",
-            "group_by_length", "device"]
-OUTPUT = ["output_dir", "resume", "merge"]
+TRAINING = ["allocation", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "seed", "max_length", "max_steps", "eval_steps",
+            "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "per_device_eval_batch_size",
+            "dynamic_every", "dynamic_batches", "dynamic_proxy", "group_by_length", "device", "bf16",
+            "bf16_frozen_base", "fp16", "gradient_checkpointing"]
+OUTPUT = ["output_dir", "resume", "merge", "report_to", "logging_steps", "save_steps", "save_total_limit",
+          "export_peft"]
 TASK = ["task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "task_type",
-        "max_train_samples"]
+        "num_labels", "max_train_samples", "max_eval_samples", "data_seed"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="more-train",
-        description="Train an adapter plan (from more-search) on a task and save the result.",
+        description="Train an adapter plan (from more-search) on a task and save the result. Flags take "
+                    "the names of transformers' TrainingArguments / run_glue.py (--learning_rate, "
+                    "--per_device_train_batch_size, --bf16, ...); older spellings (--lr, --batch-size, "
+                    "--epochs) still work. Multi-GPU: torchrun --nproc_per_node N -m nas.cli.train ...",
         epilog="Tasks: GLUE by name (cola sst2 mrpc qqp stsb mnli qnli rte wnli; from --data-dir in "
                "the original GLUE layout, or the Hub/cache), sst2-sample (bundled, the default), or "
                "your own --train-file/--validation-file (CSV, TSV, JSON Lines).",
     )
     p.add_argument("--plan", required=True, help="plan JSON written by more-search")
-    add_flags(p.add_argument_group("training (default: the plan's training hints)"), TrainConfig, TRAINING,
-              use_defaults=False)
-    o = p.add_argument_group("output")
-    add_flags(o, TrainConfig, OUTPUT, use_defaults=False)
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_flags(p.add_argument_group("task (default: the plan's task)"), TrainConfig, TASK, use_defaults=False)
+    p.add_argument("--model", help="train the plan on this local copy (or Hub name) of its model")
+    for title, names in (("training (default: the plan's training hints)", TRAINING), ("output", OUTPUT),
+                         ("task (default: the plan's task)", TASK)):
+        g = p.add_argument_group(title)
+        add_flags(g, TrainConfig, names, use_defaults=False, underscores=True)
+        if names is OUTPUT:
+            g.add_argument("--no-progress", "--no_progress", dest="progress", action="store_false",
+                           default=None, help="no progress bar")
     return p
 
 
 def _main(argv=None):
     args = build_parser().parse_args(argv)
     plan = Plan.load(args.plan)
-    given = {n: getattr(args, n) for n in TRAINING + OUTPUT + TASK}
+    if args.model:
+        plan.model = {**(plan.model or {}), "name_or_path": args.model}
+    given = {n: getattr(args, n) for n in TRAINING + OUTPUT + TASK + ["progress"]}
     given["output_dir"] = args.output_dir or str(Path("runs") / Path(args.plan).stem)
-    cfg = TrainConfig.from_plan(plan, **given, progress=False if args.no_progress else None)
+    cfg = TrainConfig.from_plan(plan, **given)
     result = train(plan, cfg)
     print(f"{result.main_metric} = {result.score:.4f} after {result.steps} steps; "
           f"outputs in {result.output_dir}", file=sys.stderr)

@@ -29,11 +29,11 @@ class TaskSpec:
     label_column: str | None = option(None, "the label column of your files")
     task_type: str | None = option(None, "what the labels are (default: inferred)",
                                    choices=list(TASK_TYPES))
-    num_labels: int | None = None  # None: from the data
+    num_labels: int | None = option(None, "classes of the task head (default: from the data)")
     max_length: int = option(128, "max tokens per example")
     max_train_samples: int | None = option(None, "train on a fixed random subset")
-    max_eval_samples: int | None = None  # None: the whole evaluation split
-    data_seed: int = 0  # the subsets' seed
+    max_eval_samples: int | None = option(None, "evaluate on a fixed random subset (default: all)")
+    data_seed: int = option(0, "seed of the data subsets")
 
     def __post_init__(self):
         if isinstance(self.text_columns, str):

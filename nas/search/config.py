@@ -47,6 +47,9 @@ class SearchConfig(TaskSpec):
     study: str | None = option(None, "study name in the storage (default more-search)")
     resume: bool = option(False, "continue an interrupted search in the output folder")
     seed: int = option(0, "seed of the search, the task head and the data split")
+    device: str | None = option(None, "where the trials train: cpu, cuda, cuda:1 (default: cuda when available)")
+    bf16: bool = option(False, "trials in bfloat16 mixed precision (as more-train --bf16)")
+    fp16: bool = option(False, "trials in float16 mixed precision (CUDA only)")
     progress: bool = True
 
 

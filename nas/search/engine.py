@@ -179,6 +179,7 @@ class Search:
             plan, max_steps=steps, eval_every=eval_every, seed=cfg.seed, lr=params["lr"],
             batch_size=cfg.batch_size, max_length=cfg.max_length, allocation=cfg.allocation,
             output_dir=None, progress=False, group_by_length=cfg.group_by_length,
+            device=cfg.device, bf16=cfg.bf16, fp16=cfg.fp16,
         )
         rung = {"i": 0}
 

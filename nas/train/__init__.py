@@ -1,10 +1,11 @@
-"""Training a plan: ``train(plan, TrainConfig.from_plan(plan, ...))`` (run.py), the loop (loop.py),
-its config and result (config.py), output files (outputs.py) and dynamic allocation (dynamic.py)."""
+"""Training a plan on transformers.Trainer: configuration (config.py), the trainer and ``train``
+(trainer.py), callbacks, outputs, precision, dynamic allocation and helpers (support.py)."""
 from .config import NonFiniteLoss, TrainConfig, TrainResult
-from .loop import Trainer
 from .outputs import final_plan, merge_and_save
-from .run import prepare, train
 from .support import group_by_length
+from .trainer import AdapterTrainer, prepare, train
 
-__all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "Trainer", "final_plan", "group_by_length",
-           "merge_and_save", "prepare", "train"]
+Trainer = AdapterTrainer  # the loop: a transformers.Trainer
+
+__all__ = ["AdapterTrainer", "NonFiniteLoss", "TrainConfig", "TrainResult", "Trainer", "final_plan",
+           "group_by_length", "merge_and_save", "prepare", "train"]

@@ -1,25 +1,21 @@
-"""What a training run is told (TrainConfig, read from a plan and overrides) and what it reports
-(TrainResult); the settings a resume must match."""
+"""What a training run is told (TrainConfig) and what it reports (TrainResult).
+
+Field names are those of transformers' ``TrainingArguments`` / ``run_glue.py`` where one exists;
+each field's ``metadata`` carries its help and its older spellings (``aliases``), which keep
+working as keyword arguments, attributes, plan ``training`` keys and CLI flags.
+"""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.spec import TaskSpec
+from ..data.spec import PLAN_ALIASES, TaskSpec
 from ..errors import UserError
 from ..options import option
-from ..plan import Plan
 
-
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
 ALLOCATIONS = ("static", "dynamic")
-
-# Settings that must match to resume a run.
-RESUME_KEYS = ("epochs", "lr", "batch_size", "max_length", "seed", "allocation", "max_steps",
-                "eval_every", "warmup_ratio", "weight_decay", "scheduler", "dynamic_every",
-                "dynamic_batches", "dynamic_proxy", "max_grad_norm")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -35,70 +31,87 @@ class NonFiniteLoss(RuntimeError):
 class TrainConfig(TaskSpec):
     """A training run's settings; the task fields come from TaskSpec (usually the plan's task)."""
 
-    epochs: float = option(3, "epochs")
-    lr: float = option(5e-4, "learning rate")
-    batch_size: int = option(16, "training batch size")
-    seed: int = option(0, "seed of the task head, the order of batches and dropout")
-    allocation: str = option("static", "static: the plan's modules stay on; dynamic: re-score and reallocate "
-                                   "during training", choices=list(ALLOCATIONS))
-    output_dir: str | None = option(None, "where to write (default: runs/<plan name>)")
+    # ---- the schedule
+    num_train_epochs: float = option(3, "training epochs", aliases=["--epochs", "--num-epochs"])
+    learning_rate: float = option(5e-4, "peak learning rate (AdamW)", aliases=["--lr"])
+    per_device_train_batch_size: int = option(16, "training rows per device and micro-batch",
+                                              aliases=["--batch-size"])
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    seed: int = option(0, "random seed (model head, dropout, data order)")
+    allocation: str = option("static", "static, or dynamic: re-score and re-allocate the budget while "
+                                       "training", choices=list(ALLOCATIONS))
+    output_dir: str | None = option(None, "where to write the run (default: runs/<plan name>)")
     max_steps: int | None = option(None, "stop after this many optimizer steps")
-    eval_every: int | None = option(None, "evaluate every N steps (default: once per epoch)")
-    warmup_ratio: float = option(0.06, "part of the steps spent warming the learning rate up")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    scheduler: str = option("linear", "linear, cosine, constant, ... (transformers schedules)")
-    resume: bool = option(False, "continue from the checkpoint in --output-dir")
-    merge: bool = option(False, "also save the merged full model")
-    progress: bool = True
-    dynamic_every: float = option(0.2, "dynamic: re-score every this fraction of an epoch")
-    group_by_length: bool = option(False, "batch rows of similar lengths (less padding; faster, above all on CPU)")
-    # ---- loop details
-    max_grad_norm: float | None = 1.0
-    eval_batch_size: int | None = None  # None = batch_size
-    save_every: int | None = None  # checkpoint every N steps; None = at each evaluation
-    dynamic_batches: int = 2  # training batches per re-scoring
-    dynamic_proxy: str | None = option(None, "dynamic: the scoring proxy (default: the proxies package's "
-                                         "default; 'live-grad-norm': grad-norm of each module's own weights)",
-                                   flags=["--proxy"])
+    eval_steps: int | None = option(None, "evaluate every N optimizer steps (default: once per epoch)",
+                                    aliases=["--eval-every"])
+    warmup_ratio: float = option(0.06, "fraction of the steps with a linear warmup", aliases=["--warmup"])
+    weight_decay: float = option(0.0, "AdamW weight decay (not on biases and norms)")
+    lr_scheduler_type: str = option("linear", "linear, cosine, constant, ... (transformers schedules)",
+                                    aliases=["--scheduler", "--lr-scheduler"])
+    resume: bool = option(False, "continue from the last checkpoint in output_dir (same settings and data)")
+    merge: bool = option(False, "also save the merged full model (merged/)")
+    progress: bool = option(True, "show a progress bar")
+    dynamic_every: float = option(0.2, "dynamic: fraction of an epoch between reallocations")
+    group_by_length: bool = option(False, "batches of similar lengths (less padding: faster, above all on CPU)")
+    max_grad_norm: float | None = option(1.0, "gradient clipping norm (None or 0: off)")
+    per_device_eval_batch_size: int | None = option(None, "evaluation batch size (default: the training one)",
+                                                    aliases=["--eval-batch-size"])
+    save_steps: int | None = option(None, "checkpoint every N steps (default: at each evaluation)",
+                                    aliases=["--save-every"])
+    save_total_limit: int | None = option(2, "keep at most this many checkpoints (older ones are deleted)")
+    dynamic_batches: int = option(2, "dynamic: training batches per re-scoring")
+    dynamic_proxy: str | None = option(None, "dynamic: the scoring proxy (default: the proxies package's; "
+                                             "'live-grad-norm': grad-norm of each module's own weights)",
+                                       aliases=["--proxy"])
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)")
-    export_peft: bool = True  # write peft_adapter/ for pure-LoRA plans
+    bf16: bool = option(False, "bfloat16 mixed precision (autocast; adapters and head keep fp32 weights)")
+    bf16_frozen_base: bool = option(False, "with bf16: also store the frozen base in bf16 for the run instead "
+                                           "of casting it in every forward (CPU benchmark: no clear gain over "
+                                           "autocast)")
+    fp16: bool = option(False, "float16 mixed precision with loss scaling (CUDA only)")
+    gradient_checkpointing: bool = option(False, "recompute layer activations in the backward (less memory)")
+    report_to: str = option("none", "where to log: none, all, tensorboard, wandb, ... (installed integrations)")
+    logging_steps: int = option(50, "log the training loss every N steps")
+    export_peft: bool = option(True, "write peft_adapter/ for pure-LoRA plans")
 
     @classmethod
-    def from_plan(cls, plan: Plan | None, **overrides) -> "TrainConfig":
+    def from_plan(cls, plan, **overrides) -> "TrainConfig":
         """Defaults, then ``plan.task`` (task/data options), then ``plan.training`` hints,
-        then ``overrides``; an override of None means "not given" and is skipped."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        then ``overrides``; an override of None means "not given" and is skipped.  Older
+        spellings (``lr``, ``epochs``, ``batch_size``, ...) are accepted everywhere."""
         values: dict[str, Any] = {}
         if plan is not None:
-            values.update(TaskSpec.values_from_plan(plan.task))
-            for k, v in (plan.training or {}).items():
-                key = _TRAINING_ALIASES.get(k, k)
-                if key in names and v is not None:
-                    values[key] = v
+            for section in (plan.task or {}, plan.training or {}):
+                for k, v in section.items():
+                    key = canonical(k)
+                    if key is not None and v is not None:
+                        values[key] = v
         for k, v in overrides.items():
-            if k not in names:
+            key = canonical(k)
+            if key is None:
                 raise TypeError(f"TrainConfig has no field {k!r}")
             if v is not None:
-                values[k] = v
+                values[key] = v
         cfg = cls(**values)
         cfg.validate()
         return cfg
 
     def validate(self) -> "TrainConfig":
-        problems = []
         from transformers import SchedulerType
 
+        problems = []
         self.__post_init__()  # text_columns may have been set since
         if self.allocation not in ALLOCATIONS:
             problems.append(f"allocation {self.allocation!r} must be one of {list(ALLOCATIONS)}")
-        if not self.epochs or self.epochs <= 0:
-            problems.append(f"epochs must be > 0, got {self.epochs}")
-        if not self.lr or self.lr <= 0:
-            problems.append(f"learning rate must be > 0, got {self.lr}")
-        for name in ("batch_size", "max_length"):
+        if not self.num_train_epochs or self.num_train_epochs <= 0:
+            problems.append(f"epochs must be > 0, got {self.num_train_epochs}")
+        if not self.learning_rate or self.learning_rate <= 0:
+            problems.append(f"learning rate must be > 0, got {self.learning_rate}")
+        for name in ("per_device_train_batch_size", "max_length", "gradient_accumulation_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("max_steps", "eval_every", "save_every", "max_train_samples", "eval_batch_size"):
+        for name in ("max_steps", "eval_steps", "save_steps", "max_train_samples",
+                     "per_device_eval_batch_size", "save_total_limit"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 problems.append(f"{name} must be a positive integer, got {v!r}")
@@ -107,10 +120,12 @@ class TrainConfig(TaskSpec):
         if not 0 < self.dynamic_every:
             problems.append(f"dynamic_every must be > 0 (a fraction of an epoch), got {self.dynamic_every}")
         valid = [s.value for s in SchedulerType]
-        if self.scheduler not in valid:
-            problems.append(f"scheduler {self.scheduler!r} is not one of {valid}")
+        if self.lr_scheduler_type not in valid:
+            problems.append(f"scheduler {self.lr_scheduler_type!r} is not one of {valid}")
+        if self.bf16 and self.fp16:
+            problems.append("choose one of bf16 and fp16")
         if self.resume and not self.output_dir:
-            problems.append("resume needs an output directory (--output-dir) holding a checkpoint")
+            problems.append("resume needs an output directory (--output_dir) holding a checkpoint")
         if problems:
             raise UserError("invalid training settings: " + "; ".join(problems))
         return self
@@ -122,10 +137,44 @@ class TrainConfig(TaskSpec):
         return d
 
 
-_TRAINING_ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs",
-                     "lr_scheduler": "scheduler", "lr_scheduler_type": "scheduler",
-                     "per_device_train_batch_size": "batch_size", "max_seq_length": "max_length",
-                     "warmup": "warmup_ratio"}
+def _python_name(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+# Older spellings: the fields' CLI aliases, and the task section's (plan "name", "max_seq_length").
+ALIASES = {**PLAN_ALIASES, **{_python_name(a): f.name for f in dataclasses.fields(TrainConfig)
+                              for a in f.metadata.get("aliases", ())}}
+
+
+def canonical(name: str) -> str | None:
+    """The field name for ``name`` (a field name or an older spelling); None if unknown."""
+    name = _python_name(name)
+    if name in ALIASES:
+        return ALIASES[name]
+    return name if name in {f.name for f in dataclasses.fields(TrainConfig)} else None
+
+
+def _accept_aliases(cls):
+    """Older spellings as keyword arguments and as attributes (``cfg.lr is cfg.learning_rate``)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        for alias, name in ALIASES.items():
+            if alias in kwargs:
+                if name in kwargs:
+                    raise TypeError(f"TrainConfig got both {name!r} and its alias {alias!r}")
+                kwargs[name] = kwargs.pop(alias)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    for alias, name in ALIASES.items():
+        setattr(cls, alias, property(lambda self, n=name: getattr(self, n),
+                                     lambda self, v, n=name: setattr(self, n, v)))
+    return cls
+
+
+_accept_aliases(TrainConfig)
 
 
 @dataclass

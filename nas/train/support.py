@@ -1,19 +1,16 @@
-"""Helpers beside the training loop: peak memory, the run's log, RNG state, length grouping."""
+"""Helpers beside the trainer: process memory, the run's log, what a model's forward takes, what
+is enabled, length grouping."""
 from __future__ import annotations
 
 import itertools
 import logging
 import os
-import random
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
-
+from search_spaces.attach import adapters, shortcut_set
 
 
 # ---- memory -------------------------------------------------------------------------------
@@ -25,27 +22,6 @@ def rss_bytes() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class PeakMemory:
-    """Peak memory during the run: CUDA's allocator peak, or the sampled RSS on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.kind = "cuda_allocated" if self.cuda else "rss"
-        self.peak = 0
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        self.device = device
-
-    def sample(self) -> None:
-        if not self.cuda:
-            self.peak = max(self.peak, rss_bytes())
-
-    def value(self) -> int:
-        if self.cuda:
-            return int(torch.cuda.max_memory_allocated(self.device))
-        return int(self.peak)
 
 
 # ---- logging ------------------------------------------------------------------------------
@@ -101,21 +77,6 @@ def forward_keys(model: nn.Module) -> set[str] | None:
     return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def group_by_length(perm: list[int], lengths: list[int], batch_size: int) -> list[int]:
     """transformers' LengthGroupedSampler rule: cut the shuffled rows into mega-batches of up
     to 50 batches and sort each by length, longest first, so a batch pads little while the
@@ -123,3 +84,17 @@ def group_by_length(perm: list[int], lengths: list[int], batch_size: int) -> lis
     mega = batch_size * max(1, min(50, len(perm) // (batch_size * 4)))
     return [i for k in range(0, len(perm), mega)
             for i in sorted(perm[k:k + mega], key=lambda i: -lengths[i])]
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    return hasattr(model, "lm_head") or type(model).__name__.endswith("ForCausalLM")
+
+
+def enabled_adapter_params(model: nn.Module) -> int:
+    """Parameters of the enabled adapters and shortcuts (the budget's unit)."""
+    total = sum(sum(p.numel() for p in a.trainable_parameters())
+                for a in adapters(model).values() if a.enabled)
+    sset = shortcut_set(model)
+    if sset is not None:
+        total += sum(sum(p.numel() for p in sc.parameters()) for _, sc in sset.items() if sc.enabled)
+    return total

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from nas import UserError, apply_plan, discover
 from nas.export import export_peft, is_pure_lora, load_trained
@@ -112,9 +113,10 @@ def test_same_trajectory_as_peft_in_the_same_loop(tiny_bert, layout, sentiment):
 
     from nas.data import load_task
     from nas.models import load_tokenizer
-    from nas.train import Trainer, prepare
+    from nas.train import prepare
+    from nas.train.trainer import trainer_for
 
-    cfg = cfg_for(sentiment, epochs=1, lr=1e-2, max_steps=5)
+    cfg = cfg_for(sentiment, epochs=1, lr=1e-2, max_steps=5, logging_steps=1)
     tok = load_tokenizer(str(tiny_bert))
     data = load_task(tokenizer=tok, train_file=sentiment[0], validation_file=sentiment[1], max_length=32)
     torch.manual_seed(0)
@@ -130,11 +132,22 @@ def test_same_trajectory_as_peft_in_the_same_loop(tiny_bert, layout, sentiment):
             peft_mod = pm.get_submodule("base_model.model." + name)
             with torch.no_grad():
                 ad.lora_A.copy_(peft_mod.lora_A["default"].weight)
-    tr_peft = Trainer(pm, data, cfg)
-    for _ in range(5):
+    tr_peft = trainer_for(pm, data, cfg, callbacks=[peft_losses := LossLog()])
+    tr_ours.add_callback(ours_losses := LossLog())
+    for tr in (tr_ours, tr_peft):  # the same batches and dropout masks: the same RNG state
         torch.manual_seed(1)
-        a = tr_ours.train_step()
-        torch.manual_seed(1)
-        b = tr_peft.train_step()
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
-    assert tr_ours.evaluate() == pytest.approx(tr_peft.evaluate(), rel=1e-4, abs=1e-6)
+        tr.train()
+    assert len(ours_losses.losses) == 5
+    assert ours_losses.losses == pytest.approx(peft_losses.losses, rel=1e-5, abs=1e-6)
+    assert tr_ours.history[-1]["loss"] == pytest.approx(tr_peft.history[-1]["loss"], rel=1e-4, abs=1e-6)
+
+
+class LossLog(TrainerCallback):
+    """The training loss of every optimizer step (logging_steps=1)."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])

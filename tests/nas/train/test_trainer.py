@@ -40,8 +40,10 @@ def test_static_run_writes_everything(tiny_bert, layout, sentiment, tmp_path):
     assert res.adapter_params == n_lora == plan.trainable_params
     assert res.trainable_params == n_lora + 32 * 2 + 2  # + the classifier
     assert res.step_time_s > 0 and res.peak_memory_bytes > 0 and res.enable_counts is None
-    for f in ("plan.json", "adapters.safetensors", "metrics.jsonl", "train.log", "checkpoint.pt",
-              "results.json", "config.json", "peft_adapter/adapter_config.json",
+    assert sorted(d.name for d in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-9"]  # rotated
+    assert not (out / "config.json").exists()  # the run folder is no HF model folder
+    for f in ("plan.json", "adapters.safetensors", "metrics.jsonl", "train.log",
+              "results.json", "train_config.json", "peft_adapter/adapter_config.json",
               "peft_adapter/adapter_model.safetensors"):
         assert (out / f).is_file(), f
     lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -194,8 +196,8 @@ def test_resume_equals_uninterrupted(tiny_bert, layout, sentiment, tmp_path, gro
 
     with pytest.raises(Crash):
         train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "cut"), **kw), on_eval=crash_at_8)
-    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
-    assert ck["step"] == 8
+    # on_eval runs before the step's checkpoint is written: the last one is from step 4
+    assert sorted(d.name for d in (tmp_path / "cut").glob("checkpoint-*")) == ["checkpoint-4"]
     resumed = train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "cut"), resume=True, **kw))
     assert resumed.steps == full.steps == 12
     assert resumed.history == full.history and resumed.metrics == full.metrics
@@ -240,7 +242,7 @@ def test_resume_refuses_other_settings(tiny_bert, layout, sentiment, tmp_path):
 
     plan = lora_plan(tiny_bert, layout)
     train(plan, cfg_for(sentiment, output_dir=str(tmp_path), epochs=1))
-    with pytest.raises(UserError, match="lr"):
+    with pytest.raises(UserError, match="learning_rate"):
         train(plan, cfg_for(sentiment, output_dir=str(tmp_path), epochs=1, lr=1e-4, resume=True))
 
 
@@ -294,39 +296,43 @@ def test_group_by_length_is_a_shuffle_with_little_padding():
 
 
 def test_group_by_length_trainer_batches(tiny_bert, layout, sentiment):
-    """Same seed, same batches; every row once per epoch; batches of similar lengths."""
+    """transformers' length grouping: same seed, same batches; every row once per epoch; batches
+    of similar lengths."""
     from nas.train import prepare
 
     plan = lora_plan(tiny_bert, layout)
-    a = prepare(plan, cfg_for(sentiment, group_by_length=True, batch_size=8))
-    b = prepare(plan, cfg_for(sentiment, group_by_length=True, batch_size=8))
-    plain = prepare(plan, cfg_for(sentiment, batch_size=8))
-    spe = a.steps_per_epoch
-    epoch = [a.batch_indices(s) for s in range(spe)]
-    assert epoch == [b.batch_indices(s) for s in range(spe)]
-    assert sorted(i for batch in epoch for i in batch) == list(range(a.n_train))
-    lengths = [len(x) for x in a.data.train["input_ids"]]
+
+    def epoch(group: bool) -> list[list[int]]:
+        tr = prepare(plan, cfg_for(sentiment, group_by_length=group, batch_size=8))
+        torch.manual_seed(0)
+        return [b["attention_mask"].sum(1).tolist() for b in tr.get_train_dataloader()]
+
+    a, b, plain = epoch(True), epoch(True), epoch(False)
+    assert a == b
+    assert sorted(x for bt in a for x in bt) == sorted(x for bt in plain for x in bt)
 
     def spread(batches):
-        return np.mean([max(lengths[i] for i in bt) - min(lengths[i] for i in bt) for bt in batches])
-    assert spread(epoch) < spread([plain.batch_indices(s) for s in range(spe)])
+        return np.mean([max(bt) - min(bt) for bt in batches])
+    assert spread(a) < spread(plain)
 
 
 def test_evaluation_equals_row_by_row(tiny_bert, layout, sentiment):
     """Evaluation batches rows sorted by length; the metrics are those of each row alone."""
     from nas.train import prepare
 
-    tr = prepare(lora_plan(tiny_bert, layout), cfg_for(sentiment, batch_size=8))
-    for _ in range(3):
-        tr.train_step()
+    tr = prepare(lora_plan(tiny_bert, layout), cfg_for(sentiment, batch_size=8, max_steps=3))
+    tr.train()
     got = tr.evaluate()
-    tr.model.eval()
+    model, collate = tr.model, tr.data.collator()
+    model.eval()
     correct, losses = 0, []
     with torch.no_grad():
         for i in range(len(tr.data.eval)):
-            out = tr.model(**tr.make_batch(tr.data.eval, [i]))
-            correct += int(out.logits.argmax(-1).item() == tr.data.eval[i]["labels"])
+            row = tr.data.eval[i]
+            out = model(**collate([row]))
+            correct += int(out.logits.argmax(-1).item() == row["labels"])
             losses.append(float(out.loss))
-    assert got["accuracy"] == correct / len(tr.data.eval)
-    assert got["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
-    assert tr._eval_order(tr.data.eval) != list(range(len(tr.data.eval)))  # the order did change
+    assert got["eval_accuracy"] == correct / len(tr.data.eval)
+    assert got["eval_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+    lengths = [len(x) for x in tr.data.eval["input_ids"]]
+    assert lengths != sorted(lengths)  # sorting by length did change the order

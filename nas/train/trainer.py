@@ -1,0 +1,375 @@
+"""Training a plan on transformers' Trainer: mixed precision, accumulation, checkpointing, DDP.
+
+    result = train(plan, TrainConfig.from_plan(plan, num_train_epochs=1), on_eval=callback)
+
+``train`` loads the plan's model and task (or takes the ones given), injects the plan, and runs
+``AdapterTrainer`` (a ``transformers.Trainer``): bf16/fp16 autocast, gradient accumulation,
+gradient checkpointing, ``torchrun``/``accelerate launch`` multi-GPU, ``report_to``, rotated
+checkpoints and resume, length-grouped batches all come from the library.  What is ours: the
+task metrics, dynamic allocation and the search's hook (callbacks), checkpoints that hold only
+the trained tensors, and a resume that refuses other settings or data.  Outputs: nas.train.outputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+
+from search_spaces.anatomy import HEAD_NAMES, discover
+from search_spaces.attach import adapters, shortcut_set
+
+from ..errors import UserError
+from ..inject import apply_plan, save_adapted
+from ..io import atomic_write_text
+from ..models import load_model, load_tokenizer
+from ..plan import Plan
+from .callbacks import DynamicAllocation, EvaluateAtEnd, OnEval, ResumeState, StepStats
+from .config import NonFiniteLoss, TrainConfig, TrainResult
+from .dynamic import DynamicAllocator
+from .outputs import CONFIG_NAME, remove_outputs, write_outputs
+from .precision import check_precision, frozen_base_to, resolve_device, restore_frozen_base
+from .support import close_logger, enabled_adapter_params, forward_keys, is_causal_lm, run_logger
+
+# Settings that must match to resume a run.
+RESUME_KEYS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size",
+               "gradient_accumulation_steps", "max_length", "seed", "allocation", "max_steps", "eval_steps",
+               "warmup_ratio", "weight_decay", "lr_scheduler_type", "dynamic_every", "dynamic_batches",
+               "dynamic_proxy", "max_grad_norm", "bf16", "bf16_frozen_base", "fp16")
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, data, batch_size: int, device, autocast=None) -> dict[str, float]:
+    """The task's metrics on ``data.eval``.  Rows go sorted by length, so batches of similar
+    lengths pad little (every metric here is order-free: the order changes the cost only)."""
+    split, collate = data.eval, data.collator()
+    keys = forward_keys(model)
+    lengths = [len(x) for x in split["input_ids"]]
+    order = sorted(range(len(split)), key=lengths.__getitem__)
+    was = model.training
+    model.eval()
+    preds, labels, loss_sum, loss_n, tok_loss, tok_correct, tok_total = [], [], 0.0, 0, 0.0, 0, 0
+    try:
+        for start in range(0, len(split), batch_size):
+            cols = split[order[start:start + batch_size]]
+            rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+            batch = {k: v.to(device) for k, v in collate(rows).items() if keys is None or k in keys}
+            with (autocast or contextlib.nullcontext()):
+                out = model(**batch)
+            if data.task_type == "causal_lm":
+                logits, target = out.logits[:, :-1].float(), batch["labels"][:, 1:]
+                mask = target != -100
+                tok_loss += float(torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"))
+                tok_total += int(mask.sum())
+                tok_correct += int(((logits.argmax(-1) == target) & mask).sum())
+                continue
+            loss_sum += float(out.loss) * len(batch["labels"])
+            loss_n += len(batch["labels"])
+            logits = out.logits.float()
+            preds.append((logits.reshape(-1) if data.task_type == "regression" else logits.argmax(-1)).cpu().numpy())
+            labels.append(batch["labels"].cpu().numpy())
+    finally:
+        model.train(was)
+    if data.task_type == "causal_lm":
+        loss = tok_loss / max(tok_total, 1)
+        return {"token_accuracy": tok_correct / max(tok_total, 1), "loss": loss,
+                "perplexity": math.exp(min(loss, 50.0))}
+    metrics = data.compute_metrics(np.concatenate(preds), np.concatenate(labels))
+    metrics["loss"] = loss_sum / max(loss_n, 1)
+    return metrics
+
+
+class AdapterTrainer(transformers.Trainer):
+    """transformers.Trainer with our metrics, a NaN check, and checkpoints of trained tensors only."""
+
+    def __init__(self, *args, data, history: list[dict], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data, self.history = data, history
+        self._loss_sum, self._loss_n = 0.0, 0
+        if data.task_type != "causal_lm":
+            # A classification head's loss is a mean over its micro-batch and ignores the
+            # ``num_items_in_batch`` transformers passes to any forward taking **kwargs; left
+            # on, Trainer would not divide it by the accumulation steps (gradients k times too big).
+            self.model_accepts_loss_kwargs = False
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        value = float(loss) * self.args.gradient_accumulation_steps
+        if not math.isfinite(value):
+            raise NonFiniteLoss(self.state.global_step + 1, value)
+        self._loss_sum += value / self.args.gradient_accumulation_steps
+        self._loss_n += 1 / self.args.gradient_accumulation_steps
+        return loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        model = self.accelerator.unwrap_model(self.model)
+        bs = self.args.per_device_eval_batch_size
+        metrics = evaluate_model(model, self.data, bs, self.args.device, self.autocast_smart_context_manager())
+        s = self.state.global_step
+        entry = {"step": s, "epoch": round(self.state.epoch or 0.0, 4), **metrics,
+                 "train_loss": self._loss_sum / max(self._loss_n, 1e-9), "lr": self._get_learning_rate()}
+        self._loss_sum, self._loss_n = 0.0, 0
+        self.history.append(entry)
+        out = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        self.log(out)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, out)
+        return out
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """A checkpoint holds the plan and the trained tensors only (as a PEFT checkpoint)."""
+        out = Path(output_dir or self.args.output_dir)
+        if self.args.should_save:
+            save_adapted(self.accelerator.unwrap_model(self.model), out)
+            torch.save(self.args, out / transformers.trainer.TRAINING_ARGS_NAME)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from safetensors.torch import load_file
+
+        from ..inject import WEIGHTS_NAME
+
+        model = self.accelerator.unwrap_model(model or self.model)
+        tensors = load_file(str(Path(resume_from_checkpoint) / WEIGHTS_NAME))
+        ref = next(model.parameters())
+        _, unexpected = model.load_state_dict({k: v.to(ref.device) for k, v in tensors.items()}, strict=False)
+        if unexpected:
+            raise UserError(f"cannot resume from {resume_from_checkpoint}: tensors {unexpected[:3]} do "
+                            f"not fit the model")
+
+
+def training_args(cfg: TrainConfig, out: str, n_train: int, device: torch.device, *,
+                  unused_params: bool) -> transformers.TrainingArguments:
+    per_epoch = max(1, math.ceil(math.ceil(n_train / cfg.per_device_train_batch_size)
+                                 / cfg.gradient_accumulation_steps))
+    every = cfg.eval_steps or per_epoch
+    saving = cfg.output_dir is not None
+    return transformers.TrainingArguments(
+        output_dir=out, seed=cfg.seed, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size or cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm or 0.0, optim="adamw_torch",
+        bf16=cfg.bf16, fp16=cfg.fp16, use_cpu=device.type == "cpu",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        **({"gradient_checkpointing_kwargs": {"use_reentrant": False}} if cfg.gradient_checkpointing else {}),
+        eval_strategy="steps", eval_steps=every, logging_steps=cfg.logging_steps,
+        save_strategy="steps" if saving else "no", save_steps=cfg.save_steps or every,
+        save_total_limit=cfg.save_total_limit, report_to=cfg.report_to, disable_tqdm=not cfg.progress,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        dataloader_pin_memory=device.type == "cuda",
+        ddp_find_unused_parameters=unused_params, remove_unused_columns=True, label_names=["labels"],
+    )
+
+
+def setup(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None, log=None):
+    """Load (or take) task and model, check they fit, inject the plan; -> (model, data, layout,
+    allocator or None)."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    name, revision = (plan.model or {}).get("name_or_path"), (plan.model or {}).get("revision")
+    if data is None:
+        tokenizer = tokenizer or load_tokenizer(name, revision=revision)
+        data = cfg.load(tokenizer)
+    if len(data.train) == 0:
+        raise UserError(f"task {data.name!r} has no training rows")
+    log.info("task %s: %s (%s; main metric %s)", data.name, data.source, data, data.main_metric)
+    if model is None:
+        set_seed(cfg.seed)
+        model = load_model(name, task_type=data.task_type, num_labels=data.num_labels, revision=revision)
+    elif adapters(model) or shortcut_set(model) is not None:
+        raise ValueError("train(model=...) expects a base model without adapters")
+    if data.task_type == "causal_lm" and not is_causal_lm(model):
+        raise UserError(f"task {data.name!r} is causal-LM data (prompt/response) but the model "
+                        f"{type(model).__name__} has no language-model head")
+    if data.task_type != "causal_lm":
+        if is_causal_lm(model):
+            raise UserError(f"task {data.name!r} is {data.task_type} but the model {type(model).__name__} "
+                            f"is a causal LM; load it with a classification head")
+        data.check_head(int(model.config.num_labels))
+    layout = discover(model)
+    set_seed(cfg.seed)
+    apply_plan(model, plan, layout)  # PlanError (a UserError) when the plan is for another model
+    allocator = None
+    if cfg.allocation == "dynamic":
+        allocator = DynamicAllocator(model, layout, budget=(plan.budget or {}).get("params"),
+                                     proxy=cfg.dynamic_proxy, plan=plan, seed=cfg.seed)
+        log.info("dynamic allocation: %d candidates, budget %d params, re-scored every %.2f epoch with %s",
+                 len(allocator.pool), allocator.budget, cfg.dynamic_every, allocator.score_name)
+    return model, data, layout, allocator
+
+
+def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None,
+            on_eval: Callable[[int, dict], None] | None = None, logger: logging.Logger | None = None,
+            callbacks: list | None = None) -> AdapterTrainer:
+    """Check device and precision, load (or take) model, tokenizer and task, inject the plan and
+    build the AdapterTrainer (``trainer.train()`` runs it; ``train()`` does all of this)."""
+    cfg.validate()
+    device = resolve_device(cfg.device)  # before anything loads
+    check_precision(device, cfg.bf16, cfg.fp16)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    log = logger or logging.getLogger("nas.train")
+    model, data, layout, allocator = setup(plan, cfg, model=model, tokenizer=tokenizer, data=data, log=log)
+    originals = frozen_base_to(model, torch.bfloat16) if cfg.bf16 and cfg.bf16_frozen_base else {}
+    out = cfg.output_dir or tempfile.mkdtemp(prefix="more-train-")
+    any_off = any(not a.enabled for a in adapters(model).values())
+    args = training_args(cfg, out, len(data.train), device, unused_params=allocator is not None or any_off)
+    history: list[dict] = []
+    stats = StepStats(device)
+    cbs = [EvaluateAtEnd(), stats, OnEval(history, on_eval, Path(cfg.output_dir) if cfg.output_dir else None)]
+    identity = {"config": {k: getattr(cfg, k) for k in RESUME_KEYS}, "data": data.fingerprint(),
+                "plan_keys": sorted(plan.modules) + sorted(plan.shortcuts)}
+    resume = ResumeState(identity, history, allocator)
+    cbs.append(resume)
+    if allocator is not None:
+        collate, keys = data.collator(), forward_keys(model)
+        bs = cfg.per_device_train_batch_size
+
+        def scoring_batches(step: int) -> list[dict]:
+            g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+            perm = torch.randperm(len(data.train), generator=g).tolist()
+            dev = next(model.parameters()).device
+            batches = []
+            for i in range(max(1, cfg.dynamic_batches)):
+                idx = perm[i * bs:(i + 1) * bs]
+                if idx:
+                    cols = data.train[idx]
+                    rows = [dict(zip(cols, v)) for v in zip(*cols.values())]
+                    batches.append({k: v.to(dev) for k, v in collate(rows).items() if keys is None or k in keys})
+            return batches
+
+        steps_per_epoch = math.ceil(len(data.train) / bs / cfg.gradient_accumulation_steps)
+        cbs.append(DynamicAllocation(allocator, scoring_batches,
+                                     max(1, round(cfg.dynamic_every * steps_per_epoch)), log))
+    trainer = AdapterTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                             data_collator=data.collator(), callbacks=cbs + list(callbacks or []),
+                             data=data, history=history)
+    if not cfg.progress:  # no per-log dicts on stdout (the CLI's last line is its JSON summary)
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    trainer.plan, trainer.allocator, trainer.stats, trainer.resume_state = plan, allocator, stats, resume
+    trainer.frozen_originals = originals
+    trainer.scoring_batches = scoring_batches if allocator is not None else None
+    return trainer
+
+
+def trainer_for(model: nn.Module, data, cfg: TrainConfig, callbacks: list | None = None) -> AdapterTrainer:
+    """An AdapterTrainer for any model whose trainable parameters are already set (a PEFT model,
+    a head-only baseline), so baselines train in exactly the same loop as plans."""
+    device = resolve_device(cfg.device)
+    check_precision(device, cfg.bf16, cfg.fp16)
+    stats = StepStats(device)
+    args = training_args(cfg, cfg.output_dir or tempfile.mkdtemp(prefix="more-train-"), len(data.train),
+                         device, unused_params=False)
+    history: list[dict] = []
+    cbs = [EvaluateAtEnd(), stats] + list(callbacks or [])
+    tr = AdapterTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                        data_collator=data.collator(), callbacks=cbs, data=data, history=history)
+    if not cfg.progress:
+        tr.remove_callback(transformers.trainer_callback.PrinterCallback)
+    tr.plan, tr.allocator, tr.stats, tr.frozen_originals = None, None, stats, {}
+    return tr
+
+
+def run(trainer: AdapterTrainer) -> TrainResult:
+    """``trainer.train()`` and its TrainResult (no output files)."""
+    t0 = time.perf_counter()
+    try:
+        trainer.train()
+        return _result(trainer, time.perf_counter() - t0, None)
+    finally:
+        if trainer.args.output_dir.startswith(tempfile.gettempdir()):
+            shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+
+
+def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None,
+          on_eval: Callable[[int, dict], None] | None = None, callbacks: list | None = None) -> TrainResult:
+    """Train ``plan`` with ``cfg``.
+
+    ``model``: an already-loaded base model (no adapters) to adapt in place instead of loading
+    ``plan.model["name_or_path"]``; ``data``: a pre-built TaskData (e.g. ``data.holdout(...)``);
+    ``on_eval(step, metrics)`` runs after each evaluation and its exceptions propagate (the
+    search raises optuna.TrialPruned from it); ``callbacks``: more TrainerCallbacks.
+    Raises NonFiniteLoss on a NaN/inf loss.  With ``merge=True`` the model is merged in place.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    cfg.validate()
+    check_precision(resolve_device(cfg.device), cfg.bf16, cfg.fp16)  # before anything loads or is removed
+    out = Path(cfg.output_dir) if cfg.output_dir else None
+    if out is not None and not cfg.resume and out.is_dir():
+        remove_outputs(out)
+    logger = run_logger(out, cfg.progress)
+    trainer = None
+    try:
+        trainer = prepare(plan, cfg, model=model, tokenizer=tokenizer, data=data, on_eval=on_eval,
+                          logger=logger, callbacks=callbacks)
+        ckpt = None
+        if cfg.resume:
+            last = get_last_checkpoint(str(out)) if out.is_dir() else None
+            if last is None:
+                logger.info("no checkpoint in %s: starting from step 0", out)
+            else:
+                ckpt = Path(last)
+                trainer.resume_state.check_and_load(ckpt)
+                logger.info("resuming from %s", ckpt)
+        if out is not None and trainer.args.should_save:
+            resolved = {**cfg.to_dict(), "task": trainer.data.name, "task_type": trainer.data.task_type,
+                        "num_labels": trainer.data.num_labels}
+            atomic_write_text(out / CONFIG_NAME, json.dumps(resolved, indent=2, default=str) + "\n")
+        logger.info("training: batch %d x %d accumulation, lr %g, %s schedule, %s allocation, %s%s on %s",
+                    cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.learning_rate,
+                    cfg.lr_scheduler_type, cfg.allocation, "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
+                    " + gradient checkpointing" if cfg.gradient_checkpointing else "", trainer.args.device)
+        t0 = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        result = _result(trainer, time.perf_counter() - t0, out)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        restore_frozen_base(model, trainer.frozen_originals)
+        if out is not None and trainer.args.should_save:
+            write_outputs(model, plan, trainer.data, result, out, allocator=trainer.allocator,
+                          export_peft=cfg.export_peft, merge=cfg.merge, logger=logger)
+        logger.info("done: %s = %.4f after %d steps (%.1f s, %.3f s/step)", result.main_metric, result.score,
+                    result.steps, result.train_time_s, result.step_time_s)
+        return result
+    finally:
+        if trainer is not None and trainer.frozen_originals:
+            restore_frozen_base(trainer.accelerator.unwrap_model(trainer.model), trainer.frozen_originals)
+        if trainer is not None and out is None:
+            shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+        close_logger(logger)
+
+
+def _result(trainer: AdapterTrainer, seconds: float, out: Path | None) -> TrainResult:
+    history = trainer.history
+    if not history:
+        trainer.evaluate()
+    final = {k: v for k, v in history[-1].items() if k not in ("step", "epoch", "train_loss", "lr")}
+    main = trainer.data.main_metric
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    enabled_ad = enabled_adapter_params(model)
+    head = sum(p.numel() for n, c in model.named_children() if n in HEAD_NAMES for p in c.parameters()
+               if p.requires_grad)
+    if trainer.plan is None:  # a baseline (PEFT, head only): whatever requires a gradient trains
+        enabled_ad = sum(p.numel() for p in model.parameters() if p.requires_grad) - head
+    return TrainResult(
+        metrics=final, main_metric=main, score=float(final.get(main, float("nan"))), history=list(history),
+        steps=trainer.state.global_step, train_time_s=seconds, step_time_s=trainer.stats.step_time,
+        peak_memory_bytes=trainer.stats.value(), trainable_params=int(enabled_ad + head),
+        output_dir=str(out) if out else None,
+        enable_counts=dict(trainer.allocator.counts) if trainer.allocator is not None else None,
+        adapter_params=int(enabled_ad), peak_memory_kind=trainer.stats.kind)
+
+
+__all__ = ["AdapterTrainer", "evaluate_model", "prepare", "run", "train", "trainer_for", "training_args"]
