@@ -64,7 +64,7 @@ def close_logger(logger: logging.Logger) -> None:
     logging.Logger.manager.loggerDict.pop(logger.name, None)  # one per run: do not accumulate
 
 
-# ---- the loop -----------------------------------------------------------------------------
+# ---- models ---------------------------------------------------------------------------------
 def forward_keys(model: nn.Module) -> set[str] | None:
     """Argument names the model's forward accepts (None: accept anything)."""
     import inspect
