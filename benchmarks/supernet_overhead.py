@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from nas import Plan, discover  # noqa: E402
 from nas.inject import apply_plan  # noqa: E402
-from nas.shortcuts import ShortcutSet  # noqa: E402
+from search_spaces.shortcuts import ShortcutSet  # noqa: E402
 from proxies.trained import Sensitivity  # noqa: E402
 from search_spaces import SPACES  # noqa: E402
 from search_spaces.supernet import (PlanSampler, activate, attach_supernet,  # noqa: E402

@@ -25,6 +25,7 @@ from search_spaces.attach import SHORTCUTS_ATTR, shortcut_set
 from ..export import base_model_path, export_peft as write_peft, is_pure_lora
 from ..inject import PLAN_ATTR, current_plan, merge_plan, save_adapted
 from ..io import atomic_write_bytes, atomic_write_text
+from ..data.tasks import class_names
 from ..plan import Plan
 from .config import TrainResult
 
@@ -98,9 +99,10 @@ def merge_and_save(model: nn.Module, plan: Plan, out: Path, tokenizer, logger=No
     report = merge_plan(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if data is not None and data.label_names and hasattr(model, "config"):
-        model.config.id2label = {i: str(n) for i, n in enumerate(data.label_names)}
-        model.config.label2id = {str(n): i for i, n in enumerate(data.label_names)}
+    if data is not None and data.task_type == "classification" and hasattr(model, "config"):
+        names = class_names(data.name, data.label_names, data.num_labels)
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {n: i for i, n in enumerate(names)}
     sset = shortcut_set(model)
     on = {k for k, sc in sset.items() if sc.enabled} if sset is not None else set()
     if sset is not None:
