@@ -38,9 +38,11 @@ from ..errors import UserError
 from ..io import atomic_write_text
 from ..models import load_model, load_tokenizer
 from ..plan import BUDGET_COUNTS, Plan
-from .config import PLAN_ATTR, SearchConfig, SearchResult
+from .config import PLAN_ATTR, STRATEGIES, SearchConfig, SearchResult
 from .report import SearchFacts, write_report
 from .study import fail_stale_trials, make_pruner, make_sampler, make_storage
+from .cost import SUPERNET_STEP_COST, full_run_steps, measured_multiple
+from .ranking import gap_beyond_noise, heldout
 from .trials import plan_hash, reweight, trial_rank
 
 
@@ -166,6 +168,7 @@ class Search:
         plan = self.trial_plan(params, seed=cfg.seed + trial.number)
         h = plan_hash(plan)
         trial.set_user_attr("plan_hash", h)
+        trial.set_user_attr("main_metric", self._data.main_metric)
         trial.set_user_attr("trainable_params", plan.trainable_params)
         trial.set_user_attr("proxy_score", plan.provenance["proxy_score"])
         trial.set_user_attr(PLAN_ATTR, plan.to_dict())
@@ -181,20 +184,33 @@ class Search:
             output_dir=None, progress=False, group_by_length=cfg.group_by_length,
         )
         rung = {"i": 0}
+        model = copy.deepcopy(self.base)  # train() adapts it in place: on_eval can score it
 
         def on_eval(step: int, metrics: dict) -> None:
             rung["i"] += 1
-            value = metrics[self._data.main_metric]
-            trial.report(value, rung["i"])
+            trial.report(metrics["loss"], rung["i"])
+            # The pruner's cut stands only when the gap to the best trial at this rung is beyond
+            # the noise of the held-out loss (its standard error over rows, scored only here).
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step}")
+                best = self._best_at_rung(trial, rung["i"])
+                se = heldout(model, self.trial_data, batch_size=cfg.batch_size).se
+                trial.set_user_attr(f"loss_se_{rung['i']}", se)
+                if best is None or gap_beyond_noise(metrics["loss"], best, se, cfg.noise_z):
+                    raise optuna.TrialPruned(f"pruned at step {step}")
 
-        result = training.train(plan, tcfg, model=copy.deepcopy(self.base), tokenizer=self._tokenizer,
-                       data=self.trial_data, on_eval=on_eval)
+        result = training.train(plan, tcfg, model=model, tokenizer=self._tokenizer,
+                                data=self.trial_data, on_eval=on_eval)
         trial.set_user_attr("train_time_s", result.train_time_s)
+        trial.set_user_attr("step_time_s", result.step_time_s)
         trial.set_user_attr("metrics", {k: v for k, v in result.metrics.items()
                                         if isinstance(v, (int, float))})
-        return float(result.score)
+        return float(result.metrics["loss"])
+
+    @staticmethod
+    def _best_at_rung(trial: optuna.Trial, step: int) -> float | None:
+        vals = [t.intermediate_values[step] for t in trial.study.get_trials(deepcopy=False)
+                if t.number != trial.number and step in t.intermediate_values]
+        return min(vals) if vals else None
 
     def open_study(self) -> optuna.Study:
         cfg = self.cfg
@@ -202,7 +218,7 @@ class Search:
         name = cfg.study or "more-search"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
-            study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+            study_name=name, storage=storage, direction="minimize", load_if_exists=True,
             sampler=make_sampler(cfg.sampler, cfg.seed), pruner=make_pruner(cfg.pruner, cfg.n_evals),
         )
         if cfg.resume:
@@ -256,31 +272,37 @@ class Search:
         self.stage_seconds["trials"] = time.perf_counter() - t0
 
     # -- stage 3 --
-    def result(self, study: optuna.Study) -> SearchResult:
+    def result(self, study: optuna.Study, best=None, sizes=None, notes=()) -> SearchResult:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if complete:
+        if best is None and complete:
             best = max(complete, key=trial_rank)
+        if best is not None:
             plan = Plan.from_dict(best.user_attrs[PLAN_ATTR])
             plan.provenance.update(trial=best.number, trial_value=best.value,
-                                   objective=f"held-out {self._data.main_metric}")
+                                   objective="held-out loss (lower is better)",
+                                   heldout_metrics=best.user_attrs.get("metrics", {}),
+                                   origin=best.user_attrs.get("origin", "sampled"))
             best_value = best.value
         else:  # every trial failed or was pruned: the proxy plan is still a valid answer
             plan, best_value = self.proxy_plan, float("nan")
             plan.provenance["note"] = "no trial completed; this is the proxy plan"
         plan.provenance.update(
             study=study.study_name, storage=self.cfg.storage or str(self.out / "study.journal"),
-            space=self.space.name, allocation=self.cfg.allocation,
+            space=self.space.name, allocation=self.cfg.allocation, strategy=self.cfg.strategy,
             proxy_scores_file=str(self.out / "proxy_scores.json"),
         )
         plan.training["allocation"] = self.cfg.allocation
         plan.validate(self.layout)
         assert plan.count_params(self.layout) <= self.budget
+        cost = self.cost(best, sizes)
+        plan.provenance["search_cost"] = cost
         plan_path = plan.save(self.out / "plan.json")
         states = [t.state for t in study.get_trials(deepcopy=False)]
         res = SearchResult(
             plan=plan, plan_path=plan_path, best_value=best_value,
             n_complete=states.count(TrialState.COMPLETE), n_pruned=states.count(TrialState.PRUNED),
             n_failed=states.count(TrialState.FAIL), stage_seconds=dict(self.stage_seconds),
+            cost=cost, notes=list(notes),
         )
         facts = SearchFacts(
             out=self.out, layout=self.layout, metric=self._data.main_metric, budget_spec=str(self.cfg.budget),
@@ -289,13 +311,38 @@ class Search:
         res.pareto = write_report(facts, study, res)
         return res
 
+    def cost(self, best, sizes=None) -> dict[str, Any]:
+        """The search's cost as a multiple of one full training run of the plan (estimated from
+        the step time measured in the search), and the planned multiple where stages were sized."""
+        cfg = self.cfg
+        F = full_run_steps(len(self._data.train), cfg.batch_size, cfg.epochs)
+        step = (best.user_attrs.get("step_time_s") if best is not None else None) or float("nan")
+        if not np.isfinite(step) and sizes is not None:  # no finalist trained: from the super-network
+            step = sizes["supernet_step_time_s"] / SUPERNET_STEP_COST
+        out = {"full_run_steps": F, "plan_step_time_s": step, "full_run_estimate_s": F * step,
+               "search_seconds": sum(v for k, v in self.stage_seconds.items() if k != "setup"),
+               "multiple": measured_multiple(self.stage_seconds, step, F),
+               "note": "estimate: search wall time (setup excluded) / (full-run steps x the plan's "
+                       "step time measured in its short trial)"}
+        if sizes is not None:
+            out["planned_multiple"] = sizes["planned_multiple"]
+            out["stage_sizes"] = sizes
+        return out
+
     def run(self) -> SearchResult:
         if self.cfg.storage is None and not self.cfg.resume and (self.out / "study.journal").exists():
             raise UserError(f"{self.out} already holds a search (study.journal); pass --resume to "
                             f"continue it, or choose another output folder with -o")
+        if self.cfg.strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {self.cfg.strategy!r}; choose {', '.join(STRATEGIES)}")
         self.out.mkdir(parents=True, exist_ok=True)
         self.prepare()
         self.proxy_stage()
+        if self.cfg.strategy == "supernet":
+            from .finalists import weight_sharing_search
+
+            study, best, sizes, notes = weight_sharing_search(self)
+            return self.result(study, best, sizes, notes)
         study = self.open_study()
         self.trial_stage(study)
         return self.result(study)

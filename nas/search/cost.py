@@ -1,0 +1,78 @@
+"""The search's cost in the user's unit: multiples of one full training run of the plan.
+
+A full run is ``epochs`` passes over the task's training rows at the batch size:
+F = ceil(epochs * ceil(n_train / batch_size)) optimizer steps.  Stages are sized in plan-step
+equivalents before they run (a super-network step ~1.5 plan steps, measured in
+benchmarks/results/supernet_overhead.md; a held-out forward batch ~1/3 of a step), so the
+default settings stay within ``cost_budget`` * F; the report then states the measured multiple:
+the stages' wall time over F times the plan's step time measured in the search (an estimate).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+SUPERNET_STEP_COST = 1.5  # one super-network step, in plan steps
+FORWARD_COST = 1.0 / 3.0  # one inference batch, in plan steps (forward only, no backward)
+MIN_FINALIST_STEPS = 8  # fewer steps than this per finalist and rung tell nothing
+
+
+def full_run_steps(n_train: int, batch_size: int, epochs: float) -> int:
+    return max(1, math.ceil(epochs * math.ceil(n_train / batch_size)))
+
+
+@dataclass
+class StageSizes:
+    """Every stage's size, fixed from the configuration and the data before anything runs."""
+
+    full_run_steps: int
+    supernet_steps: int
+    scored_plans: int
+    scoring_batches: int  # held-out forward batches per scored plan
+    finalist_step_budget: int  # optimizer steps shared by all finalist trials, all rungs
+    finalist_eval_batches: int  # held-out forward batches per finalist evaluation
+    proxy_batches: int
+    finalists: int  # finalist candidates (plan x learning rate) the budget affords
+    rungs: int
+
+    def planned(self) -> float:
+        """Planned cost at most, as a multiple of one full run (plan-step equivalents / F),
+        counting every finalist evaluated at every rung."""
+        units = (self.proxy_batches + self.supernet_steps * SUPERNET_STEP_COST
+                 + self.scored_plans * self.scoring_batches * FORWARD_COST
+                 + self.finalist_step_budget
+                 + self.finalists * self.rungs * self.finalist_eval_batches * FORWARD_COST)
+        return units / self.full_run_steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def size_stages(*, n_train: int, batch_size: int, epochs: float, cost_budget: float,
+                supernet_share: float, scoring_share: float, eval_rows: int, n_finalists: int,
+                rungs: int, proxy_batches: int, min_scored: int = 1) -> StageSizes:
+    """Stage sizes within ``cost_budget`` full runs: the super-network gets ``supernet_share``
+    of a full run's cost, cheap scoring ``scoring_share``, the finalists what is left.  As many
+    of the ``n_finalists`` candidates (in their priority order) take part as can each train
+    MIN_FINALIST_STEPS steps and be evaluated at every rung even if none is ever cut."""
+    F = full_run_steps(n_train, batch_size, epochs)
+    eval_batches = max(1, math.ceil(eval_rows / batch_size))
+    supernet = max(1, int(supernet_share * F / SUPERNET_STEP_COST))
+    scored = max(min_scored, int(scoring_share * F / (eval_batches * FORWARD_COST)))
+    left = cost_budget * F - proxy_batches - supernet * SUPERNET_STEP_COST \
+        - scored * eval_batches * FORWARD_COST
+    per_candidate = rungs * (MIN_FINALIST_STEPS + eval_batches * FORWARD_COST)
+    n_fit = max(0, min(n_finalists, int(left // per_candidate)))
+    steps = int(left - n_fit * rungs * eval_batches * FORWARD_COST) if n_fit else 0
+    return StageSizes(full_run_steps=F, supernet_steps=supernet, scored_plans=scored,
+                      scoring_batches=eval_batches, finalist_step_budget=max(0, steps),
+                      finalist_eval_batches=eval_batches, proxy_batches=proxy_batches,
+                      finalists=n_fit, rungs=rungs)
+
+
+def measured_multiple(stage_seconds: dict[str, float], step_time_s: float, F: int,
+                      stages=("proxy", "supernet", "scoring", "finalists", "trials")) -> float:
+    """Search wall time of the named stages over the estimated time of one full run."""
+    if not step_time_s or not math.isfinite(step_time_s):
+        return float("nan")
+    return sum(stage_seconds.get(s, 0.0) for s in stages) / (F * step_time_s)

@@ -1,0 +1,175 @@
+"""The finalists: the best plans on the shared weights and the uniform-LoRA baselines, each at
+every learning rate of a small grid, trained for real (warm-started from the shared weights)
+and cut by successive halving on held-out loss, where a cut needs a difference beyond noise."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from .. import train as training
+from ..plan import Plan
+from .config import PLAN_ATTR
+from .ranking import heldout, worse_beyond_noise
+
+
+@dataclass
+class Finalist:
+    cid: str  # "<origin>@<lr>"
+    origin: str
+    plan: Plan
+    lr: float
+    shared_loss: float
+
+
+def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> list[Finalist]:
+    """At most ``limit`` finalists, in priority order: the best searched plan on the shared
+    weights at every learning rate of ``lr_grid``, each baseline at the grid's first rate, then
+    the next ``n_plans - 1`` distinct searched plans at every rate, then the baselines at the
+    other rates."""
+    done = sorted(scoring.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                  key=lambda t: (t.value, t.number))
+    plans, baselines, hashes = [], [], set()
+    for t in done:
+        h = t.user_attrs["plan_hash"]
+        if h in hashes or t.user_attrs.get("duplicate"):
+            continue
+        hashes.add(h)
+        if t.user_attrs["origin"].startswith("baseline"):
+            baselines.append(t)
+        elif len(plans) < n_plans:
+            plans.append(t)
+
+    def fin(t, lr):
+        origin = f"{t.user_attrs['origin']} #{t.number}"
+        return Finalist(f"{origin}@{lr:g}", origin, Plan.from_dict(t.user_attrs[PLAN_ATTR]), float(lr), t.value)
+
+    lrs = list(lr_grid)
+    order = [fin(t, lr) for t in plans[:1] for lr in lrs] + [fin(t, lrs[0]) for t in baselines]
+    order += [fin(t, lr) for t in plans[1:] for lr in lrs] + [fin(t, lr) for t in baselines for lr in lrs[1:]]
+    return order[:limit]
+
+
+def n_finalist_candidates(n_plans: int, n_baselines: int, n_lrs: int) -> int:
+    return (n_plans + n_baselines) * n_lrs
+
+
+def run_finalists(search, shared, finalists: list[Finalist], storage, name: str, rows,
+                  step_budget: int) -> tuple[optuna.Study, optuna.trial.FrozenTrial | None]:
+    """Successive halving: the step budget is split evenly over ``cfg.rungs`` rungs and, within a
+    rung, over its survivors; each rung trains every survivor afresh from the shared weights
+    for its share.  After a rung, a finalist outside the best ``1/eta`` is cut only when its
+    per-row held-out losses are worse than the leader's beyond noise (a paired test).  Every
+    (finalist, rung) is one trial in the study: a resumed search re-runs none that finished.
+    Returns the study and the best trial of the last rung reached."""
+    cfg = search.cfg
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+    alive, per_rung, best = list(finalists), step_budget // max(cfg.rungs, 1), None
+    # The Trainer's own final evaluation runs on one batch; the held-out rows are scored here.
+    data = dataclasses.replace(search.trial_data, eval=search.trial_data.eval.select(range(1)))
+    for rung in range(cfg.rungs):
+        steps = per_rung // max(len(alive), 1)
+        if steps < 1:
+            break
+        done = {(t.user_attrs.get("cid"), t.user_attrs.get("rung")): t
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        results = []
+        for f in alive:
+            t = done.get((f.cid, rung))
+            if t is None or t.user_attrs.get("steps") != steps:
+                t = _train_one(search, shared, study, f, rung, steps, data, rows)
+            if t is not None:
+                results.append((f, t))
+        if not results:
+            break
+        results.sort(key=lambda ft: (ft[1].value, ft[1].number))
+        best = results[0][1]
+        keep = max(1, math.ceil(len(results) / cfg.eta))
+        lead = best.user_attrs["rows"]
+        alive = [f for i, (f, t) in enumerate(results)
+                 if i < keep or not worse_beyond_noise(t.user_attrs["rows"], lead, cfg.noise_z)]
+        if len(alive) == 1:
+            break
+    return study, best
+
+
+def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, rows):
+    cfg = search.cfg
+    trial = study.ask()
+    plan = copy.deepcopy(f.plan)
+    plan.training["lr"] = f.lr
+    for k, v in {"cid": f.cid, "origin": f.origin, "rung": rung, "steps": steps, "lr": f.lr,
+                 "shared_loss": f.shared_loss, "main_metric": search._data.main_metric, "trainable_params": plan.trainable_params,
+                 PLAN_ATTR: plan.to_dict()}.items():
+        trial.set_user_attr(k, v)
+    model = copy.deepcopy(search.base)
+    tcfg = training.TrainConfig.from_plan(
+        plan, max_steps=steps, eval_every=steps, seed=cfg.seed, lr=f.lr, batch_size=cfg.batch_size,
+        max_length=cfg.max_length, allocation="static", output_dir=None, progress=False,
+        group_by_length=cfg.group_by_length)
+    try:
+        trainer = training.prepare(plan, tcfg, model=model, tokenizer=search._tokenizer, data=data)
+        _, unexpected = model.load_state_dict(shared.warm_state(plan), strict=False)
+        if unexpected:
+            raise RuntimeError(f"warm start: the plan's model has no {unexpected[:3]}")
+        result = trainer.run()
+    except (training.NonFiniteLoss, RuntimeError, ValueError) as e:
+        trial.set_user_attr("error", str(e)[:300])
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    ho = heldout(model, search.trial_data, rows, batch_size=cfg.batch_size)
+    trial.set_user_attr("metrics", {**ho.metrics, "loss": ho.loss, "loss_se": ho.se})
+    trial.set_user_attr("rows", ho.rows)
+    trial.set_user_attr("train_time_s", result.train_time_s)
+    trial.set_user_attr("step_time_s", result.step_time_s)
+    study.tell(trial, ho.loss)
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
+# ---- the whole weight-sharing strategy -----------------------------------------------------
+def weight_sharing_search(search):
+    """Super-network -> importance -> cheap scoring -> finalists, each stage sized from
+    ``cfg.cost_budget``.  Returns (finalist study, best trial, stage sizes, report lines)."""
+    import time
+
+    from ..baselines import uniform_lora
+    from .cost import size_stages
+    from .study import make_storage
+    from .supernet import SharedWeights, score_plans
+
+    cfg = search.cfg
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage, name = make_storage(cfg.storage, cfg.output_dir), cfg.study or "more-search"
+    n_base = sum(uniform_lora(search.layout, search.budget, p) is not None for p in ("qv", "widest"))
+    ev = search.trial_data.eval
+    rows = ev.select(range(min(cfg.scoring_rows, len(ev))))
+    search.n_score_rows = len(rows)
+    sizes = search.sizes = size_stages(
+        n_train=len(search._data.train), batch_size=cfg.batch_size, epochs=cfg.epochs,
+        cost_budget=cfg.cost_budget, supernet_share=cfg.supernet_share, scoring_share=cfg.scoring_share,
+        eval_rows=len(rows), n_finalists=n_finalist_candidates(cfg.n_finalists, n_base, len(cfg.lr_grid)),
+        rungs=cfg.rungs, proxy_batches=cfg.proxy_batches, min_scored=2 + n_base)
+    t0 = time.perf_counter()
+    shared = SharedWeights(search)
+    meta = shared.train_or_load()
+    search.stage_seconds["supernet"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scoring = score_plans(search, shared, sizes, storage, name, rows)
+    search.stage_seconds["scoring"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    finalists = pick_finalists(scoring, cfg.n_finalists, cfg.lr_grid, sizes.finalists)
+    study, best = run_finalists(search, shared, finalists, storage, name, rows, sizes.finalist_step_budget)
+    search.stage_seconds["finalists"] = time.perf_counter() - t0
+    if best is None:  # no finalist trained (budget too small): the best plan on shared weights
+        study, best = scoring, scoring.best_trial
+    plan_sizes = {**sizes.to_dict(), "planned_multiple": round(sizes.planned(), 4),
+                  "supernet_step_time_s": meta["step_time_s"]}
+    from .summary import report_lines
+
+    return study, best, plan_sizes, report_lines(search, meta, scoring, study, best)
