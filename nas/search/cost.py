@@ -50,18 +50,19 @@ class StageSizes:
 
 def size_stages(*, n_train: int, batch_size: int, epochs: float, cost_budget: float,
                 supernet_share: float, scoring_share: float, eval_rows: int, n_finalists: int,
-                rungs: int, proxy_batches: int, min_scored: int = 1) -> StageSizes:
+                rungs: int, eta: int, proxy_batches: int, min_scored: int = 1) -> StageSizes:
     """Stage sizes within ``cost_budget`` full runs: the super-network gets ``supernet_share``
     of a full run's cost, cheap scoring ``scoring_share``, the finalists what is left.  As many
     of the ``n_finalists`` candidates (in their priority order) take part as can each train
-    MIN_FINALIST_STEPS steps and be evaluated at every rung even if none is ever cut."""
+    MIN_FINALIST_STEPS steps at the first rung, ``eta`` times more at each later one, and be
+    evaluated at every rung, even if none is ever cut."""
     F = full_run_steps(n_train, batch_size, epochs)
     eval_batches = max(1, math.ceil(eval_rows / batch_size))
     supernet = max(1, int(supernet_share * F / SUPERNET_STEP_COST))
     scored = max(min_scored, int(scoring_share * F / (eval_batches * FORWARD_COST)))
     left = cost_budget * F - proxy_batches - supernet * SUPERNET_STEP_COST \
         - scored * eval_batches * FORWARD_COST
-    per_candidate = rungs * (MIN_FINALIST_STEPS + eval_batches * FORWARD_COST)
+    per_candidate = MIN_FINALIST_STEPS * sum(eta ** k for k in range(rungs)) + rungs * eval_batches * FORWARD_COST
     n_fit = max(0, min(n_finalists, int(left // per_candidate)))
     steps = int(left - n_fit * rungs * eval_batches * FORWARD_COST) if n_fit else 0
     return StageSizes(full_run_steps=F, supernet_steps=supernet, scored_plans=scored,

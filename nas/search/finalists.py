@@ -27,10 +27,10 @@ class Finalist:
 
 
 def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> list[Finalist]:
-    """At most ``limit`` finalists, in priority order: the best searched plan on the shared
-    weights at every learning rate of ``lr_grid``, each baseline at the grid's first rate, then
-    the next ``n_plans - 1`` distinct searched plans at every rate, then the baselines at the
-    other rates."""
+    """At most ``limit`` finalists, in priority order: at the grid's first learning rate the best
+    searched plan on the shared weights, the baselines, the next ``n_plans - 1`` distinct
+    searched plans; then the same at the next rate, and so on.  Whatever the budget cuts off,
+    the plan and the baselines are compared at the same rates."""
     done = sorted(scoring.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                   key=lambda t: (t.value, t.number))
     plans, baselines, hashes = [], [], set()
@@ -48,9 +48,7 @@ def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> 
         origin = f"{t.user_attrs['origin']} #{t.number}"
         return Finalist(f"{origin}@{lr:g}", origin, Plan.from_dict(t.user_attrs[PLAN_ATTR]), float(lr), t.value)
 
-    lrs = list(lr_grid)
-    order = [fin(t, lr) for t in plans[:1] for lr in lrs] + [fin(t, lrs[0]) for t in baselines]
-    order += [fin(t, lr) for t in plans[1:] for lr in lrs] + [fin(t, lr) for t in baselines for lr in lrs[1:]]
+    order = [fin(t, lr) for lr in lr_grid for t in plans[:1] + baselines + plans[1:]]
     return order[:limit]
 
 
@@ -60,23 +58,26 @@ def n_finalist_candidates(n_plans: int, n_baselines: int, n_lrs: int) -> int:
 
 def run_finalists(search, shared, finalists: list[Finalist], storage, name: str, rows,
                   step_budget: int) -> tuple[optuna.Study, optuna.trial.FrozenTrial | None]:
-    """Successive halving: the step budget is split evenly over ``cfg.rungs`` rungs and, within a
-    rung, over its survivors; each rung trains every survivor afresh from the shared weights
-    for its share.  After a rung, a finalist outside the best ``1/eta`` is cut only when its
-    per-row held-out losses are worse than the leader's beyond noise (a paired test).  Every
-    (finalist, rung) is one trial in the study: a resumed search re-runs none that finished.
-    Returns the study and the best trial of the last rung reached."""
+    """Successive halving: a rung trains every survivor afresh from the shared weights, with
+    the steps the budget left affords if no later rung cut anything (so a rung trains each
+    survivor ``eta`` times longer than the one before it, or more after cuts).  After a rung, a
+    finalist outside the best ``1/eta`` is cut only when its per-row held-out losses are worse
+    than the leader's beyond noise (a paired test).  Every (finalist, rung) is one trial in the
+    study: a resumed search re-runs none that finished.  Returns the study and the best trial
+    of the last rung reached."""
     cfg = search.cfg
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)
-    alive, per_rung, best = list(finalists), step_budget // max(cfg.rungs, 1), None
+    alive, left, best = list(finalists), step_budget, None
     # The Trainer's own final evaluation runs on one batch; the held-out rows are scored here.
     data = dataclasses.replace(search.trial_data, eval=search.trial_data.eval.select(range(1)))
     for rung in range(cfg.rungs):
-        steps = per_rung // max(len(alive), 1)
+        later = sum(cfg.eta ** k for k in range(cfg.rungs - rung))
+        steps = left // (max(len(alive), 1) * later)
         if steps < 1:
             break
+        left -= steps * len(alive)
         done = {(t.user_attrs.get("cid"), t.user_attrs.get("rung")): t
                 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
         results = []
@@ -154,11 +155,14 @@ def weight_sharing_search(search):
         n_train=len(search._data.train), batch_size=cfg.batch_size, epochs=cfg.epochs,
         cost_budget=cfg.cost_budget, supernet_share=cfg.supernet_share, scoring_share=cfg.scoring_share,
         eval_rows=len(rows), n_finalists=n_finalist_candidates(cfg.n_finalists, n_base, len(cfg.lr_grid)),
-        rungs=cfg.rungs, proxy_batches=cfg.proxy_batches, min_scored=2 + n_base)
+        rungs=cfg.rungs, eta=cfg.eta, proxy_batches=cfg.proxy_batches, min_scored=3 + n_base)
     t0 = time.perf_counter()
     shared = SharedWeights(search)
     meta = shared.train_or_load()
     search.stage_seconds["supernet"] = time.perf_counter() - t0
+    if cfg.progress:
+        print(f"super-network: {meta['steps']} steps{' (reused)' if meta.get('reused') else ''}; "
+              f"scoring {sizes.scored_plans} plans, then {sizes.finalists} finalists")
     t0 = time.perf_counter()
     scoring = score_plans(search, shared, sizes, storage, name, rows)
     search.stage_seconds["scoring"] = time.perf_counter() - t0

@@ -24,7 +24,7 @@ from search_spaces.supernet import (PlanSampler, Selection, activate, attach_sup
                                     plan_state_dict, shortcut_choices, train_supernet_steps)
 
 from ..baselines import uniform_lora
-from ..io import atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text
 from ..plan import Plan
 from .config import PLAN_ATTR
 from .cost import StageSizes
@@ -116,11 +116,10 @@ class SharedWeights:
                     self.meta = {**meta, "reused": True}
                     return self.meta
         self.meta = self._train()
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        tmp = weights.with_suffix(".tmp")
-        save_file({n: p.detach().contiguous().clone() for n, p in self.trainable().items()}, str(tmp))
-        tmp.replace(weights)
+        atomic_write_bytes(weights, save({n: p.detach().contiguous().clone()
+                                          for n, p in self.trainable().items()}))
         atomic_write_text(meta_path, json.dumps(self.meta, indent=1))  # written last: marks it complete
         return self.meta
 
@@ -142,7 +141,9 @@ class SharedWeights:
 
         torch.manual_seed(cfg.seed)
         it, losses, t0 = _batches(s.trial_data, cfg.batch_size, cfg.seed), [], time.perf_counter()
-        for _ in range(steps):
+        from tqdm.auto import tqdm
+
+        for _ in tqdm(range(steps), desc="super-network", unit="step", disable=not cfg.progress, leave=False):
             losses += train_supernet_steps(self.model, it, opt, sampler, 1, after_backward=after_backward)
             sched.step()
         seconds = time.perf_counter() - t0
