@@ -24,6 +24,8 @@ def parse_duration(text: str) -> float:
 WHAT = ["model", "task", "budget", "space", "proxy", "allocation"]
 OUTPUT = ["output_dir", "storage", "study", "resume"]
 TRIALS = ["n_trials", "trial_steps", "pruner", "sampler", "holdout", "seed"]
+SEARCH = ["strategy", "cost_budget", "supernet_share", "scoring_share", "scoring_rows", "n_finalists",
+          "lr_grid", "rungs", "eta", "noise_z", "supernet_lr", "normalise"]
 DATA = ["data_dir", "train_file", "validation_file", "text_columns", "label_column", "task_type",
         "max_train_samples", "batch_size", "max_length", "first_trial_lr", "epochs"]
 
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flags(p.add_argument_group("what to search for"), SearchConfig, WHAT)
     add_flags(p.add_argument_group("output and storage"), SearchConfig, OUTPUT)
+    add_flags(p.add_argument_group("weight-sharing search (strategy supernet)"), SearchConfig, SEARCH)
     t = p.add_argument_group("trial budget")
     add_flags(t, SearchConfig, TRIALS)
     t.add_argument("--time-budget", help="wall-clock limit of the trial stage, e.g. 15m")
@@ -55,7 +58,7 @@ def _main(argv=None) -> int:
         raise UserError("--trials and --trial-steps must be at least 1")
     if not 0 < args.holdout < 1:
         raise UserError("--holdout must be a fraction between 0 and 1, e.g. 0.2")
-    given = {n: getattr(args, n) for n in WHAT + OUTPUT + TRIALS + DATA}
+    given = {n: getattr(args, n) for n in WHAT + OUTPUT + SEARCH + TRIALS + DATA}
     cfg = SearchConfig(
         **{**given, "output_dir": str(out)},
         timeout_s=parse_duration(args.time_budget) if args.time_budget else None, progress=not args.quiet,

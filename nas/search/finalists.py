@@ -73,7 +73,8 @@ def run_finalists(search, shared, finalists: list[Finalist], storage, name: str,
     # The Trainer's own final evaluation runs on one batch; the held-out rows are scored here.
     data = dataclasses.replace(search.trial_data, eval=search.trial_data.eval.select(range(1)))
     for rung in range(cfg.rungs):
-        later = sum(cfg.eta ** k for k in range(cfg.rungs - rung))
+        # A lone finalist takes all that is left: there is nothing to compare it with.
+        later = 1 if len(alive) == 1 else sum(cfg.eta ** k for k in range(cfg.rungs - rung))
         steps = left // (max(len(alive), 1) * later)
         if steps < 1:
             break
