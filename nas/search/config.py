@@ -32,7 +32,7 @@ class SearchConfig(TaskSpec):
     holdout: float = option(0.2, "part of train that scores the trials")
     trial_eval_samples: int | None = 400  # held-out rows that score a trial (None: all)
     group_by_length: bool = True  # trials batch rows of similar lengths: faster, as fair to all
-    proxy_batches: int = 4
+    proxy_batches: int | None = None  # None: 4 (strategy trials), 1 (supernet: the proxy plan is one prior)
     batch_size: int = option(16, "training batch size")
     first_trial_lr: float = option(1e-3, "learning rate of the first (proxy plan) trial; every other trial "
                                      "samples its own in lr_range", aliases=["--lr"])

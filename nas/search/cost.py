@@ -2,9 +2,8 @@
 
 A full run is ``epochs`` passes over the task's training rows at the batch size:
 F = ceil(epochs * ceil(n_train / batch_size)) optimizer steps.  Stages are sized in plan-step
-equivalents before they run (a super-network step ~1.5 plan steps, measured in
-benchmarks/results/supernet_overhead.md; a held-out forward batch ~1/3 of a step), so the
-default settings stay within ``cost_budget`` * F; the report then states the measured multiple:
+equivalents before they run (the costs below), so the default settings plan for at most
+``cost_budget`` * F; the report then states the measured multiple:
 the stages' wall time over F times the plan's step time measured in the search (an estimate).
 """
 from __future__ import annotations
@@ -12,9 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-SUPERNET_STEP_COST = 1.5  # one super-network step, in plan steps
-FORWARD_COST = 1.0 / 3.0  # one inference batch, in plan steps (forward only, no backward)
-MIN_FINALIST_STEPS = 8  # fewer steps than this per finalist and rung tell nothing
+# Costs in plan steps.  A super-network step: 1.5 in benchmarks/results/supernet_overhead.md (an
+# idle machine), 2.3 in the demo search on a loaded one.  A proxy batch scores every candidate
+# of the space at once: 11.6 plan steps in the demo search (MiniLM, 383 candidates, fisher).
+SUPERNET_STEP_COST = 2.0
+PROXY_BATCH_COST = 12.0
+FORWARD_COST = 1.0 / 3.0  # one inference batch (forward only, no backward)
+MIN_FINALIST_STEPS = 6  # a finalist's steps at the first rung: fewer tell nothing
 
 
 def full_run_steps(n_train: int, batch_size: int, epochs: float) -> int:
@@ -38,7 +41,7 @@ class StageSizes:
     def planned(self) -> float:
         """Planned cost at most, as a multiple of one full run (plan-step equivalents / F),
         counting every finalist evaluated at every rung."""
-        units = (self.proxy_batches + self.supernet_steps * SUPERNET_STEP_COST
+        units = (self.proxy_batches * PROXY_BATCH_COST + self.supernet_steps * SUPERNET_STEP_COST
                  + self.scored_plans * self.scoring_batches * FORWARD_COST
                  + self.finalist_step_budget
                  + self.finalists * self.rungs * self.finalist_eval_batches * FORWARD_COST)
@@ -60,7 +63,7 @@ def size_stages(*, n_train: int, batch_size: int, epochs: float, cost_budget: fl
     eval_batches = max(1, math.ceil(eval_rows / batch_size))
     supernet = max(1, int(supernet_share * F / SUPERNET_STEP_COST))
     scored = max(min_scored, int(scoring_share * F / (eval_batches * FORWARD_COST)))
-    left = cost_budget * F - proxy_batches - supernet * SUPERNET_STEP_COST \
+    left = cost_budget * F - proxy_batches * PROXY_BATCH_COST - supernet * SUPERNET_STEP_COST \
         - scored * eval_batches * FORWARD_COST
     per_candidate = MIN_FINALIST_STEPS * sum(eta ** k for k in range(rungs)) + rungs * eval_batches * FORWARD_COST
     n_fit = max(0, min(n_finalists, int(left // per_candidate)))

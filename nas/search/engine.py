@@ -1,19 +1,24 @@
-"""The search engine: proxy stage, then an Optuna study of short trials, then the best plan.
+"""The search engine: proxy stage, then (strategy "supernet", the default) a weight-sharing
+search or (strategy "trials") an Optuna study of short trials, then the best plan.
 
 Stages
   1. proxy: score every candidate of the space jointly (proxies.score_candidates) and
      allocate the budget (proxies.allocate) -> the static proxy plan;
-  2. trials: each Optuna trial is a plan.  The sampler does not pick 50+ per-module choices
-     directly; it re-weights the proxy scores (a weight per adapter kind, per module role, a
-     depth bias and a per-candidate jitter) and the knapsack turns the re-weighted scores into
-     a plan that always fits the budget.  The proxy is the prior, the budget a hard
-     constraint.  Each plan is trained for a short budget on part of the training data and
-     evaluated on a held-out part of the training data (never on dev); intermediate scores
-     go to a multi-fidelity pruner (Hyperband by default).
-  3. result: the best plan (plan.json), report.md, pareto.png and proxy_vs_trial.png.
+  2a. supernet (finalists.weight_sharing_search): the whole space trained as one super-network,
+     importance on its trained weights, many plans scored on the shared weights by held-out
+     loss, the best few and the uniform-LoRA baselines trained briefly at a small lr grid
+     (successive halving); every stage sized from ``cost_budget`` full runs of the plan;
+  2b. trials: each Optuna trial is a plan.  The sampler re-weights the proxy scores (a weight
+     per adapter kind, per module role, a depth bias and a per-candidate jitter) and the
+     knapsack turns them into a plan that always fits the budget.  Each plan is trained for a
+     short budget on part of the training data and scored by its held-out loss (never on dev);
+     the pruner's cuts need a gap beyond the held-out loss's noise;
+  3. result: the plan with the lowest held-out loss (plan.json), report.md (with the search's
+     cost in full runs of the plan), pareto.png and proxy_vs_trial.png.
 
 Storage is an Optuna journal file in the output folder by default, so ``--resume`` loses no
-finished trial; ``--storage postgresql://...`` lets workers on several machines share a study.
+finished trial (the super-network's weights are kept in supernet.safetensors);
+``--storage postgresql://...`` lets workers on several machines share a study.
 """
 from __future__ import annotations
 
@@ -102,11 +107,17 @@ class Search:
                       "max_length": cfg.max_length, "allocation": cfg.allocation},
         )
 
+    @property
+    def n_proxy_batches(self) -> int:
+        if self.cfg.proxy_batches is not None:
+            return self.cfg.proxy_batches
+        return 1 if self.cfg.strategy == "supernet" else 4
+
     def proxy_batches(self) -> list[dict]:
         """A few training batches (from the trial-training part, never the held-out part)."""
         cfg, train = self.cfg, self.trial_data.train
         rng = np.random.default_rng(cfg.seed)
-        n = min(len(train), cfg.proxy_batches * cfg.batch_size)
+        n = min(len(train), self.n_proxy_batches * cfg.batch_size)
         idx = rng.permutation(len(train))[:n].tolist()
         collate = self.trial_data.collator()
         rows = train.select(idx)

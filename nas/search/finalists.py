@@ -156,7 +156,7 @@ def weight_sharing_search(search):
         n_train=len(search._data.train), batch_size=cfg.batch_size, epochs=cfg.epochs,
         cost_budget=cfg.cost_budget, supernet_share=cfg.supernet_share, scoring_share=cfg.scoring_share,
         eval_rows=len(rows), n_finalists=n_finalist_candidates(cfg.n_finalists, n_base, len(cfg.lr_grid)),
-        rungs=cfg.rungs, eta=cfg.eta, proxy_batches=cfg.proxy_batches, min_scored=3 + n_base)
+        rungs=cfg.rungs, eta=cfg.eta, proxy_batches=search.n_proxy_batches, min_scored=3 + n_base)
     t0 = time.perf_counter()
     shared = SharedWeights(search)
     meta = shared.train_or_load()

@@ -135,7 +135,7 @@ Search(cfg).run()
 
 def test_resume_keeps_finished_trials_and_the_super_network(setup, tmp_path):
     out = tmp_path / "out"
-    cfg = config(setup, out, lr_grid=(5e-4, 1e-3, 2e-3))
+    cfg = config(setup, out, cost_budget=1.0)  # room for three finalists
     code = _KILLER.format(root=str(ROOT), cfg=json.dumps(dataclasses.asdict(cfg)))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 9, p.stdout + p.stderr
