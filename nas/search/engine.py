@@ -346,6 +346,10 @@ class Search:
                             f"continue it, or choose another output folder with -o")
         if self.cfg.strategy not in STRATEGIES:
             raise UserError(f"unknown strategy {self.cfg.strategy!r}; choose {', '.join(STRATEGIES)}")
+        if self.cfg.strategy == "supernet":
+            from .finalists import check_config
+
+            check_config(self.cfg)
         self.out.mkdir(parents=True, exist_ok=True)
         self.prepare()
         self.proxy_stage()

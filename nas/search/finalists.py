@@ -135,6 +135,26 @@ def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, 
 
 
 # ---- the whole weight-sharing strategy -----------------------------------------------------
+def check_config(cfg) -> None:
+    """Raise a UserError naming the field and the fix for a value the stages cannot use."""
+    from ..errors import UserError
+
+    problems = []
+    if not cfg.cost_budget > 0:
+        problems.append(f"--cost-budget {cfg.cost_budget} must be above 0, e.g. 0.5")
+    for name in ("supernet_share", "scoring_share"):
+        if not 0 < getattr(cfg, name) < cfg.cost_budget:
+            problems.append(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be above 0 and "
+                            f"below --cost-budget {cfg.cost_budget}")
+    if not cfg.lr_grid or any(not lr > 0 for lr in cfg.lr_grid):
+        problems.append(f"--lr-grid {cfg.lr_grid} needs one or more learning rates above 0, e.g. 1e-3,5e-4")
+    if cfg.rungs < 1 or cfg.eta < 2 or cfg.n_finalists < 1 or cfg.scoring_rows < 2:
+        problems.append("--rungs and --n-finalists must be at least 1, --eta at least 2, "
+                        "--scoring-rows at least 2")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
 def weight_sharing_search(search):
     """Super-network -> importance -> cheap scoring -> finalists, each stage sized from
     ``cfg.cost_budget``.  Returns (finalist study, best trial, stage sizes, report lines)."""

@@ -148,7 +148,8 @@ def write_report(facts: SearchFacts, study, res) -> list[dict]:
         "# more-search report", "",
         f"- model: `{res.plan.model['name_or_path']}` ({facts.layout.family}, "
         f"{facts.base_params:,} base parameters)",
-        f"- task: `{res.plan.task.get('name')}`; trials score held-out {metric} on part of train",
+        f"- task: `{res.plan.task.get('name')}`; plans are ranked by held-out loss on part of train "
+        f"({metric} beside it); strategy: {res.plan.provenance.get('strategy', '-')}",
         f"- budget: {facts.budget_spec} = {facts.budget:,} parameters (adapters + shortcuts; "
         f"the task head is not counted)",
         f"- space: `{facts.space}` ({facts.n_candidates} candidates); proxy: "
@@ -157,12 +158,16 @@ def write_report(facts: SearchFacts, study, res) -> list[dict]:
         f"{res.plan.trainable_params:,} parameters, held-out loss {res.best_value:.4f} "
         f"({metric} {res.plan.provenance.get('heldout_metrics', {}).get(metric, float('nan')):.4f}), "
         f"lr {res.plan.training.get('lr'):.2e}, origin: {res.plan.provenance.get('origin', '-')}",
-        f"- search cost: {res.cost.get('multiple', float('nan')):.2f}x one full training run of the "
-        f"plan (estimate: {res.cost.get('search_seconds', 0):.0f} s of search over "
-        f"{res.cost.get('full_run_steps', 0)} steps x {res.cost.get('plan_step_time_s', float('nan')):.3f} s "
-        f"measured per plan step)" + (f"; planned {res.cost['planned_multiple']:.2f}x"
-                                      if "planned_multiple" in res.cost else ""),
         f"- trials: {res.n_complete} complete, {res.n_pruned} pruned, {res.n_failed} failed",
+    ]
+    c = res.cost
+    if c:
+        lines.append(
+            f"- search cost: {c['multiple']:.2f}x one full training run of the plan (estimate: "
+            f"{c['search_seconds']:.0f} s of search, setup excluded, over {c['full_run_steps']} steps "
+            f"x {c['plan_step_time_s']:.3f} s per plan step measured in its short trial)"
+            + (f"; planned at most {c['planned_multiple']:.2f}x" if "planned_multiple" in c else ""))
+    lines += [
         "", "## Time per stage", "", "| stage | seconds |", "|---|---:|",
     ]
     lines += [f"| {k} | {v:.1f} |" for k, v in res.stage_seconds.items()]

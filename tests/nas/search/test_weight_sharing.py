@@ -200,10 +200,10 @@ def test_uniform_lora_baselines(setup):
     assert qv.plan(layout).trainable_params == qv.params
 
 
-@pytest.mark.parametrize("n_train", [160, 2000, 67000])
+@pytest.mark.parametrize("n_train", [2000, 8000, 67000])
 def test_stage_sizes_stay_within_the_cost_budget(n_train):
     s = size_stages(n_train=n_train, batch_size=16, epochs=3, cost_budget=0.5, supernet_share=0.2,
-                    scoring_share=0.05, eval_rows=128, n_finalists=8, rungs=2, eta=2, proxy_batches=4,
+                    scoring_share=0.05, eval_rows=128, n_finalists=8, rungs=2, eta=2, proxy_batches=1,
                     min_scored=5)
     assert s.planned() <= 0.5 + 1e-9
-    assert s.supernet_steps >= 1 and s.scored_plans >= 5
+    assert s.supernet_steps >= 1 and s.scored_plans >= 5 and s.finalists >= 3
