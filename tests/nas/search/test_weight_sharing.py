@@ -119,16 +119,16 @@ _KILLER = """
 import os, sys, json
 sys.path.insert(0, {root!r})
 import torch; torch.set_num_threads(1)
-import nas.search.finalists as F
+import nas.train
 from nas.search import Search, SearchConfig
 cfg = SearchConfig(**json.loads({cfg!r}))
-calls, original = {{"n": 0}}, F._train_one
-def train_one(*a, **k):
+calls, original = {{"n": 0}}, nas.train.prepare
+def prepare(*a, **k):
     calls["n"] += 1
     if calls["n"] == 2:
-        os._exit(9)  # killed inside the second finalist trial
+        os._exit(9)  # killed inside the second finalist trial: it is left RUNNING
     return original(*a, **k)
-F._train_one = train_one
+nas.train.prepare = prepare
 Search(cfg).run()
 """
 
@@ -145,6 +145,7 @@ def test_resume_keeps_finished_trials_and_the_super_network(setup, tmp_path):
     scored = {t.number: t.value for t in before["more-search.scoring"] if t.state == TrialState.COMPLETE}
     fin = {t.number: t.value for t in before["more-search"] if t.state == TrialState.COMPLETE}
     assert scored and len(fin) == 1
+    assert [t.state for t in before["more-search"]].count(TrialState.RUNNING) == 1
 
     res = run_search(dataclasses.replace(cfg, resume=True))
     after = studies(out)
