@@ -52,16 +52,15 @@ class FixedCycle:
 
 
 def _batches(data, batch_size: int, seed: int):
-    """Training batches for ever, a fresh seeded permutation per pass."""
+    """Training batches for ever: a fresh seeded permutation per pass, full batches only."""
     collate, train = data.collator(), data.train
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in train.column_names]
-    g, epoch = np.random.default_rng(seed), 0
+    g, size = np.random.default_rng(seed), min(batch_size, len(train))
     while True:
         perm = g.permutation(len(train)).tolist()
-        for i in range(0, len(perm) - batch_size + 1 if len(perm) >= batch_size else 1, batch_size):
-            part = train[perm[i:i + batch_size]]
-            yield collate([{c: part[c][j] for c in cols} for j in range(len(part[cols[0]]))])
-        epoch += 1
+        for i in range(0, len(perm) - size + 1, size):
+            part = train[perm[i:i + size]]
+            yield collate([{c: part[c][j] for c in cols} for j in range(size)])
 
 
 class SharedWeights:
