@@ -57,7 +57,8 @@ class Search:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self._model, self._tokenizer, self._data = model, tokenizer, data
-        self.stage_seconds: dict[str, float] = {}
+        self.stage_seconds: dict[str, float] = {}  # wall time
+        self.stage_cpu: dict[str, float] = {}  # this process's CPU time: robust to a shared machine
 
     # -- setup --
     def prepare(self) -> None:
@@ -130,7 +131,7 @@ class Search:
         cfg = self.cfg
         cache = self.out / "proxy_scores.json"
         proxy = cfg.proxy or proxies.DEFAULT_PROXY
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if cfg.resume and cache.is_file():
             cached = json.loads(cache.read_text())
             if cached.get("proxy") == proxy and set(cached["scores"]) == {c.key for c in self.candidates}:
@@ -143,6 +144,7 @@ class Search:
         self.proxy_name = proxy
         self.proxy_plan = self._allocate(self.scores)
         self.stage_seconds["proxy"] = time.perf_counter() - t0
+        self.stage_cpu["proxy"] = time.process_time() - c0
         return self.proxy_plan
 
     def _allocate(self, scores: dict[str, float], lr: float | None = None,
@@ -209,8 +211,10 @@ class Search:
                 if best is None or gap_beyond_noise(metrics["loss"], best, se, cfg.noise_z):
                     raise optuna.TrialPruned(f"pruned at step {step}")
 
+        c0 = time.process_time()
         result = training.train(plan, tcfg, model=model, tokenizer=self._tokenizer,
                                 data=self.trial_data, on_eval=on_eval)
+        trial.set_user_attr("step_cpu_s", (time.process_time() - c0) / max(result.steps, 1))  # evals included
         trial.set_user_attr("train_time_s", result.train_time_s)
         trial.set_user_attr("step_time_s", result.step_time_s)
         trial.set_user_attr("metrics", {k: v for k, v in result.metrics.items()
@@ -253,7 +257,7 @@ class Search:
 
     def trial_stage(self, study: optuna.Study) -> None:
         cfg = self.cfg
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         finished = (TrialState.COMPLETE, TrialState.PRUNED)
         done = len(study.get_trials(deepcopy=False, states=finished))
         remaining = max(cfg.n_trials - done, 0)
@@ -281,6 +285,7 @@ class Search:
         if bar is not None:
             bar.close()
         self.stage_seconds["trials"] = time.perf_counter() - t0
+        self.stage_cpu["trials"] = time.process_time() - c0
 
     # -- stage 3 --
     def result(self, study: optuna.Study, best=None, sizes=None, notes=()) -> SearchResult:
@@ -323,18 +328,23 @@ class Search:
         return res
 
     def cost(self, best, sizes=None) -> dict[str, Any]:
-        """The search's cost as a multiple of one full training run of the plan (estimated from
-        the step time measured in the search), and the planned multiple where stages were sized."""
+        """The search's cost as a multiple of one full training run of the plan: the stages' time
+        over the full run's steps times the plan's step time measured in its short trial, in
+        CPU time (robust to a shared machine) and in wall time; and the planned multiple."""
         cfg = self.cfg
         F = full_run_steps(len(self._data.train), cfg.batch_size, cfg.epochs)
-        step = (best.user_attrs.get("step_time_s") if best is not None else None) or float("nan")
+        attrs = best.user_attrs if best is not None else {}
+        step, cpu = attrs.get("step_time_s") or float("nan"), attrs.get("step_cpu_s") or float("nan")
         if not np.isfinite(step) and sizes is not None:  # no finalist trained: from the super-network
             step = sizes["supernet_step_time_s"] / SUPERNET_STEP_COST
-        out = {"full_run_steps": F, "plan_step_time_s": step, "full_run_estimate_s": F * step,
+        out = {"full_run_steps": F, "plan_step_time_s": step, "plan_step_cpu_s": cpu,
+               "full_run_estimate_s": F * step,
                "search_seconds": sum(v for k, v in self.stage_seconds.items() if k != "setup"),
+               "search_cpu_seconds": sum(self.stage_cpu.values()),
                "multiple": measured_multiple(self.stage_seconds, step, F),
-               "note": "estimate: search wall time (setup excluded) / (full-run steps x the plan's "
-                       "step time measured in its short trial)"}
+               "multiple_cpu": measured_multiple(self.stage_cpu, cpu, F),
+               "note": "estimates: the stages' time (setup excluded) over (full-run steps x the "
+                       "plan's step time measured in its short trial), in CPU and in wall time"}
         if sizes is not None:
             out["planned_multiple"] = sizes["planned_multiple"]
             out["stage_sizes"] = sizes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 
 import optuna
@@ -120,7 +121,9 @@ def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, 
         _, unexpected = model.load_state_dict(shared.warm_state(plan), strict=False)
         if unexpected:
             raise RuntimeError(f"warm start: the plan's model has no {unexpected[:3]}")
+        c0 = time.process_time()
         result = trainer.run()
+        cpu = (time.process_time() - c0) / max(result.steps, 1)
     except (training.NonFiniteLoss, RuntimeError, ValueError) as e:
         trial.set_user_attr("error", str(e)[:300])
         study.tell(trial, state=TrialState.FAIL)
@@ -130,6 +133,7 @@ def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, 
     trial.set_user_attr("rows", ho.rows)
     trial.set_user_attr("train_time_s", result.train_time_s)
     trial.set_user_attr("step_time_s", result.step_time_s)
+    trial.set_user_attr("step_cpu_s", cpu)
     study.tell(trial, ho.loss)
     return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
 
@@ -158,8 +162,6 @@ def check_config(cfg) -> None:
 def weight_sharing_search(search):
     """Super-network -> importance -> cheap scoring -> finalists, each stage sized from
     ``cfg.cost_budget``.  Returns (finalist study, best trial, stage sizes, report lines)."""
-    import time
-
     from ..baselines import uniform_lora
     from .cost import size_stages
     from .study import make_storage
@@ -177,20 +179,24 @@ def weight_sharing_search(search):
         cost_budget=cfg.cost_budget, supernet_share=cfg.supernet_share, scoring_share=cfg.scoring_share,
         eval_rows=len(rows), n_finalists=n_finalist_candidates(cfg.n_finalists, n_base, len(cfg.lr_grid)),
         rungs=cfg.rungs, eta=cfg.eta, proxy_batches=search.n_proxy_batches, min_scored=3 + n_base)
-    t0 = time.perf_counter()
+    def mark(name, t0, c0):
+        search.stage_seconds[name] = time.perf_counter() - t0
+        search.stage_cpu[name] = time.process_time() - c0
+
+    t0, c0 = time.perf_counter(), time.process_time()
     shared = SharedWeights(search)
     meta = shared.train_or_load()
-    search.stage_seconds["supernet"] = time.perf_counter() - t0
+    mark("supernet", t0, c0)
     if cfg.progress:
         print(f"super-network: {meta['steps']} steps{' (reused)' if meta.get('reused') else ''}; "
               f"scoring {sizes.scored_plans} plans, then {sizes.finalists} finalists")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     scoring = score_plans(search, shared, sizes, storage, name, rows)
-    search.stage_seconds["scoring"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    mark("scoring", t0, c0)
+    t0, c0 = time.perf_counter(), time.process_time()
     finalists = pick_finalists(scoring, cfg.n_finalists, cfg.lr_grid, sizes.finalists)
     study, best = run_finalists(search, shared, finalists, storage, name, rows, sizes.finalist_step_budget)
-    search.stage_seconds["finalists"] = time.perf_counter() - t0
+    mark("finalists", t0, c0)
     if best is None:  # no finalist trained (budget too small): the best plan on shared weights
         study, best = scoring, scoring.best_trial
     plan_sizes = {**sizes.to_dict(), "planned_multiple": round(sizes.planned(), 4),

@@ -103,6 +103,7 @@ def test_cost_is_reported_and_within_half_a_run_with_defaults(default_run):
     assert cost["planned_multiple"] <= 0.5
     assert cost["full_run_steps"] == 3 * 50  # 3 epochs of ceil(400 train rows / batch 8)
     assert cost["multiple"] > 0 and cost["plan_step_time_s"] > 0
+    assert cost["multiple_cpu"] > 0 and cost["plan_step_cpu_s"] > 0
     text = (out / "report.md").read_text()
     assert "one full training run of the plan" in text and "estimate" in text
     assert "uniform LoRA" in text or "baseline qv" in text
