@@ -15,7 +15,12 @@ from dataclasses import asdict, dataclass
 # idle machine), 2.3 in the demo search on a loaded one.  A proxy batch scores every candidate
 # of the space at once: 11.6 plan steps in the demo search (MiniLM, 383 candidates, fisher).
 SUPERNET_STEP_COST = 2.0
-PROXY_BATCH_COST = 12.0
+PROXY_BATCH_COST = 1.0  # the proxy's forward/backward on one batch
+# Its joint signals for every candidate: 10.7 s for MiniLM's 383 candidates in the demo search on
+# an idle machine, at 0.12 s per plan step.
+PROXY_CANDIDATE_COST = 0.25
+PROXY_SHARE = 0.1  # the zero-cost prior runs by default only when it costs at most this share
+TRIAL_OVERHEAD = 6.0  # per finalist trial: the model copy, the plan's injection, the trainer
 FORWARD_COST = 1.0 / 3.0  # one inference batch (forward only, no backward)
 MIN_FINALIST_STEPS = 6  # a finalist's steps at the first rung: fewer tell nothing
 
@@ -34,43 +39,54 @@ class StageSizes:
     scoring_batches: int  # held-out forward batches per scored plan
     finalist_step_budget: int  # optimizer steps shared by all finalist trials, all rungs
     finalist_eval_batches: int  # held-out forward batches per finalist evaluation
-    proxy_batches: int
+    proxy_cost: float  # plan steps
     finalists: int  # finalist candidates (plan x learning rate) the budget affords
     rungs: int
 
     def planned(self) -> float:
         """Planned cost at most, as a multiple of one full run (plan-step equivalents / F),
         counting every finalist evaluated at every rung."""
-        units = (self.proxy_batches * PROXY_BATCH_COST + self.supernet_steps * SUPERNET_STEP_COST
+        units = (self.proxy_cost + self.supernet_steps * SUPERNET_STEP_COST
                  + self.scored_plans * self.scoring_batches * FORWARD_COST
                  + self.finalist_step_budget
-                 + self.finalists * self.rungs * self.finalist_eval_batches * FORWARD_COST)
+                 + self.finalists * self.rungs * (self.finalist_eval_batches * FORWARD_COST + TRIAL_OVERHEAD))
         return units / self.full_run_steps
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def proxy_cost(n_candidates: int, batches: int) -> float:
+    return batches * PROXY_BATCH_COST + n_candidates * PROXY_CANDIDATE_COST if batches else 0.0
+
+
+def proxy_affordable(n_candidates: int, batches: int, F: int) -> bool:
+    return proxy_cost(n_candidates, batches) <= PROXY_SHARE * F
+
+
 def size_stages(*, n_train: int, batch_size: int, epochs: float, cost_budget: float,
                 supernet_share: float, scoring_share: float, eval_rows: int, n_finalists: int,
-                rungs: int, eta: int, proxy_batches: int, min_scored: int = 1) -> StageSizes:
+                rungs: int, eta: int, proxy_batches: int, n_candidates: int = 0,
+                min_scored: int = 1) -> StageSizes:
     """Stage sizes within ``cost_budget`` full runs: the super-network gets ``supernet_share``
     of a full run's cost, cheap scoring ``scoring_share``, the finalists what is left.  As many
     of the ``n_finalists`` candidates (in their priority order) take part as can each train
     MIN_FINALIST_STEPS steps at the first rung, ``eta`` times more at each later one, and be
-    evaluated at every rung, even if none is ever cut."""
+    evaluated at every rung, even if none is ever cut.  ``proxy_batches`` 0: no proxy stage."""
     F = full_run_steps(n_train, batch_size, epochs)
     eval_batches = max(1, math.ceil(eval_rows / batch_size))
     supernet = max(1, int(supernet_share * F / SUPERNET_STEP_COST))
     scored = max(min_scored, int(scoring_share * F / (eval_batches * FORWARD_COST)))
-    left = cost_budget * F - proxy_batches * PROXY_BATCH_COST - supernet * SUPERNET_STEP_COST \
+    proxy = proxy_cost(n_candidates, proxy_batches)
+    left = cost_budget * F - proxy - supernet * SUPERNET_STEP_COST \
         - scored * eval_batches * FORWARD_COST
-    per_candidate = MIN_FINALIST_STEPS * sum(eta ** k for k in range(rungs)) + rungs * eval_batches * FORWARD_COST
+    per_rung = eval_batches * FORWARD_COST + TRIAL_OVERHEAD  # each finalist's evaluation and setup
+    per_candidate = MIN_FINALIST_STEPS * sum(eta ** k for k in range(rungs)) + rungs * per_rung
     n_fit = max(0, min(n_finalists, int(left // per_candidate)))
-    steps = int(left - n_fit * rungs * eval_batches * FORWARD_COST) if n_fit else 0
+    steps = int(left - n_fit * rungs * per_rung) if n_fit else 0
     return StageSizes(full_run_steps=F, supernet_steps=supernet, scored_plans=scored,
                       scoring_batches=eval_batches, finalist_step_budget=max(0, steps),
-                      finalist_eval_batches=eval_batches, proxy_batches=proxy_batches,
+                      finalist_eval_batches=eval_batches, proxy_cost=proxy,
                       finalists=n_fit, rungs=rungs)
 
 

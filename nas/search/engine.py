@@ -46,7 +46,7 @@ from ..plan import BUDGET_COUNTS, Plan
 from .config import PLAN_ATTR, STRATEGIES, SearchConfig, SearchResult
 from .report import SearchFacts, write_report
 from .study import fail_stale_trials, make_pruner, make_sampler, make_storage
-from .cost import SUPERNET_STEP_COST, full_run_steps, measured_multiple
+from .cost import SUPERNET_STEP_COST, full_run_steps, measured_multiple, proxy_affordable
 from .ranking import gap_beyond_noise, heldout
 from .trials import plan_hash, reweight, trial_rank
 
@@ -127,11 +127,19 @@ class Search:
         return [collate(rows[i:i + cfg.batch_size]) for i in range(0, n, cfg.batch_size)]
 
     # -- stage 1 --
-    def proxy_stage(self) -> Plan:
+    def proxy_stage(self) -> Plan | None:
         cfg = self.cfg
         cache = self.out / "proxy_scores.json"
         proxy = cfg.proxy or proxies.DEFAULT_PROXY
         t0, c0 = time.perf_counter(), time.process_time()
+        if cfg.strategy == "supernet" and cfg.proxy is None and not proxy_affordable(
+                len(self.candidates), self.n_proxy_batches,
+                full_run_steps(len(self._data.train), cfg.batch_size, cfg.epochs)):
+            # The zero-cost proxy is only a prior here; on small data it would cost more than
+            # its share of the search (pass --proxy to run it anyway).
+            self.scores, self.proxy_name, self.proxy_plan = {}, "none (not affordable)", None
+            self.stage_seconds["proxy"] = self.stage_cpu["proxy"] = 0.0
+            return None
         if cfg.resume and cache.is_file():
             cached = json.loads(cache.read_text())
             if cached.get("proxy") == proxy and set(cached["scores"]) == {c.key for c in self.candidates}:
@@ -154,7 +162,7 @@ class Search:
         if lr is not None:
             plan.training["lr"] = lr
         plan.provenance = {"proxy": self.proxy_name,
-                           "proxy_score": float(sum(self.scores[c.key] for c in chosen))}
+                           "proxy_score": float(sum(self.scores.get(c.key, 0.0) for c in chosen))}
         return plan
 
     # -- stage 2 --

@@ -178,7 +178,8 @@ def weight_sharing_search(search):
         n_train=len(search._data.train), batch_size=cfg.batch_size, epochs=cfg.epochs,
         cost_budget=cfg.cost_budget, supernet_share=cfg.supernet_share, scoring_share=cfg.scoring_share,
         eval_rows=len(rows), n_finalists=n_finalist_candidates(cfg.n_finalists, n_base, len(cfg.lr_grid)),
-        rungs=cfg.rungs, eta=cfg.eta, proxy_batches=search.n_proxy_batches, min_scored=3 + n_base)
+        rungs=cfg.rungs, eta=cfg.eta, proxy_batches=search.n_proxy_batches if search.proxy_plan is not None else 0,
+        n_candidates=len(search.candidates), min_scored=2 + n_base + (search.proxy_plan is not None))
     def mark(name, t0, c0):
         search.stage_seconds[name] = time.perf_counter() - t0
         search.stage_cpu[name] = time.process_time() - c0

@@ -127,7 +127,9 @@ class SharedWeights:
 
         s, cfg = self.s, self.s.cfg
         steps = s.sizes.supernet_steps
-        fixed = [Selection.of(s.proxy_plan)] + [Selection.of(self.baseline_plan(p)) for p in self.baselines]
+        fixed = [Selection.of(self.baseline_plan(p)) for p in self.baselines]
+        if s.proxy_plan is not None:
+            fixed.insert(0, Selection.of(s.proxy_plan))
         sampler = FixedCycle(PlanSampler(s.candidates, s.budget, seed=cfg.seed), fixed)
         sens = proxies.Sensitivity(self.model, warmup_steps=int(0.15 * steps))
         params = list(self.trainable().values())
@@ -207,8 +209,9 @@ def score_plans(search, shared: SharedWeights, sizes: StageSizes, storage, name:
         study.tell(t.number, state=TrialState.FAIL)  # an interrupted run's; its plan is re-scored
     imp = size_neutral(shared.meta["importance"], search.candidates)
     fixed = [("importance plan", search._allocate(imp)),
-             ("importance plan, kind medians equal", search._allocate(shared.meta["importance"])),
-             ("proxy plan", search.proxy_plan)]
+             ("importance plan, kind medians equal", search._allocate(shared.meta["importance"]))]
+    if search.proxy_plan is not None:
+        fixed.append(("proxy plan", search.proxy_plan))
     fixed += [(f"baseline {p}", shared.baseline_plan(p)) for p in shared.baselines]
     done = {t.user_attrs.get("origin"): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     seen = {t.user_attrs["plan_hash"]: t.value for t in done.values()}

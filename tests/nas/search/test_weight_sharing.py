@@ -66,8 +66,9 @@ def test_every_stage_plan_fits_the_budget(setup, default_run):
     trials = studies(out)
     assert set(trials) == {"more-search", "more-search.scoring"}
     scored = [t for t in trials["more-search.scoring"] if t.state == TrialState.COMPLETE]
-    assert {t.user_attrs["origin"] for t in scored} >= {"importance plan", "proxy plan", "baseline qv",
-                                                         "baseline widest"}
+    assert {t.user_attrs["origin"] for t in scored} >= {"importance plan", "baseline qv", "baseline widest"}
+    # On data this small the zero-cost proxy would cost more than its share: it is skipped.
+    assert "proxy plan" not in {t.user_attrs["origin"] for t in scored}
     for t in scored + trials["more-search"]:
         p = Plan.from_dict(t.user_attrs["plan"])
         assert p.count_params(layout) == t.user_attrs["trainable_params"] <= 3000
@@ -136,7 +137,7 @@ Search(cfg).run()
 
 def test_resume_keeps_finished_trials_and_the_super_network(setup, tmp_path):
     out = tmp_path / "out"
-    cfg = config(setup, out, cost_budget=1.0)  # room for three finalists
+    cfg = config(setup, out, cost_budget=1.0, proxy="fisher")  # room for two finalists
     code = _KILLER.format(root=str(ROOT), cfg=json.dumps(dataclasses.asdict(cfg)))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 9, p.stdout + p.stderr
@@ -146,6 +147,7 @@ def test_resume_keeps_finished_trials_and_the_super_network(setup, tmp_path):
     scored = {t.number: t.value for t in before["more-search.scoring"] if t.state == TrialState.COMPLETE}
     fin = {t.number: t.value for t in before["more-search"] if t.state == TrialState.COMPLETE}
     assert scored and len(fin) == 1
+    assert "proxy plan" in {t.user_attrs["origin"] for t in before["more-search.scoring"]}  # --proxy given
     assert [t.state for t in before["more-search"]].count(TrialState.RUNNING) == 1
 
     res = run_search(dataclasses.replace(cfg, resume=True))
@@ -208,4 +210,4 @@ def test_stage_sizes_stay_within_the_cost_budget(n_train):
                     scoring_share=0.05, eval_rows=128, n_finalists=8, rungs=2, eta=2, proxy_batches=1,
                     min_scored=5)
     assert s.planned() <= 0.5 + 1e-9
-    assert s.supernet_steps >= 1 and s.scored_plans >= 5 and s.finalists >= 3
+    assert s.supernet_steps >= 1 and s.scored_plans >= 5 and s.finalists >= 2
