@@ -349,6 +349,7 @@ class Search:
                "full_run_estimate_s": F * step,
                "search_seconds": sum(v for k, v in self.stage_seconds.items() if k != "setup"),
                "search_cpu_seconds": sum(self.stage_cpu.values()),
+               "stage_cpu_seconds": dict(self.stage_cpu),
                "multiple": measured_multiple(self.stage_seconds, step, F),
                "multiple_cpu": measured_multiple(self.stage_cpu, cpu, F),
                "note": "estimates: the stages' time (setup excluded) over (full-run steps x the "

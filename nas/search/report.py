@@ -170,9 +170,11 @@ def write_report(facts: SearchFacts, study, res) -> list[dict]:
             f"in its short trial)"
             + (f"; planned at most {c['planned_multiple']:.2f}x" if "planned_multiple" in c else ""))
     lines += [
-        "", "## Time per stage", "", "| stage | seconds |", "|---|---:|",
+        "", "## Time per stage", "", "| stage | seconds | CPU seconds |", "|---|---:|---:|",
     ]
-    lines += [f"| {k} | {v:.1f} |" for k, v in res.stage_seconds.items()]
+    cpu = res.cost.get("stage_cpu_seconds", {})
+    lines += [f"| {k} | {v:.1f} | {cpu[k]:.1f} |" if k in cpu else f"| {k} | {v:.1f} | - |"
+              for k, v in res.stage_seconds.items()]
     header, rows = allocation_table(res.plan, facts.layout)
     lines += ["", "## Chosen plan per layer", "", "| " + " | ".join(header) + " |",
               "|" + "---|" * len(header)]

@@ -39,7 +39,7 @@ def test_report_from_study_and_facts(tiny_bert, tmp_path):
     assert [(p["params"], p["value"]) for p in front] == [(1000, 0.6), (2000, 0.5)]
     text = (tmp_path / "report.md").read_text()
     for s in ("budget: 3k = 3,000 parameters", "`default` (42 candidates)", "`grad-norm`",
-              "12,345 base parameters", "| trials | 3.0 |", "4 complete, 0 pruned, 0 failed"):
+              "12,345 base parameters", "| trials | 3.0 | - |", "4 complete, 0 pruned, 0 failed"):
         assert s in text, s
     top = text.split("## Top trials")[1]
     assert top.index("| 1 | 0.5000") < top.index("| 3 | 0.5500")  # ranked by the held-out loss
