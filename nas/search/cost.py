@@ -21,7 +21,7 @@ PROXY_BATCH_COST = 1.0  # the proxy's forward/backward on one batch
 PROXY_CANDIDATE_COST = 0.25
 PROXY_SHARE = 0.1  # the zero-cost prior runs by default only when it costs at most this share
 TRIAL_OVERHEAD = 6.0  # per finalist trial: the model copy, the plan's injection, the trainer
-FORWARD_COST = 1.0 / 3.0  # one inference batch (forward only, no backward)
+FORWARD_COST = 0.5  # one inference batch: with a frozen base, backward costs about a forward
 MIN_FINALIST_STEPS = 6  # a finalist's steps at the first rung: fewer tell nothing
 
 

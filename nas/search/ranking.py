@@ -24,17 +24,19 @@ class HeldOut:
     loss: float
     se: float
     metrics: dict[str, float] = field(default_factory=dict)
-    rows: list[float] = field(default_factory=list)  # per-row losses, in the rows' order
+    rows: list[float] = field(default_factory=list)  # per-row losses, shortest rows first
 
 
-def _batches(split, collate, batch_size: int, keys: set[str] | None):
+def _batches(split, collate, batch_size: int):
+    """Batches of rows sorted by length (little padding); the order is a fixed function of the
+    rows, so every model is scored row by row in the same order."""
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels")
             if c in split.column_names]
-    for start in range(0, len(split), batch_size):
-        part = split[start:start + batch_size]
-        rows = [{c: part[c][i] for c in cols} for i in range(len(part[cols[0]]))]
-        batch = collate(rows)
-        yield {k: v for k, v in batch.items() if keys is None or k in keys}
+    order = sorted(range(len(split)), key=lambda i: (len(split[i]["input_ids"]), i)) \
+        if "input_ids" in cols else list(range(len(split)))
+    for start in range(0, len(order), batch_size):
+        part = split[order[start:start + batch_size]]
+        yield collate([{c: part[c][i] for c in cols} for i in range(len(part[cols[0]]))])
 
 
 @torch.no_grad()
@@ -48,7 +50,7 @@ def heldout(model: nn.Module, data, split=None, batch_size: int = 32) -> HeldOut
     device = next(model.parameters()).device
     losses, preds, labels = [], [], []
     try:
-        for batch in _batches(split, data.collator(), batch_size, None):
+        for batch in _batches(split, data.collator(), batch_size):
             batch = {k: v.to(device) for k, v in batch.items()}
             y = batch.pop("labels")
             logits = model(**batch).logits.float()

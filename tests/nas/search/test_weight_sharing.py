@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("ws")
     make_tiny_bert(d / "model")
-    write_sentiment(d / "train.tsv", 400, seed=1)
+    write_sentiment(d / "train.tsv", 600, seed=1)
     write_sentiment(d / "dev.tsv", 32, seed=2)
     return d
 
@@ -102,7 +102,7 @@ def test_cost_is_reported_and_within_half_a_run_with_defaults(default_run):
     res, out = default_run
     cost = res.plan.provenance["search_cost"]
     assert cost["planned_multiple"] <= 0.5
-    assert cost["full_run_steps"] == 3 * 50  # 3 epochs of ceil(400 train rows / batch 8)
+    assert cost["full_run_steps"] == 3 * 75  # 3 epochs of ceil(600 train rows / batch 8)
     assert cost["multiple"] > 0 and cost["plan_step_time_s"] > 0
     assert cost["multiple_cpu"] > 0 and cost["plan_step_cpu_s"] > 0
     text = (out / "report.md").read_text()
