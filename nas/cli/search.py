@@ -25,6 +25,8 @@ def parse_duration(text: str) -> float:
 WHAT = ["model", "task", "budget", "space", "proxy", "allocation"]
 OUTPUT = ["output_dir", "storage", "study", "resume"]
 TRIALS = ["n_trials", "trial_steps", "pruner", "sampler", "holdout", "seed"]
+SEARCH = ["strategy", "cost_budget", "supernet_share", "scoring_share", "scoring_rows", "n_finalists",
+          "lr_grid", "rungs", "eta", "noise_z", "supernet_lr", "normalise"]
 DATA = ["data_dir", "train_file", "validation_file", "text_columns", "label_column", "task_type",
         "max_train_samples", "batch_size", "max_length", "first_trial_lr", "epochs", "device", "bf16", "fp16"]
 
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flags(p.add_argument_group("what to search for"), SearchConfig, WHAT)
     add_flags(p.add_argument_group("output and storage"), SearchConfig, OUTPUT)
+    add_flags(p.add_argument_group("weight-sharing search (strategy supernet)"), SearchConfig, SEARCH)
     t = p.add_argument_group("trial budget")
     add_flags(t, SearchConfig, TRIALS)
     t.add_argument("--time-budget", help="wall-clock limit of the trial stage, e.g. 15m")
@@ -59,7 +62,7 @@ def _main(argv=None) -> int:
     if args.bf16 and args.fp16:
         raise UserError("choose one of --bf16 and --fp16")
     check_precision(resolve_device(args.device), args.bf16, args.fp16)  # before anything loads
-    given = {n: getattr(args, n) for n in WHAT + OUTPUT + TRIALS + DATA}
+    given = {n: getattr(args, n) for n in WHAT + OUTPUT + SEARCH + TRIALS + DATA}
     cfg = SearchConfig(
         **{**given, "output_dir": str(out)},
         timeout_s=parse_duration(args.time_budget) if args.time_budget else None, progress=not args.quiet,

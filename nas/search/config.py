@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.spec import TaskSpec
-from ..options import option
+from ..options import float_list, option
 from ..plan import Plan
 from .study import PRUNERS, SAMPLERS
 
 PLAN_ATTR = "plan"
 ALLOCATIONS = ["static", "dynamic"]
+STRATEGIES = ("supernet", "trials")
 
 
 @dataclass
@@ -31,7 +32,7 @@ class SearchConfig(TaskSpec):
     holdout: float = option(0.2, "part of train that scores the trials")
     trial_eval_samples: int | None = 400  # held-out rows that score a trial (None: all)
     group_by_length: bool = True  # trials batch rows of similar lengths: faster, as fair to all
-    proxy_batches: int = 4
+    proxy_batches: int | None = None  # None: 4 (strategy trials), 1 (supernet: the proxy plan is one prior)
     batch_size: int = option(16, "training batch size")
     first_trial_lr: float = option(1e-3, "learning rate of the first (proxy plan) trial; every other trial "
                                      "samples its own in lr_range", aliases=["--lr"])
@@ -52,6 +53,33 @@ class SearchConfig(TaskSpec):
     fp16: bool = option(False, "trials in float16 mixed precision (CUDA only)")
     progress: bool = True
 
+    # ---- the weight-sharing search; every stage is sized from cost_budget
+    strategy: str = option("supernet", "supernet: train the whole space as one weight-sharing "
+                           "super-network, score many plans on its weights, then train the best few "
+                           "and the uniform-LoRA baselines briefly; trials: short trials of "
+                           "proxy-based plans only (the earlier search)", choices=list(STRATEGIES))
+    cost_budget: float = option(0.5, "search cost limit (supernet strategy) as a multiple of one full "
+                                "training run of the plan (epochs over the train set at the batch "
+                                "size); every stage is sized from it")
+    supernet_share: float = option(0.2, "cost of the super-network stage, as a share of one full run "
+                                   "(a super-network step costs about 1.5 plan steps)")
+    scoring_share: float = option(0.05, "cost of scoring plans on the shared weights, as a share of "
+                                  "one full run")
+    scoring_rows: int = option(128, "held-out rows that score a plan (on the shared weights and in "
+                               "the finalists' trials: the same rows for all)")
+    n_finalists: int = option(2, "best plans on the shared weights that go to real short trials (the "
+                              "uniform-LoRA baselines join them)")
+    lr_grid: tuple[float, ...] = option((1e-3, 5e-4, 2e-3), "learning rates the finalists are tried "
+                                        "at, in priority order (the budget may afford only the first); "
+                                        "the winner's goes into the plan", type=float_list)
+    rungs: int = option(2, "successive-halving rungs of the finalists")
+    eta: int = option(2, "a rung keeps the best 1/eta, and every finalist within noise of the best")
+    noise_z: float = option(2.0, "a trial is cut only when its held-out loss is worse than the best "
+                            "by more than this many standard errors of the difference")
+    supernet_lr: float = option(5e-3, "learning rate of the super-network (it has only a few dozen steps "
+                                "on small data: at 1e-3 it barely moved in the demo search)")
+    normalise: str = option("median", "how trained importance is put on one scale within each "
+                            "adapter kind", choices=["median", "rank"])
 
 @dataclass
 class SearchResult:
@@ -63,3 +91,5 @@ class SearchResult:
     n_failed: int
     stage_seconds: dict[str, float] = field(default_factory=dict)
     pareto: list[dict] = field(default_factory=list)
+    cost: dict = field(default_factory=dict)  # the search's cost in full runs of the plan
+    notes: list[str] = field(default_factory=list)  # extra report sections (markdown lines)

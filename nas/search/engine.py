@@ -1,19 +1,24 @@
-"""The search engine: proxy stage, then an Optuna study of short trials, then the best plan.
+"""The search engine: proxy stage, then (strategy "supernet", the default) a weight-sharing
+search or (strategy "trials") an Optuna study of short trials, then the best plan.
 
 Stages
   1. proxy: score every candidate of the space jointly (proxies.score_candidates) and
      allocate the budget (proxies.allocate) -> the static proxy plan;
-  2. trials: each Optuna trial is a plan.  The sampler does not pick 50+ per-module choices
-     directly; it re-weights the proxy scores (a weight per adapter kind, per module role, a
-     depth bias and a per-candidate jitter) and the knapsack turns the re-weighted scores into
-     a plan that always fits the budget.  The proxy is the prior, the budget a hard
-     constraint.  Each plan is trained for a short budget on part of the training data and
-     evaluated on a held-out part of the training data (never on dev); intermediate scores
-     go to a multi-fidelity pruner (Hyperband by default).
-  3. result: the best plan (plan.json), report.md, pareto.png and proxy_vs_trial.png.
+  2a. supernet (finalists.weight_sharing_search): the whole space trained as one super-network,
+     importance on its trained weights, many plans scored on the shared weights by held-out
+     loss, the best few and the uniform-LoRA baselines trained briefly at a small lr grid
+     (successive halving); every stage sized from ``cost_budget`` full runs of the plan;
+  2b. trials: each Optuna trial is a plan.  The sampler re-weights the proxy scores (a weight
+     per adapter kind, per module role, a depth bias and a per-candidate jitter) and the
+     knapsack turns them into a plan that always fits the budget.  Each plan is trained for a
+     short budget on part of the training data and scored by its held-out loss (never on dev);
+     the pruner's cuts need a gap beyond the held-out loss's noise;
+  3. result: the plan with the lowest held-out loss (plan.json), report.md (with the search's
+     cost in full runs of the plan), pareto.png and proxy_vs_trial.png.
 
 Storage is an Optuna journal file in the output folder by default, so ``--resume`` loses no
-finished trial; ``--storage postgresql://...`` lets workers on several machines share a study.
+finished trial (the super-network's weights are kept in supernet.safetensors);
+``--storage postgresql://...`` lets workers on several machines share a study.
 """
 from __future__ import annotations
 
@@ -38,9 +43,11 @@ from ..errors import UserError
 from ..io import atomic_write_text
 from ..models import load_model, load_tokenizer
 from ..plan import BUDGET_COUNTS, Plan
-from .config import PLAN_ATTR, SearchConfig, SearchResult
+from .config import PLAN_ATTR, STRATEGIES, SearchConfig, SearchResult
 from .report import SearchFacts, write_report
 from .study import fail_stale_trials, make_pruner, make_sampler, make_storage
+from .cost import SUPERNET_STEP_COST, full_run_steps, measured_multiple, proxy_affordable
+from .ranking import gap_beyond_noise, heldout
 from .trials import plan_hash, reweight, trial_rank
 
 
@@ -50,7 +57,8 @@ class Search:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self._model, self._tokenizer, self._data = model, tokenizer, data
-        self.stage_seconds: dict[str, float] = {}
+        self.stage_seconds: dict[str, float] = {}  # wall time
+        self.stage_cpu: dict[str, float] = {}  # this process's CPU time: robust to a shared machine
 
     # -- setup --
     def prepare(self) -> None:
@@ -100,11 +108,17 @@ class Search:
                       "max_length": cfg.max_length, "allocation": cfg.allocation},
         )
 
+    @property
+    def n_proxy_batches(self) -> int:
+        if self.cfg.proxy_batches is not None:
+            return self.cfg.proxy_batches
+        return 1 if self.cfg.strategy == "supernet" else 4
+
     def proxy_batches(self) -> list[dict]:
         """A few training batches (from the trial-training part, never the held-out part)."""
         cfg, train = self.cfg, self.trial_data.train
         rng = np.random.default_rng(cfg.seed)
-        n = min(len(train), cfg.proxy_batches * cfg.batch_size)
+        n = min(len(train), self.n_proxy_batches * cfg.batch_size)
         idx = rng.permutation(len(train))[:n].tolist()
         collate = self.trial_data.collator()
         rows = train.select(idx)
@@ -113,11 +127,19 @@ class Search:
         return [collate(rows[i:i + cfg.batch_size]) for i in range(0, n, cfg.batch_size)]
 
     # -- stage 1 --
-    def proxy_stage(self) -> Plan:
+    def proxy_stage(self) -> Plan | None:
         cfg = self.cfg
         cache = self.out / "proxy_scores.json"
         proxy = cfg.proxy or proxies.DEFAULT_PROXY
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
+        if cfg.strategy == "supernet" and cfg.proxy is None and not proxy_affordable(
+                len(self.candidates), self.n_proxy_batches,
+                full_run_steps(len(self._data.train), cfg.batch_size, cfg.epochs)):
+            # The zero-cost proxy is only a prior here; on small data it would cost more than
+            # its share of the search (pass --proxy to run it anyway).
+            self.scores, self.proxy_name, self.proxy_plan = {}, "none (not affordable)", None
+            self.stage_seconds["proxy"] = self.stage_cpu["proxy"] = 0.0
+            return None
         if cfg.resume and cache.is_file():
             cached = json.loads(cache.read_text())
             if cached.get("proxy") == proxy and set(cached["scores"]) == {c.key for c in self.candidates}:
@@ -130,6 +152,7 @@ class Search:
         self.proxy_name = proxy
         self.proxy_plan = self._allocate(self.scores)
         self.stage_seconds["proxy"] = time.perf_counter() - t0
+        self.stage_cpu["proxy"] = time.process_time() - c0
         return self.proxy_plan
 
     def _allocate(self, scores: dict[str, float], lr: float | None = None,
@@ -139,7 +162,7 @@ class Search:
         if lr is not None:
             plan.training["lr"] = lr
         plan.provenance = {"proxy": self.proxy_name,
-                           "proxy_score": float(sum(self.scores[c.key] for c in chosen))}
+                           "proxy_score": float(sum(self.scores.get(c.key, 0.0) for c in chosen))}
         return plan
 
     # -- stage 2 --
@@ -166,6 +189,7 @@ class Search:
         plan = self.trial_plan(params, seed=cfg.seed + trial.number)
         h = plan_hash(plan)
         trial.set_user_attr("plan_hash", h)
+        trial.set_user_attr("main_metric", self._data.main_metric)
         trial.set_user_attr("trainable_params", plan.trainable_params)
         trial.set_user_attr("proxy_score", plan.provenance["proxy_score"])
         trial.set_user_attr(PLAN_ATTR, plan.to_dict())
@@ -182,20 +206,35 @@ class Search:
             device=cfg.device, bf16=cfg.bf16, fp16=cfg.fp16,
         )
         rung = {"i": 0}
+        model = copy.deepcopy(self.base)  # train() adapts it in place: on_eval can score it
 
         def on_eval(step: int, metrics: dict) -> None:
             rung["i"] += 1
-            value = metrics[self._data.main_metric]
-            trial.report(value, rung["i"])
+            trial.report(metrics["loss"], rung["i"])
+            # The pruner's cut stands only when the gap to the best trial at this rung is beyond
+            # the noise of the held-out loss (its standard error over rows, scored only here).
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step}")
+                best = self._best_at_rung(trial, rung["i"])
+                se = heldout(model, self.trial_data, batch_size=cfg.batch_size).se
+                trial.set_user_attr(f"loss_se_{rung['i']}", se)
+                if best is None or gap_beyond_noise(metrics["loss"], best, se, cfg.noise_z):
+                    raise optuna.TrialPruned(f"pruned at step {step}")
 
-        result = training.train(plan, tcfg, model=copy.deepcopy(self.base), tokenizer=self._tokenizer,
-                       data=self.trial_data, on_eval=on_eval)
+        c0 = time.process_time()
+        result = training.train(plan, tcfg, model=model, tokenizer=self._tokenizer,
+                                data=self.trial_data, on_eval=on_eval)
+        trial.set_user_attr("step_cpu_s", (time.process_time() - c0) / max(result.steps, 1))  # evals included
         trial.set_user_attr("train_time_s", result.train_time_s)
+        trial.set_user_attr("step_time_s", result.step_time_s)
         trial.set_user_attr("metrics", {k: v for k, v in result.metrics.items()
                                         if isinstance(v, (int, float))})
-        return float(result.score)
+        return float(result.metrics["loss"])
+
+    @staticmethod
+    def _best_at_rung(trial: optuna.Trial, step: int) -> float | None:
+        vals = [t.intermediate_values[step] for t in trial.study.get_trials(deepcopy=False)
+                if t.number != trial.number and step in t.intermediate_values]
+        return min(vals) if vals else None
 
     def open_study(self) -> optuna.Study:
         cfg = self.cfg
@@ -203,7 +242,7 @@ class Search:
         name = cfg.study or "more-search"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
-            study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+            study_name=name, storage=storage, direction="minimize", load_if_exists=True,
             sampler=make_sampler(cfg.sampler, cfg.seed), pruner=make_pruner(cfg.pruner, cfg.n_evals),
         )
         if cfg.resume:
@@ -227,7 +266,7 @@ class Search:
 
     def trial_stage(self, study: optuna.Study) -> None:
         cfg = self.cfg
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         finished = (TrialState.COMPLETE, TrialState.PRUNED)
         done = len(study.get_trials(deepcopy=False, states=finished))
         remaining = max(cfg.n_trials - done, 0)
@@ -255,33 +294,40 @@ class Search:
         if bar is not None:
             bar.close()
         self.stage_seconds["trials"] = time.perf_counter() - t0
+        self.stage_cpu["trials"] = time.process_time() - c0
 
     # -- stage 3 --
-    def result(self, study: optuna.Study) -> SearchResult:
+    def result(self, study: optuna.Study, best=None, sizes=None, notes=()) -> SearchResult:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if complete:
+        if best is None and complete:
             best = max(complete, key=trial_rank)
+        if best is not None:
             plan = Plan.from_dict(best.user_attrs[PLAN_ATTR])
             plan.provenance.update(trial=best.number, trial_value=best.value,
-                                   objective=f"held-out {self._data.main_metric}")
+                                   objective="held-out loss (lower is better)",
+                                   heldout_metrics=best.user_attrs.get("metrics", {}),
+                                   origin=best.user_attrs.get("origin", "sampled"))
             best_value = best.value
         else:  # every trial failed or was pruned: the proxy plan is still a valid answer
             plan, best_value = self.proxy_plan, float("nan")
             plan.provenance["note"] = "no trial completed; this is the proxy plan"
         plan.provenance.update(
             study=study.study_name, storage=self.cfg.storage or str(self.out / "study.journal"),
-            space=self.space.name, allocation=self.cfg.allocation,
+            space=self.space.name, allocation=self.cfg.allocation, strategy=self.cfg.strategy,
             proxy_scores_file=str(self.out / "proxy_scores.json"),
         )
         plan.training["allocation"] = self.cfg.allocation
         plan.validate(self.layout)
         assert plan.count_params(self.layout) <= self.budget
+        cost = self.cost(best, sizes)
+        plan.provenance["search_cost"] = cost
         plan_path = plan.save(self.out / "plan.json")
         states = [t.state for t in study.get_trials(deepcopy=False)]
         res = SearchResult(
             plan=plan, plan_path=plan_path, best_value=best_value,
             n_complete=states.count(TrialState.COMPLETE), n_pruned=states.count(TrialState.PRUNED),
             n_failed=states.count(TrialState.FAIL), stage_seconds=dict(self.stage_seconds),
+            cost=cost, notes=list(notes),
         )
         facts = SearchFacts(
             out=self.out, layout=self.layout, metric=self._data.main_metric, budget_spec=str(self.cfg.budget),
@@ -290,13 +336,48 @@ class Search:
         res.pareto = write_report(facts, study, res)
         return res
 
+    def cost(self, best, sizes=None) -> dict[str, Any]:
+        """The search's cost as a multiple of one full training run of the plan: the stages' time
+        over the full run's steps times the plan's step time measured in its short trial, in
+        CPU time (robust to a shared machine) and in wall time; and the planned multiple."""
+        cfg = self.cfg
+        F = full_run_steps(len(self._data.train), cfg.batch_size, cfg.epochs)
+        attrs = best.user_attrs if best is not None else {}
+        step, cpu = attrs.get("step_time_s") or float("nan"), attrs.get("step_cpu_s") or float("nan")
+        if not np.isfinite(step) and sizes is not None:  # no finalist trained: from the super-network
+            step = sizes["supernet_step_time_s"] / SUPERNET_STEP_COST
+        out = {"full_run_steps": F, "plan_step_time_s": step, "plan_step_cpu_s": cpu,
+               "full_run_estimate_s": F * step,
+               "search_seconds": sum(v for k, v in self.stage_seconds.items() if k != "setup"),
+               "search_cpu_seconds": sum(self.stage_cpu.values()),
+               "stage_cpu_seconds": dict(self.stage_cpu),
+               "multiple": measured_multiple(self.stage_seconds, step, F),
+               "multiple_cpu": measured_multiple(self.stage_cpu, cpu, F),
+               "note": "estimates: the stages' time (setup excluded) over (full-run steps x the "
+                       "plan's step time measured in its short trial), in CPU and in wall time"}
+        if sizes is not None:
+            out["planned_multiple"] = sizes["planned_multiple"]
+            out["stage_sizes"] = sizes
+        return out
+
     def run(self) -> SearchResult:
         if self.cfg.storage is None and not self.cfg.resume and (self.out / "study.journal").exists():
             raise UserError(f"{self.out} already holds a search (study.journal); pass --resume to "
                             f"continue it, or choose another output folder with -o")
+        if self.cfg.strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {self.cfg.strategy!r}; choose {', '.join(STRATEGIES)}")
+        if self.cfg.strategy == "supernet":
+            from .finalists import check_config
+
+            check_config(self.cfg)
         self.out.mkdir(parents=True, exist_ok=True)
         self.prepare()
         self.proxy_stage()
+        if self.cfg.strategy == "supernet":
+            from .finalists import weight_sharing_search
+
+            study, best, sizes, notes = weight_sharing_search(self)
+            return self.result(study, best, sizes, notes)
         study = self.open_study()
         self.trial_stage(study)
         return self.result(study)

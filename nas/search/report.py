@@ -35,10 +35,10 @@ class SearchFacts:
 
 
 def pareto_front(points: list[dict]) -> list[dict]:
-    """Non-dominated points: fewer parameters and a higher score."""
-    front, best = [], float("-inf")
-    for p in sorted(points, key=lambda p: (p["params"], -p["value"])):
-        if p["value"] > best:
+    """Non-dominated points: fewer parameters and a lower held-out loss."""
+    front, best = [], float("inf")
+    for p in sorted(points, key=lambda p: (p["params"], p["value"])):
+        if p["value"] < best:
             front.append(p)
             best = p["value"]
     return front
@@ -122,7 +122,7 @@ def write_report(facts: SearchFacts, study, res) -> list[dict]:
                 label="Pareto front")
     ax.axvline(facts.budget, ls="--", c="k", lw=1, label="budget")
     ax.set_xlabel("trainable parameters (adapters + shortcuts)")
-    ax.set_ylabel(f"held-out {metric}")
+    ax.set_ylabel("held-out loss")
     ax.legend()
     ax.set_title("params vs score")
     fig.tight_layout()
@@ -135,7 +135,7 @@ def write_report(facts: SearchFacts, study, res) -> list[dict]:
         for p in points:
             ax.annotate(str(p["trial"]), (p["proxy"], p["value"]), fontsize=7)
     ax.set_xlabel(f"summed proxy score of the plan ({facts.proxy})")
-    ax.set_ylabel(f"held-out {metric} after the short trial")
+    ax.set_ylabel("held-out loss after the short trial")
     ax.set_title("proxy vs trial")
     fig.tight_layout()
     fig.savefig(out / "proxy_vs_trial.png", dpi=120)
@@ -148,29 +148,47 @@ def write_report(facts: SearchFacts, study, res) -> list[dict]:
         "# more-search report", "",
         f"- model: `{res.plan.model['name_or_path']}` ({facts.layout.family}, "
         f"{facts.base_params:,} base parameters)",
-        f"- task: `{res.plan.task.get('name')}`; trials score held-out {metric} on part of train",
+        f"- task: `{res.plan.task.get('name')}`; plans are ranked by held-out loss on part of train "
+        f"({metric} beside it); strategy: {res.plan.provenance.get('strategy', '-')}",
         f"- budget: {facts.budget_spec} = {facts.budget:,} parameters (adapters + shortcuts; "
         f"the task head is not counted)",
         f"- space: `{facts.space}` ({facts.n_candidates} candidates); proxy: "
         f"`{facts.proxy}`; allocation: {facts.allocation}",
         f"- chosen plan: trial {res.plan.provenance.get('trial', '-')}, "
-        f"{res.plan.trainable_params:,} parameters, held-out {metric} {res.best_value:.4f}, "
-        f"lr {res.plan.training.get('lr'):.2e}",
+        f"{res.plan.trainable_params:,} parameters, held-out loss {res.best_value:.4f} "
+        f"({metric} {res.plan.provenance.get('heldout_metrics', {}).get(metric, float('nan')):.4f}), "
+        f"lr {res.plan.training.get('lr'):.2e}, origin: {res.plan.provenance.get('origin', '-')}",
         f"- trials: {res.n_complete} complete, {res.n_pruned} pruned, {res.n_failed} failed",
-        "", "## Time per stage", "", "| stage | seconds |", "|---|---:|",
     ]
-    lines += [f"| {k} | {v:.1f} |" for k, v in res.stage_seconds.items()]
+    c = res.cost
+    if c:
+        lines.append(
+            f"- search cost: {c['multiple_cpu']:.2f}x one full training run of the plan in CPU time, "
+            f"{c['multiple']:.2f}x in wall time (estimates: {c['search_cpu_seconds']:.0f} CPU s / "
+            f"{c['search_seconds']:.0f} s of search, setup excluded, over {c['full_run_steps']} steps x "
+            f"{c['plan_step_cpu_s']:.3f} CPU s / {c['plan_step_time_s']:.3f} s per plan step measured "
+            f"in its short trial)"
+            + (f"; planned at most {c['planned_multiple']:.2f}x" if "planned_multiple" in c else ""))
+    lines += [
+        "", "## Time per stage", "", "| stage | seconds | CPU seconds |", "|---|---:|---:|",
+    ]
+    cpu = res.cost.get("stage_cpu_seconds", {})
+    lines += [f"| {k} | {v:.1f} | {cpu[k]:.1f} |" if k in cpu else f"| {k} | {v:.1f} | - |"
+              for k, v in res.stage_seconds.items()]
     header, rows = allocation_table(res.plan, facts.layout)
     lines += ["", "## Chosen plan per layer", "", "| " + " | ".join(header) + " |",
               "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=trial_rank, reverse=True)
-    lines += ["", "## Top trials", "", f"| trial | held-out {metric} | params | lr | origin |",
-              "|---:|---:|---:|---:|---|"]
+    lines += ["", "## Top trials", "", f"| trial | held-out loss | held-out {metric} | params | lr | origin |",
+              "|---:|---:|---:|---:|---:|---|"]
     for t in ranked[:10]:
-        lines.append(f"| {t.number} | {t.value:.4f} | {t.user_attrs.get('trainable_params', 0):,} | "
-                     f"{t.params.get('lr', float('nan')):.2e} | {t.user_attrs.get('origin', 'sampled')} |")
-    lines += ["", "## Pareto front (params vs held-out score)", "", "| trial | params | score |",
+        m = t.user_attrs.get("metrics", {}).get(metric, float("nan"))
+        lr = t.user_attrs.get("lr", t.params.get("lr", float("nan")))
+        lines.append(f"| {t.number} | {t.value:.4f} | {m:.4f} | {t.user_attrs.get('trainable_params', 0):,} | "
+                     f"{lr:.2e} | {t.user_attrs.get('cid', t.user_attrs.get('origin', 'sampled'))} |")
+    lines += [""] + list(res.notes)
+    lines += ["", "## Pareto front (params vs held-out loss)", "", "| trial | params | loss |",
               "|---:|---:|---:|"]
     lines += [f"| {p['trial']} | {p['params']:,} | {p['value']:.4f} |" for p in front]
     lines += ["", "Plots: `pareto.png`, `proxy_vs_trial.png`, `allocation.png`. The study stays in "

@@ -40,7 +40,9 @@ def plan_hash(plan: Plan) -> str:
 
 
 def trial_rank(trial: optuna.trial.FrozenTrial) -> tuple[float, float]:
-    """Higher is better: the held-out main metric, ties broken by the lower held-out loss.  Short
-    trials on a hard task often all sit at the majority class; the loss still tells them apart."""
-    loss = trial.user_attrs.get("metrics", {}).get("loss", math.inf)  # duplicates carry none
-    return trial.value, -loss if math.isfinite(loss) else -math.inf
+    """Higher is better: the lower held-out loss (the objective), ties broken by the higher
+    held-out main metric.  Early held-out accuracy ranks close plans poorly; loss ranks them well."""
+    metrics = trial.user_attrs.get("metrics", {})
+    main = trial.user_attrs.get("main_metric")
+    score = metrics.get(main, -math.inf) if main else -math.inf
+    return -trial.value, score if math.isfinite(score) else -math.inf

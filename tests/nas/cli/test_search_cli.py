@@ -52,6 +52,8 @@ def test_flags_come_from_the_config_fields():
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--pruner", "bogus"], "invalid choice: 'bogus'"),
     (["--trials", "many"], "invalid int value: 'many'"),
+    (["--strategy", "guess"], "invalid choice: 'guess'"),
+    (["--lr-grid", "1e-3,fast"], "invalid float_list value"),
 ])
 def test_bad_flags_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -67,3 +69,12 @@ def test_bad_values_are_one_clear_line(tmp_path, capsys):
     assert main(["--time-budget", "soon", "-o", str(tmp_path / "o")]) == 2
     assert "--time-budget 'soon'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written
+    assert main(["--cost-budget", "0", "-o", str(tmp_path / "o")]) == 2
+    assert "--cost-budget 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_weight_sharing_flags():
+    args = build_parser().parse_args(["--strategy", "trials", "--lr-grid", "5e-4,2e-3", "--cost-budget", "0.3"])
+    assert (args.strategy, args.lr_grid, args.cost_budget) == ("trials", (5e-4, 2e-3), 0.3)
+    assert build_parser().parse_args([]).strategy == "supernet"

@@ -34,7 +34,7 @@ def config(d: Path, out: Path, **kw) -> SearchConfig:
     base = dict(model=str(d / "model"), train_file=str(d / "train.tsv"),
                 validation_file=str(d / "dev.tsv"), budget="3k", output_dir=str(out), n_trials=4,
                 trial_steps=4, n_evals=2, max_length=24, batch_size=8, progress=False,
-                trial_eval_samples=32)
+                trial_eval_samples=32, strategy="trials")
     return SearchConfig(**{**base, **kw})
 
 

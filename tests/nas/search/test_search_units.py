@@ -50,21 +50,25 @@ def test_reweight_kind_role_depth_and_jitter():
 
 
 def test_pareto_front():
+    # values are held-out losses: fewer parameters and a lower loss dominate
     pts = [{"params": 10, "value": 0.5}, {"params": 20, "value": 0.4}, {"params": 30, "value": 0.7},
-           {"params": 5, "value": 0.45}, {"params": 30, "value": 0.6}]
+           {"params": 5, "value": 0.55}, {"params": 30, "value": 0.3}]
     front = pareto_front(pts)
-    assert [(p["params"], p["value"]) for p in front] == [(5, 0.45), (10, 0.5), (30, 0.7)]
+    assert [(p["params"], p["value"]) for p in front] == [(5, 0.55), (10, 0.5), (20, 0.4), (30, 0.3)]
 
 
-def test_best_trial_breaks_metric_ties_by_held_out_loss():
+def test_best_trial_is_the_lowest_held_out_loss_metric_breaks_ties():
     import optuna
 
     def trial(value, **attrs):
-        return optuna.trial.create_trial(value=value, user_attrs=attrs)
+        return optuna.trial.create_trial(value=value, user_attrs={"main_metric": "accuracy", **attrs})
 
-    first = trial(0.6375, metrics={"accuracy": 0.6375, "loss": 0.657})
-    lower_loss = trial(0.6375, metrics={"accuracy": 0.6375, "loss": 0.652})
-    duplicate = trial(0.6375, duplicate_of=0)  # no metrics of its own
-    better = trial(0.70, metrics={"accuracy": 0.70, "loss": 0.9})
-    assert max([first, lower_loss, duplicate], key=trial_rank) is lower_loss
-    assert max([first, lower_loss, duplicate, better], key=trial_rank) is better  # the metric first
+    # Same accuracy, lower loss: the lower loss wins; a higher accuracy with a higher loss loses.
+    higher_loss = trial(0.657, metrics={"accuracy": 0.6375, "loss": 0.657})
+    lower_loss = trial(0.652, metrics={"accuracy": 0.6375, "loss": 0.652})
+    better_acc = trial(0.9, metrics={"accuracy": 0.70, "loss": 0.9})
+    assert max([higher_loss, lower_loss, better_acc], key=trial_rank) is lower_loss
+    # Equal loss: the higher held-out metric; a trial without metrics comes last.
+    tie_a = trial(0.652, metrics={"accuracy": 0.66, "loss": 0.652})
+    bare = trial(0.652)
+    assert max([lower_loss, bare, tie_a], key=trial_rank) is tie_a

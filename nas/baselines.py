@@ -1,0 +1,64 @@
+"""Uniform LoRA at a given size: the simple baselines a searched plan must beat, on query,value
+and on the widest placement that fits the size (every linear layer where rank 1 fits, else every
+attention projection).  Used by the search (as finalists) and by benchmarks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from search_spaces import count_params
+from search_spaces.anatomy import ModelLayout
+from search_spaces.space import Candidate, freeze_choice
+
+from .plan import Plan
+
+PLACEMENTS = ("qv", "widest")
+ATTENTION_ROLES = frozenset({"q", "k", "v", "qkv", "o"})
+
+
+@dataclass(frozen=True)
+class UniformLoRA:
+    placement: str  # "qv", "all linear" or "attention"
+    modules: tuple[str, ...]
+    rank: int
+    params: int
+
+    @property
+    def label(self) -> str:
+        return f"uniform LoRA r{self.rank} on {self.placement} ({len(self.modules)} modules)"
+
+    def candidates(self, layout: ModelLayout) -> list[Candidate]:
+        choice = freeze_choice({"type": "lora", "rank": self.rank})
+        out = []
+        for name in self.modules:
+            m = layout.module(name)
+            out.append(Candidate(name, m.layer, m.role, choice,
+                                 count_params("lora", m.d_in, m.d_out, rank=self.rank)))
+        return out
+
+    def plan(self, layout: ModelLayout, **fields) -> Plan:
+        plan = Plan.from_candidates(self.candidates(layout), layout, **fields)
+        plan.provenance = {"baseline": self.label}
+        return plan
+
+
+def placement_modules(layout: ModelLayout, placement: str, size: int) -> tuple[str, list]:
+    """(placement label, modules) of ``placement`` for a plan of ``size`` parameters."""
+    if placement == "qv":
+        mods = [m for m in layout.modules if m.role in ("q", "v")]
+        return "query,value", mods or [m for m in layout.modules if m.role == "qkv"]
+    if placement == "widest":
+        if sum(m.d_in + m.d_out for m in layout.modules) <= size:
+            return "all linear", list(layout.modules)
+        return "attention", [m for m in layout.modules if m.role in ATTENTION_ROLES]
+    raise ValueError(f"unknown placement {placement!r}; valid: {list(PLACEMENTS)}")
+
+
+def uniform_lora(layout: ModelLayout, size: int, placement: str = "qv") -> UniformLoRA | None:
+    """The largest uniform LoRA rank on ``placement`` whose parameters stay <= ``size``
+    (None where not even rank 1 fits)."""
+    label, mods = placement_modules(layout, placement, size)
+    per_rank = sum(count_params("lora", m.d_in, m.d_out, rank=1) for m in mods)
+    if not mods or per_rank > size:
+        return None
+    rank = size // per_rank
+    return UniformLoRA(label, tuple(m.name for m in mods), rank, rank * per_rank)

@@ -1,0 +1,98 @@
+"""The search's cost in the user's unit: multiples of one full training run of the plan.
+
+A full run is ``epochs`` passes over the task's training rows at the batch size:
+F = ceil(epochs * ceil(n_train / batch_size)) optimizer steps.  Stages are sized in plan-step
+equivalents before they run (the costs below), so the default settings plan for at most
+``cost_budget`` * F; the report then states the measured multiple:
+the stages' wall time over F times the plan's step time measured in the search (an estimate).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+# Costs in plan steps.  A super-network step: 1.5 in benchmarks/results/supernet_overhead.md (an
+# idle machine), 2.3 in the demo search on a loaded one.  A proxy batch scores every candidate
+# of the space at once: 11.6 plan steps in the demo search (MiniLM, 383 candidates, fisher).
+SUPERNET_STEP_COST = 2.0
+PROXY_BATCH_COST = 1.0  # the proxy's forward/backward on one batch
+# Its joint signals for every candidate: 10.7 s for MiniLM's 383 candidates in the demo search on
+# an idle machine, at 0.12 s per plan step.
+PROXY_CANDIDATE_COST = 0.25
+PROXY_SHARE = 0.1  # the zero-cost prior runs by default only when it costs at most this share
+TRIAL_OVERHEAD = 6.0  # per finalist trial: the model copy, the plan's injection, the trainer
+FORWARD_COST = 0.5  # one inference batch: with a frozen base, backward costs about a forward
+MIN_FINALIST_STEPS = 6  # a finalist's steps at the first rung: fewer tell nothing
+
+
+def full_run_steps(n_train: int, batch_size: int, epochs: float) -> int:
+    return max(1, math.ceil(epochs * math.ceil(n_train / batch_size)))
+
+
+@dataclass
+class StageSizes:
+    """Every stage's size, fixed from the configuration and the data before anything runs."""
+
+    full_run_steps: int
+    supernet_steps: int
+    scored_plans: int
+    scoring_batches: int  # held-out forward batches per scored plan
+    finalist_step_budget: int  # optimizer steps shared by all finalist trials, all rungs
+    finalist_eval_batches: int  # held-out forward batches per finalist evaluation
+    proxy_cost: float  # plan steps
+    finalists: int  # finalist candidates (plan x learning rate) the budget affords
+    rungs: int
+
+    def planned(self) -> float:
+        """Planned cost at most, as a multiple of one full run (plan-step equivalents / F),
+        counting every finalist evaluated at every rung."""
+        units = (self.proxy_cost + self.supernet_steps * SUPERNET_STEP_COST
+                 + self.scored_plans * self.scoring_batches * FORWARD_COST
+                 + self.finalist_step_budget
+                 + self.finalists * self.rungs * (self.finalist_eval_batches * FORWARD_COST + TRIAL_OVERHEAD))
+        return units / self.full_run_steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def proxy_cost(n_candidates: int, batches: int) -> float:
+    return batches * PROXY_BATCH_COST + n_candidates * PROXY_CANDIDATE_COST if batches else 0.0
+
+
+def proxy_affordable(n_candidates: int, batches: int, F: int) -> bool:
+    return proxy_cost(n_candidates, batches) <= PROXY_SHARE * F
+
+
+def size_stages(*, n_train: int, batch_size: int, epochs: float, cost_budget: float,
+                supernet_share: float, scoring_share: float, eval_rows: int, n_finalists: int,
+                rungs: int, eta: int, proxy_batches: int, n_candidates: int = 0,
+                min_scored: int = 1) -> StageSizes:
+    """Stage sizes within ``cost_budget`` full runs: the super-network gets ``supernet_share``
+    of a full run's cost, cheap scoring ``scoring_share``, the finalists what is left.  As many
+    of the ``n_finalists`` candidates (in their priority order) take part as can each train
+    MIN_FINALIST_STEPS steps at the first rung, ``eta`` times more at each later one, and be
+    evaluated at every rung, even if none is ever cut.  ``proxy_batches`` 0: no proxy stage."""
+    F = full_run_steps(n_train, batch_size, epochs)
+    eval_batches = max(1, math.ceil(eval_rows / batch_size))
+    supernet = max(1, int(supernet_share * F / SUPERNET_STEP_COST))
+    scored = max(min_scored, int(scoring_share * F / (eval_batches * FORWARD_COST)))
+    proxy = proxy_cost(n_candidates, proxy_batches)
+    left = cost_budget * F - proxy - supernet * SUPERNET_STEP_COST \
+        - scored * eval_batches * FORWARD_COST
+    per_rung = eval_batches * FORWARD_COST + TRIAL_OVERHEAD  # each finalist's evaluation and setup
+    per_candidate = MIN_FINALIST_STEPS * sum(eta ** k for k in range(rungs)) + rungs * per_rung
+    n_fit = max(0, min(n_finalists, int(left // per_candidate)))
+    steps = int(left - n_fit * rungs * per_rung) if n_fit else 0
+    return StageSizes(full_run_steps=F, supernet_steps=supernet, scored_plans=scored,
+                      scoring_batches=eval_batches, finalist_step_budget=max(0, steps),
+                      finalist_eval_batches=eval_batches, proxy_cost=proxy,
+                      finalists=n_fit, rungs=rungs)
+
+
+def measured_multiple(stage_seconds: dict[str, float], step_time_s: float, F: int,
+                      stages=("proxy", "supernet", "scoring", "finalists", "trials")) -> float:
+    """Search wall time of the named stages over the estimated time of one full run."""
+    if not step_time_s or not math.isfinite(step_time_s):
+        return float("nan")
+    return sum(stage_seconds.get(s, 0.0) for s in stages) / (F * step_time_s)
