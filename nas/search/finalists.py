@@ -122,7 +122,7 @@ def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, 
         if unexpected:
             raise RuntimeError(f"warm start: the plan's model has no {unexpected[:3]}")
         c0 = time.process_time()
-        result = trainer.run()
+        result = training.run(trainer)
         cpu = (time.process_time() - c0) / max(result.steps, 1)
     except (training.NonFiniteLoss, RuntimeError, ValueError) as e:
         trial.set_user_attr("error", str(e)[:300])

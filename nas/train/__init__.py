@@ -3,9 +3,9 @@
 from .config import NonFiniteLoss, TrainConfig, TrainResult
 from .outputs import final_plan, merge_and_save
 from .support import group_by_length
-from .trainer import AdapterTrainer, prepare, train
+from .trainer import AdapterTrainer, prepare, run, train
 
 Trainer = AdapterTrainer  # the loop: a transformers.Trainer
 
 __all__ = ["AdapterTrainer", "NonFiniteLoss", "TrainConfig", "TrainResult", "Trainer", "final_plan",
-           "group_by_length", "merge_and_save", "prepare", "train"]
+           "group_by_length", "merge_and_save", "prepare", "run", "train"]

@@ -260,6 +260,7 @@ def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=No
         trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     trainer.plan, trainer.allocator, trainer.stats, trainer.resume_state = plan, allocator, stats, resume
     trainer.frozen_originals = originals
+    trainer.scratch_dir = None if cfg.output_dir else out  # run() removes only a folder it made
     trainer.scoring_batches = scoring_batches if allocator is not None else None
     return trainer
 
@@ -270,8 +271,8 @@ def trainer_for(model: nn.Module, data, cfg: TrainConfig, callbacks: list | None
     device = resolve_device(cfg.device)
     check_precision(device, cfg.bf16, cfg.fp16)
     stats = StepStats(device)
-    args = training_args(cfg, cfg.output_dir or tempfile.mkdtemp(prefix="more-train-"), len(data.train),
-                         device, unused_params=False)
+    out = cfg.output_dir or tempfile.mkdtemp(prefix="more-train-")
+    args = training_args(cfg, out, len(data.train), device, unused_params=False)
     history: list[dict] = []
     cbs = [EvaluateAtEnd(), stats] + list(callbacks or [])
     tr = AdapterTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
@@ -279,6 +280,7 @@ def trainer_for(model: nn.Module, data, cfg: TrainConfig, callbacks: list | None
     if not cfg.progress:
         tr.remove_callback(transformers.trainer_callback.PrinterCallback)
     tr.plan, tr.allocator, tr.stats, tr.frozen_originals = None, None, stats, {}
+    tr.scratch_dir = None if cfg.output_dir else out
     return tr
 
 
@@ -289,8 +291,8 @@ def run(trainer: AdapterTrainer) -> TrainResult:
         trainer.train()
         return _result(trainer, time.perf_counter() - t0, None)
     finally:
-        if trainer.args.output_dir.startswith(tempfile.gettempdir()):
-            shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+        if getattr(trainer, "scratch_dir", None):  # never a folder the user named
+            shutil.rmtree(trainer.scratch_dir, ignore_errors=True)
 
 
 def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None,

@@ -336,3 +336,24 @@ def test_evaluation_equals_row_by_row(tiny_bert, layout, sentiment):
     assert got["eval_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
     lengths = [len(x) for x in tr.data.eval["input_ids"]]
     assert lengths != sorted(lengths)  # sorting by length did change the order
+
+
+def test_run_removes_only_the_scratch_folder_it_made(tiny_bert, layout, sentiment, tmp_path):
+    """run() cleans up the temporary folder of an output-less run, never a folder the user named
+    (even one under the system's temp folder, as pytest's tmp_path is)."""
+    import os
+
+    from nas.train import prepare
+    from nas.train.trainer import run
+
+    named = tmp_path / "mine"
+    named.mkdir()
+    (named / "keep.txt").write_text("the user's")
+    trainer = prepare(lora_plan(tiny_bert, layout), cfg_for(sentiment, output_dir=str(named), max_steps=2))
+    run(trainer)
+    assert (named / "keep.txt").read_text() == "the user's"
+    scratch = prepare(lora_plan(tiny_bert, layout), cfg_for(sentiment, max_steps=2))
+    folder = scratch.args.output_dir
+    assert os.path.isdir(folder)
+    run(scratch)
+    assert not os.path.exists(folder)
