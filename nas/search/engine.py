@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,9 @@ from ..models import load_model, load_tokenizer
 from ..plan import BUDGET_COUNTS, Plan
 from .config import PLAN_ATTR, SearchConfig, SearchResult
 from .report import SearchFacts, write_report
-from .study import fail_stale_trials, make_pruner, make_sampler, make_storage
+from .checks import check_max_length, check_output, check_settings
+from .study import check_study_settings, make_pruner, make_sampler, open_storage, sampler_seed
+from .workers import drain, fail_dead_trials, plan_seed, requeue_interrupted, worker_alive, worker_of
 from .trials import plan_hash, reweight, trial_rank
 
 
@@ -161,18 +165,38 @@ class Search:
         return self._allocate(scores, lr=params["lr"], fill=params.get("fill", 1.0))
 
     def objective(self, trial: optuna.Trial) -> float:
+        seed = plan_seed(trial)  # a retried or interrupted trial trains the plan it replaces
+        try:
+            return self._train_trial(trial, seed)
+        except KeyboardInterrupt:
+            requeue_interrupted(trial, seed)
+            raise
+
+    def _same_plan(self, trial: optuna.Trial, h: str):
+        """A finished trial with this plan, after waiting for an earlier one still running."""
+        t0 = time.time()
+        while True:
+            same = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+                    if t.number != trial.number and t.user_attrs.get("plan_hash") == h]
+            done = [t for t in same if t.state == TrialState.COMPLETE]
+            if done or not any(t.number < trial.number and worker_alive(worker_of(t)) is not False
+                               for t in same) or time.time() - t0 > 600:
+                return done[0] if done else None
+            time.sleep(min(5.0, self.cfg.heartbeat_s))
+
+    def _train_trial(self, trial: optuna.Trial, seed: int) -> float:
         cfg = self.cfg
         params = self.trial_params(trial)
-        plan = self.trial_plan(params, seed=cfg.seed + trial.number)
+        plan = self.trial_plan(params, seed=cfg.seed + seed)
         h = plan_hash(plan)
         trial.set_user_attr("plan_hash", h)
         trial.set_user_attr("trainable_params", plan.trainable_params)
         trial.set_user_attr("proxy_score", plan.provenance["proxy_score"])
         trial.set_user_attr(PLAN_ATTR, plan.to_dict())
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("plan_hash") == h:  # same plan, same lr: don't train it twice
-                trial.set_user_attr("duplicate_of", t.number)
-                return t.value
+        same = self._same_plan(trial, h)
+        if same is not None:  # same plan, same lr: don't train it twice
+            trial.set_user_attr("duplicate_of", same.number)
+            return same.value
         steps = cfg.trial_steps
         eval_every = max(1, steps // cfg.n_evals)
         tcfg = training.TrainConfig.from_plan(
@@ -196,17 +220,47 @@ class Search:
                                         if isinstance(v, (int, float))})
         return float(result.score)
 
+    def settings(self) -> dict[str, Any]:
+        """What the study is created with; a resume or another worker must give the same."""
+        cfg = self.cfg
+        space = load_space(cfg.space)
+        return {"model": cfg.model or "minilm", "task": cfg.task, "train_file": cfg.train_file,
+                "budget": str(cfg.budget), "space": space.to_dict()}
+
+    def open_storage(self):
+        """The storage, checked before any model loads; a resume must find its study, and the
+        study's settings must be these."""
+        cfg, journal = self.cfg, self.out / "study.journal"
+        if cfg.storage is None and not journal.exists():
+            if cfg.resume:
+                raise UserError(f"--resume: {self.out} holds no search to resume; run without --resume to start one")
+            self.storage = None  # created with the output folder, once everything is checked
+            return
+        self.storage = open_storage(cfg.storage, journal, cfg.heartbeat_s)
+        name = cfg.study or "more-search"
+        if name not in optuna.study.get_all_study_names(self.storage):
+            if cfg.resume:
+                raise UserError(f"--resume: the storage holds no study {name!r} to resume; run without "
+                                f"--resume to start it")
+            return
+        check_study_settings(optuna.load_study(study_name=name, storage=self.storage), self.settings(), cfg.resume)
+
     def open_study(self) -> optuna.Study:
         cfg = self.cfg
-        storage = make_storage(cfg.storage, cfg.output_dir)
+        if self.storage is None:
+            self.storage = open_storage(None, self.out / "study.journal", cfg.heartbeat_s)
         name = cfg.study or "more-search"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
-            study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-            sampler=make_sampler(cfg.sampler, cfg.seed), pruner=make_pruner(cfg.pruner, cfg.n_evals),
+            study_name=name, storage=self.storage, direction="maximize", load_if_exists=True,
+            pruner=make_pruner(cfg.pruner, cfg.n_evals),
         )
+        check_study_settings(study, self.settings(), cfg.resume)
+        # Fresh draws on each resume and each worker of a shared storage; one run stays repeatable.
+        study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg.seed, len(study.trials),
+                                                               os.getpid() if cfg.storage else 0))
         if cfg.resume:
-            stale = fail_stale_trials(study)
+            stale = fail_dead_trials(study, untagged_after_s=2 * cfg.heartbeat_s)
             if stale:
                 print(f"resume: re-running trial(s) {stale} that the interrupted run left unfinished")
         if not study.trials:
@@ -244,13 +298,17 @@ class Search:
                 except ValueError:
                     bar.set_postfix(last=frozen.state.name.lower())
 
+        # A failed trial (NaN loss, out of memory) is recorded as failed; the search goes on.
+        catch = (training.NonFiniteLoss, RuntimeError, MemoryError, ValueError)
         if remaining:
             study.optimize(
                 self.objective, timeout=cfg.timeout_s,
                 callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=finished), on_trial],
-                # A failed trial (NaN loss, out of memory) is recorded as failed; the search goes on.
-                catch=(training.NonFiniteLoss, RuntimeError, MemoryError, ValueError),
+                catch=catch,
             )
+        # Retries of dead workers' trials, and other workers' last trials: one answer per study.
+        drain(study, lambda n: study.optimize(self.objective, n_trials=n, catch=catch, callbacks=[on_trial]),
+              poll_s=cfg.heartbeat_s, grace_s=2 * cfg.heartbeat_s)
         if bar is not None:
             bar.close()
         self.stage_seconds["trials"] = time.perf_counter() - t0
@@ -290,15 +348,38 @@ class Search:
         return res
 
     def run(self) -> SearchResult:
+        # Every check that needs no model first, then the model's config; nothing is written
+        # until they pass.
+        check_settings(self.cfg)
+        check_output(self.out)
         if self.cfg.storage is None and not self.cfg.resume and (self.out / "study.journal").exists():
             raise UserError(f"{self.out} already holds a search (study.journal); pass --resume to "
                             f"continue it, or choose another output folder with -o")
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.open_storage()
+        check_max_length(self.cfg)
         self.prepare()
-        self.proxy_stage()
-        study = self.open_study()
-        self.trial_stage(study)
+        made = self._make_output()
+        study = None
+        try:
+            self.proxy_stage()
+            study = self.open_study()
+            self.trial_stage(study)
+        except BaseException:
+            kept = study is not None and study.get_trials(deepcopy=False, states=(
+                TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING))
+            if not kept:  # failed before any trial finished: remove what this command created
+                for p in made:
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            raise
         return self.result(study)
+
+    def _make_output(self) -> list[Path]:
+        """Create the output folder; return what this command created (removed if it fails early)."""
+        parts = [p for p in [self.out, *self.out.parents] if not p.exists()]
+        made = [parts[-1]] if parts else [self.out / "proxy_scores.json", self.out / "study.journal"]
+        made = [p for p in made if not p.exists()]
+        self.out.mkdir(parents=True, exist_ok=True)
+        return made
 
 
 def run_search(cfg: SearchConfig, **kw) -> SearchResult:
