@@ -69,7 +69,11 @@ def class_labels(train_vals, eval_vals, col, label_names, eval_split):
             f"column {col!r} holds non-integer numbers (e.g. {floats[0]!r}) for a classification "
             f"task; for a regression task (STS-B style) pass --task-type regression"
         )
+    _mostly_numbers(tr, col)
     names = sorted({str(v).strip() for v in tr})
+    if len(names) < 2:
+        raise UserError(f"the training data has one class only ({names[0] if names else 'none'!r} in column "
+                        f"{col!r}); a classifier needs at least two: check --label-column and the file")
     index = {n: i for i, n in enumerate(names)}
     unseen = sorted({str(v).strip() for v in ev} - set(index))
     if unseen:
@@ -77,6 +81,23 @@ def class_labels(train_vals, eval_vals, col, label_names, eval_split):
                         f"in train (train labels: {names[:10]})")
     return (np.asarray([index[str(v).strip()] for v in tr]),
             np.asarray([index[str(v).strip()] for v in ev]), names)
+
+
+def _number(v) -> bool:
+    try:
+        return bool(np.isfinite(float(v)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _mostly_numbers(values: list, col: str) -> None:
+    """Labels that are mostly numbers with a few that are not ('nan', 'abc') are broken rows, not
+    extra classes."""
+    bad = [(i, v) for i, v in enumerate(values) if not _number(v)]
+    if bad and len(bad) < len(values) / 2:
+        rows = ", ".join(f"row {i}: {v!r}" for i, v in bad[:5])
+        raise UserError(f"column {col!r} holds numbers except in {len(bad)} row(s) ({rows}); fix or drop "
+                        f"those rows (labels are numbers, so they are not extra classes)")
 
 
 def infer_task_type(values) -> str:

@@ -54,7 +54,9 @@ def plan_seed(trial: optuna.Trial) -> int:
     seed = trial.user_attrs.get(PLAN_SEED_ATTR)
     if seed is None:
         frozen = trial.study._storage.get_trial(trial._trial_id)
-        seed = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            seed = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
     if seed is None:
         seed = trial.number
     trial.set_user_attr(PLAN_SEED_ATTR, int(seed))
