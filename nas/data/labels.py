@@ -45,6 +45,14 @@ def _as_int(v):
 
 
 def class_labels(train_vals, eval_vals, col, label_names, eval_split):
+    y_tr, y_ev, names = _class_labels(train_vals, eval_vals, col, label_names, eval_split)
+    if len(set(y_tr.tolist())) < 2:
+        raise UserError(f"the training data has one class only (column {col!r}); a classifier needs at "
+                        f"least two: check --label-column and the file")
+    return y_tr, y_ev, names
+
+
+def _class_labels(train_vals, eval_vals, col, label_names, eval_split):
     tr, ev = train_vals.tolist(), eval_vals.tolist()
     if label_names:
         index = {n: i for i, n in enumerate(label_names)}
@@ -71,9 +79,6 @@ def class_labels(train_vals, eval_vals, col, label_names, eval_split):
         )
     _mostly_numbers(tr, col)
     names = sorted({str(v).strip() for v in tr})
-    if len(names) < 2:
-        raise UserError(f"the training data has one class only ({names[0] if names else 'none'!r} in column "
-                        f"{col!r}); a classifier needs at least two: check --label-column and the file")
     index = {n: i for i, n in enumerate(names)}
     unseen = sorted({str(v).strip() for v in ev} - set(index))
     if unseen:
