@@ -171,6 +171,9 @@ class Search:
         except KeyboardInterrupt:
             requeue_interrupted(trial, seed)
             raise
+        except UserError:  # stops the search with its one-line message, not Optuna's traceback
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+            raise
 
     def _same_plan(self, trial: optuna.Trial, h: str):
         """A finished trial with this plan, after waiting for an earlier one still running."""
@@ -365,8 +368,9 @@ class Search:
             study = self.open_study()
             self.trial_stage(study)
         except BaseException:
-            kept = study is not None and study.get_trials(deepcopy=False, states=(
-                TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING))
+            kept = study is not None and any(  # a finished trial, or an interrupted one to resume
+                t.state in (TrialState.COMPLETE, TrialState.PRUNED) or "interrupted" in t.user_attrs
+                for t in study.get_trials(deepcopy=False))
             if not kept:  # failed before any trial finished: remove what this command created
                 for p in made:
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
