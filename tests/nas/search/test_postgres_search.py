@@ -117,8 +117,12 @@ def test_resume_on_a_shared_study_never_fails_a_live_workers_trial(files, tmp_pa
     study = f"s-{uuid.uuid4().hex[:8]}"
     live = more_search(files, tmp_path / "a", url, study, 1, 1500)
     running = wait_for_running(url, study, live.pid)
-    finish(more_search(files, tmp_path / "b", url, study, 1, 4, "--resume"))
+    resumed = more_search(files, tmp_path / "b", url, study, 1, 4, "--resume")
+    finish(resumed)
     finish(live)
     ts = load(url, study)
     assert ts[running].state == TrialState.COMPLETE  # the live worker's trial was left to it
+    # ... and it was still running when the resumed worker had checked the study and started.
+    started = min(t.datetime_start for t in ts if t.user_attrs.get("worker", {}).get("pid") == resumed.pid)
+    assert started < ts[running].datetime_complete
     assert not [t for t in ts if t.state == TrialState.FAIL]
