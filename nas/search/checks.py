@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import proxies
+from optuna.trial import TrialState
 from search_spaces import load_space
 
 from ..budget import parse_budget
@@ -83,3 +85,22 @@ def check_max_length(cfg: SearchConfig) -> None:
     if limit and cfg.max_length > limit:
         raise UserError(f"--max-length {cfg.max_length} is more than model's {limit} positions; "
                         f"pass --max-length {limit} or less")
+
+
+def make_output(out: Path) -> list[Path]:
+    """Create the output folder; return what this command created."""
+    missing = [p for p in [out, *out.parents] if not p.exists()]
+    made = [missing[-1]] if missing else [out / "proxy_scores.json", out / "study.journal"]
+    made = [p for p in made if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_unless_resumable(made: list[Path], study) -> None:
+    """A search that fails before any trial finished removes what it created; one with a finished
+    or an interrupted (re-queued) trial keeps it for --resume."""
+    if study is not None and any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or "interrupted" in t.user_attrs
+                                 for t in study.get_trials(deepcopy=False)):
+        return
+    for p in made:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -42,9 +41,10 @@ from ..models import load_model, load_tokenizer
 from ..plan import BUDGET_COUNTS, Plan
 from .config import PLAN_ATTR, SearchConfig, SearchResult
 from .report import SearchFacts, write_report
-from .checks import check_max_length, check_output, check_settings
-from .study import check_study_settings, make_pruner, make_sampler, open_storage, sampler_seed
-from .workers import drain, fail_dead_trials, plan_seed, requeue_interrupted, worker_alive, worker_of
+from .checks import check_max_length, check_output, check_settings, make_output, remove_unless_resumable
+from .study import (check_study_settings, make_pruner, make_sampler, open_checked_storage, open_storage,
+                    sampler_seed, study_settings)
+from .workers import drain, fail_dead_trials, plan_seed, requeue_interrupted, same_plan_trial
 from .trials import plan_hash, reweight, trial_rank
 
 
@@ -175,18 +175,6 @@ class Search:
             optuna.logging.set_verbosity(optuna.logging.ERROR)
             raise
 
-    def _same_plan(self, trial: optuna.Trial, h: str):
-        """A finished trial with this plan, after waiting for an earlier one still running."""
-        t0 = time.time()
-        while True:
-            same = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-                    if t.number != trial.number and t.user_attrs.get("plan_hash") == h]
-            done = [t for t in same if t.state == TrialState.COMPLETE]
-            if done or not any(t.number < trial.number and worker_alive(worker_of(t)) is not False
-                               for t in same) or time.time() - t0 > 600:
-                return done[0] if done else None
-            time.sleep(min(5.0, self.cfg.heartbeat_s))
-
     def _train_trial(self, trial: optuna.Trial, seed: int) -> float:
         cfg = self.cfg
         params = self.trial_params(trial)
@@ -196,7 +184,7 @@ class Search:
         trial.set_user_attr("trainable_params", plan.trainable_params)
         trial.set_user_attr("proxy_score", plan.provenance["proxy_score"])
         trial.set_user_attr(PLAN_ATTR, plan.to_dict())
-        same = self._same_plan(trial, h)
+        same = same_plan_trial(trial, h, poll_s=min(5.0, cfg.heartbeat_s))
         if same is not None:  # same plan, same lr: don't train it twice
             trial.set_user_attr("duplicate_of", same.number)
             return same.value
@@ -223,34 +211,9 @@ class Search:
                                         if isinstance(v, (int, float))})
         return float(result.score)
 
-    def settings(self) -> dict[str, Any]:
-        """What the study is created with; a resume or another worker must give the same."""
-        cfg = self.cfg
-        space = load_space(cfg.space)
-        return {"model": cfg.model or "minilm", "task": cfg.task, "train_file": cfg.train_file,
-                "budget": str(cfg.budget), "space": space.to_dict()}
-
-    def open_storage(self):
-        """The storage, checked before any model loads; a resume must find its study, and the
-        study's settings must be these."""
-        cfg, journal = self.cfg, self.out / "study.journal"
-        if cfg.storage is None and not journal.exists():
-            if cfg.resume:
-                raise UserError(f"--resume: {self.out} holds no search to resume; run without --resume to start one")
-            self.storage = None  # created with the output folder, once everything is checked
-            return
-        self.storage = open_storage(cfg.storage, journal, cfg.heartbeat_s)
-        name = cfg.study or "more-search"
-        if name not in optuna.study.get_all_study_names(self.storage):
-            if cfg.resume:
-                raise UserError(f"--resume: the storage holds no study {name!r} to resume; run without "
-                                f"--resume to start it")
-            return
-        check_study_settings(optuna.load_study(study_name=name, storage=self.storage), self.settings(), cfg.resume)
-
     def open_study(self) -> optuna.Study:
         cfg = self.cfg
-        if self.storage is None:
+        if getattr(self, "storage", None) is None:  # the default journal, created with the output folder
             self.storage = open_storage(None, self.out / "study.journal", cfg.heartbeat_s)
         name = cfg.study or "more-search"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -258,7 +221,7 @@ class Search:
             study_name=name, storage=self.storage, direction="maximize", load_if_exists=True,
             pruner=make_pruner(cfg.pruner, cfg.n_evals),
         )
-        check_study_settings(study, self.settings(), cfg.resume)
+        check_study_settings(study, study_settings(cfg), cfg.resume)
         # Fresh draws on each resume and each worker of a shared storage; one run stays repeatable.
         study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg.seed, len(study.trials),
                                                                os.getpid() if cfg.storage else 0))
@@ -358,32 +321,18 @@ class Search:
         if self.cfg.storage is None and not self.cfg.resume and (self.out / "study.journal").exists():
             raise UserError(f"{self.out} already holds a search (study.journal); pass --resume to "
                             f"continue it, or choose another output folder with -o")
-        self.open_storage()
+        self.storage = open_checked_storage(self.cfg, self.out)
         check_max_length(self.cfg)
         self.prepare()
-        made = self._make_output()
-        study = None
+        made, study = make_output(self.out), None
         try:
             self.proxy_stage()
             study = self.open_study()
             self.trial_stage(study)
         except BaseException:
-            kept = study is not None and any(  # a finished trial, or an interrupted one to resume
-                t.state in (TrialState.COMPLETE, TrialState.PRUNED) or "interrupted" in t.user_attrs
-                for t in study.get_trials(deepcopy=False))
-            if not kept:  # failed before any trial finished: remove what this command created
-                for p in made:
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            remove_unless_resumable(made, study)
             raise
         return self.result(study)
-
-    def _make_output(self) -> list[Path]:
-        """Create the output folder; return what this command created (removed if it fails early)."""
-        parts = [p for p in [self.out, *self.out.parents] if not p.exists()]
-        made = [parts[-1]] if parts else [self.out / "proxy_scores.json", self.out / "study.journal"]
-        made = [p for p in made if not p.exists()]
-        self.out.mkdir(parents=True, exist_ok=True)
-        return made
 
 
 def run_search(cfg: SearchConfig, **kw) -> SearchResult:

@@ -164,6 +164,33 @@ def open_storage(text: str | None, default_journal: str | Path, heartbeat_s: flo
 
 
 # ---- what a study was created with ---------------------------------------------------------
+def study_settings(cfg) -> dict[str, Any]:
+    """What a study is created with (from a SearchConfig); a resume or another worker must match."""
+    from search_spaces import load_space
+
+    return {"model": cfg.model or "minilm", "task": cfg.task, "train_file": cfg.train_file,
+            "budget": str(cfg.budget), "space": load_space(cfg.space).to_dict()}
+
+
+def open_checked_storage(cfg, out: Path):
+    """A SearchConfig's storage, before any model loads (None: the default journal, not made
+    yet); a resume must find its study, and a study's settings must be ``cfg``'s."""
+    journal = out / "study.journal"
+    if cfg.storage is None and not journal.exists():
+        if cfg.resume:
+            raise UserError(f"--resume: {out} holds no search to resume; run without --resume to start one")
+        return None
+    storage = open_storage(cfg.storage, journal, cfg.heartbeat_s)
+    name = cfg.study or "more-search"
+    if name not in optuna.study.get_all_study_names(storage):
+        if cfg.resume:
+            raise UserError(f"--resume: the storage holds no study {name!r} to resume; run without "
+                            f"--resume to start it")
+        return storage
+    check_study_settings(optuna.load_study(study_name=name, storage=storage), study_settings(cfg), cfg.resume)
+    return storage
+
+
 def check_study_settings(study: optuna.Study, settings: dict[str, Any], resume: bool) -> None:
     """Store ``settings`` in a new study; refuse a resume or a worker whose settings differ."""
     stored = study.user_attrs.get("settings")

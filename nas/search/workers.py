@@ -64,6 +64,20 @@ def plan_seed(trial: optuna.Trial) -> int:
     return int(seed)
 
 
+def same_plan_trial(trial: optuna.Trial, plan_hash: str, poll_s: float, max_wait_s: float = 600.0):
+    """A finished trial that trained this plan, after waiting for an earlier trial that is training
+    it now (another worker); None: train it."""
+    t0 = time.time()
+    while True:
+        same = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+                if t.number != trial.number and t.user_attrs.get("plan_hash") == plan_hash]
+        done = [t for t in same if t.state == TrialState.COMPLETE]
+        if done or not any(t.number < trial.number and worker_alive(worker_of(t)) is not False
+                           for t in same) or time.time() - t0 > max_wait_s:
+            return done[0] if done else None
+        time.sleep(poll_s)
+
+
 def requeue_interrupted(trial: optuna.Trial, seed: int) -> None:
     """Ctrl-C: queue the trial's parameters with its plan seed, so --resume trains that plan, and
     keep Optuna from printing 'Trial failed' with a traceback for it."""
