@@ -41,6 +41,8 @@ def check_settings(cfg: SearchConfig) -> None:
         problems.append(f"--epochs must be > 0, got {cfg.epochs!r}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         problems.append(f"--seed must be an integer in 0..{2**32 - 1}, got {cfg.seed!r}")
+    if not (isinstance(cfg.heartbeat_s, (int, float)) and cfg.heartbeat_s > 0):
+        problems.append(f"--heartbeat must be a number of seconds > 0, got {cfg.heartbeat_s!r}")
     if not 0 < cfg.holdout < 1:
         problems.append(f"--holdout must be a fraction between 0 and 1, e.g. 0.2, got {cfg.holdout!r}")
     if cfg.proxy is not None and cfg.proxy not in proxies.PROXIES:
@@ -83,7 +85,7 @@ def check_max_length(cfg: SearchConfig) -> None:
         return  # load_model says what is wrong with the folder
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if limit and cfg.max_length > limit:
-        raise UserError(f"--max-length {cfg.max_length} is more than model's {limit} positions; "
+        raise UserError(f"--max-length {cfg.max_length} is more than the model's {limit} positions; "
                         f"pass --max-length {limit} or less")
 
 
