@@ -89,11 +89,12 @@ def check_max_length(cfg: SearchConfig) -> None:
                         f"pass --max-length {limit} or less")
 
 
-def make_output(out: Path) -> list[Path]:
-    """Create the output folder; return what this command created."""
+def make_output(out: Path, journal: Path | None) -> list[Path]:
+    """Create the output folder; return what this command creates (the folder, or the files in
+    it, and a journal elsewhere that does not exist yet)."""
     missing = [p for p in [out, *out.parents] if not p.exists()]
-    made = [missing[-1]] if missing else [out / "proxy_scores.json", out / "study.journal"]
-    made = [p for p in made if not p.exists()]
+    made = [missing[-1]] if missing else [out / "proxy_scores.json"]
+    made = [p for p in made + ([journal] if journal else []) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     return made
 

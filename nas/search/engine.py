@@ -42,8 +42,8 @@ from ..plan import BUDGET_COUNTS, Plan
 from .config import PLAN_ATTR, SearchConfig, SearchResult
 from .report import SearchFacts, write_report
 from .checks import check_max_length, check_output, check_settings, make_output, remove_unless_resumable
-from .study import (check_study_settings, make_pruner, make_sampler, open_checked_storage, open_storage,
-                    sampler_seed, study_settings)
+from .study import (check_study_settings, journal_path, make_pruner, make_sampler, open_checked_storage,
+                    open_storage, sampler_seed, study_settings)
 from .workers import drain, fail_dead_trials, plan_seed, requeue_interrupted, same_plan_trial
 from .trials import plan_hash, reweight, trial_rank
 
@@ -213,8 +213,8 @@ class Search:
 
     def open_study(self) -> optuna.Study:
         cfg = self.cfg
-        if getattr(self, "storage", None) is None:  # the default journal, created with the output folder
-            self.storage = open_storage(None, self.out / "study.journal", cfg.heartbeat_s)
+        if getattr(self, "storage", None) is None:  # a new journal, created with the output folder
+            self.storage = open_storage(cfg.storage, self.out / "study.journal", cfg.heartbeat_s)
         name = cfg.study or "more-search"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
@@ -324,7 +324,7 @@ class Search:
         self.storage = open_checked_storage(self.cfg, self.out)
         check_max_length(self.cfg)
         self.prepare()
-        made, study = make_output(self.out), None
+        made, study = make_output(self.out, journal_path(self.cfg.storage, self.out / "study.journal")), None
         try:
             self.proxy_stage()
             study = self.open_study()

@@ -109,8 +109,19 @@ def set_aside_torn_tail(path: Path) -> int:
     return len(data) - keep
 
 
-def journal_storage(path: str | Path) -> JournalStorage:
-    p = Path(path)
+def journal_path(text: str | None, default_journal: str | Path) -> Path | None:
+    """The journal file ``--storage`` names (None: a database URL, or not a storage at all)."""
+    if text is None:
+        return Path(default_journal)
+    if text.startswith("journal:"):
+        path = text[len("journal:"):]
+        return Path(path[2:] if path.startswith("//") else path)  # journal:///abs -> /abs
+    if Path(text).is_file() and is_journal(Path(text)):
+        return Path(text)
+    return None
+
+
+def check_journal_path(p: Path) -> None:
     if not p.parent.is_dir():
         raise UserError(f"--storage: folder {str(p.parent)!r} does not exist; create it or choose another path")
     if p.is_dir():
@@ -118,6 +129,10 @@ def journal_storage(path: str | Path) -> JournalStorage:
     if p.exists() and p.stat().st_size and not is_journal(p):
         raise UserError(f"--storage: {str(p)!r} exists and is not an Optuna journal; refusing to write "
                         f"into it (use {STORAGE_FORMS})")
+
+
+def journal_storage(p: Path) -> JournalStorage:
+    check_journal_path(p)
     set_aside_torn_tail(p)
     return JournalStorage(JournalFileBackend(str(p)))
 
@@ -127,13 +142,9 @@ def open_storage(text: str | None, default_journal: str | Path, heartbeat_s: flo
 
     RDB storages get heartbeats: a worker that dies has its trial failed and retried once
     (RetryHeartbeatStaleTrialCallback keeps the parameters and the original trial number)."""
-    if text is None:
-        return journal_storage(default_journal)
-    if text.startswith("journal:"):
-        path = text[len("journal:"):]
-        return journal_storage(path[2:] if path.startswith("//") else path)  # journal:///abs -> /abs
-    if Path(text).is_file() and is_journal(Path(text)):
-        return journal_storage(text)
+    journal = journal_path(text, default_journal)
+    if journal is not None:
+        return journal_storage(journal)
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
@@ -173,14 +184,17 @@ def study_settings(cfg) -> dict[str, Any]:
 
 
 def open_checked_storage(cfg, out: Path):
-    """A SearchConfig's storage, before any model loads (None: the default journal, not made
-    yet); a resume must find its study, and a study's settings must be ``cfg``'s."""
-    journal = out / "study.journal"
-    if cfg.storage is None and not journal.exists():
+    """A SearchConfig's storage, before any model loads (None: a journal not made yet, created
+    with the output); a resume must find its study, and a study's settings must be ``cfg``'s."""
+    journal = journal_path(cfg.storage, out / "study.journal")
+    if journal is not None and not journal.exists():
+        if cfg.storage is not None:  # (the default journal's folder is made with the output)
+            check_journal_path(journal)
         if cfg.resume:
-            raise UserError(f"--resume: {out} holds no search to resume; run without --resume to start one")
+            raise UserError(f"--resume: {str(journal)!r} does not exist, so there is no search to resume; run "
+                            f"without --resume to start one")
         return None
-    storage = open_storage(cfg.storage, journal, cfg.heartbeat_s)
+    storage = open_storage(cfg.storage, out / "study.journal", cfg.heartbeat_s)
     name = cfg.study or "more-search"
     if name not in optuna.study.get_all_study_names(storage):
         if cfg.resume:

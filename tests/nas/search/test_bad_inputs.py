@@ -78,7 +78,11 @@ CASES = [
     ("numeric labels with nan/abc", lambda d: ["--model", str(d / "model"), "--train-file", str(d / "scores.csv"),
                                               "--text-columns", "text", "--label-column", "score"],
      "holds numbers except in 2 row\\(s\\) \\(row \\d+: 'nan', row \\d+: 'abc'\\)"),
-    ("--resume with nothing to resume", lambda d: ["--resume"], "holds no search to resume"),
+    ("--resume with nothing to resume", lambda d: ["--resume"], "there is no search to resume"),
+    ("--resume, a journal with nothing to resume", lambda d: ["--resume", "--storage", "journal:s.journal"],
+     "'s.journal' does not exist, so there is no search to resume"),
+    ("bad data, a new journal storage", lambda d: _data(d, "oneclass.tsv") + ["--storage", "journal:new.journal"],
+     "one class only"),
 ]
 
 
