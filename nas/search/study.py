@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -163,15 +164,21 @@ def open_storage(text: str | None, default_journal: str | Path, heartbeat_s: flo
                         f"for PostgreSQL: pip install 'more-nas[postgres]'") from None
     hidden = url.render_as_string(hide_password=True)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
-    try:  # connects and creates Optuna's tables: quick, and before any model loads
-        return RDBStorage(url.render_as_string(hide_password=False), heartbeat_interval=max(1, round(heartbeat_s)),
-                          grace_period=max(2, round(2 * heartbeat_s)),
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-        orig = getattr(e, "orig", None) or e
-        first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-        raise UserError(f"--storage: cannot open {hidden}: {first}; check the URL and that the "
-                        f"database server is running") from None
+    for attempt in range(3):
+        try:  # connects and creates Optuna's tables: quick, and before any model loads
+            return RDBStorage(url.render_as_string(hide_password=False), heartbeat_interval=max(1, round(heartbeat_s)),
+                              grace_period=max(2, round(2 * heartbeat_s)),
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except sqlalchemy.exc.IntegrityError as e:  # workers started together create the tables at once
+            error = e
+            time.sleep(0.5 + attempt)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            error = e
+            break
+    orig = getattr(error, "orig", None) or error
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    raise UserError(f"--storage: cannot open {hidden}: {first}; check the URL and that the "
+                    f"database server is running")
 
 
 # ---- what a study was created with ---------------------------------------------------------
