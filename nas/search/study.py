@@ -169,7 +169,8 @@ def open_storage(text: str | None, default_journal: str | Path, heartbeat_s: flo
             return RDBStorage(url.render_as_string(hide_password=False), heartbeat_interval=max(1, round(heartbeat_s)),
                               grace_period=max(2, round(2 * heartbeat_s)),
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-        except sqlalchemy.exc.IntegrityError as e:  # workers started together create the tables at once
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # workers started together on a fresh database create the same tables and types at once
             error = e
             time.sleep(0.5 + attempt)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
