@@ -64,14 +64,20 @@ class Plan:
         known = {f for f in cls.__dataclass_fields__}
         for k in sorted(set(d) - known):
             problems.append(f"unknown top-level field {k!r}; known: {sorted(known)}")
+        sections = {}
         for k in ("model", "task", "budget", "modules", "shortcuts", "training", "provenance"):
             if k in d and not isinstance(d[k], dict):
                 problems.append(f"'{k}' must be an object, got {type(d[k]).__name__}")
-        if not isinstance(d.get("model", {}).get("name_or_path", None), str):
+            sections[k] = d[k] if isinstance(d.get(k), dict) else {}
+        if not isinstance(sections["model"].get("name_or_path"), str):
             problems.append("model.name_or_path is missing: the plan must say which model it is for")
-        for name, choice in (d.get("modules") or {}).items():
+        tp = d.get("trainable_params")
+        if tp is not None and (isinstance(tp, bool) or not isinstance(tp, int) or tp < 0):
+            problems.append(f"trainable_params must be a non-negative integer, got {tp!r}")
+        problems += _training_problems(sections["training"])
+        for name, choice in sections["modules"].items():
             problems += _choice_problems(f"modules[{name!r}]", choice, need_type=True)
-        for key, choice in (d.get("shortcuts") or {}).items():
+        for key, choice in sections["shortcuts"].items():
             try:
                 parse_shortcut_key(key)
             except ValueError as e:
@@ -176,13 +182,30 @@ class Plan:
         return {c["type"] for c in self.modules.values()}
 
 
+# training field -> (types, lowest allowed value, strictly above it)
+_TRAINING_FIELDS = {"lr": ((int, float), 0, True), "epochs": ((int, float), 0, True),
+                    "batch_size": ((int,), 1, False), "max_length": ((int,), 1, False)}
+
+
+def _training_problems(training: dict[str, Any]) -> list[str]:
+    problems = []
+    for k, (types, low, strict) in _TRAINING_FIELDS.items():
+        v = training.get(k)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, types) or (v <= low if strict else v < low):
+            what = "a number >" if strict else ("an integer >=" if types == (int,) else "a number >=")
+            problems.append(f"training.{k} must be {what} {low}, got {v!r}")
+    return problems
+
+
 def _choice_problems(where: str, choice: Any, need_type: bool) -> list[str]:
     if not isinstance(choice, dict):
         return [f"{where} must be an object like {{\"type\": \"lora\", \"rank\": 8}}"]
     problems = []
     if need_type:
         kind = choice.get("type")
-        if kind not in ADAPTERS:
+        if not isinstance(kind, str) or kind not in ADAPTERS:
             problems.append(f"{where}: unknown type {kind!r}; registered types: {sorted(ADAPTERS)}")
     if "enabled" in choice and not isinstance(choice["enabled"], bool):
         problems.append(f"{where}: 'enabled' must be true or false")

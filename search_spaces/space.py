@@ -75,6 +75,14 @@ class SearchSpace:
 
     def __post_init__(self):
         problems = []
+        for name, want in (("choices", list), ("shortcuts", list), ("roles", (list, type(None)))):
+            if not isinstance(getattr(self, name), want):
+                raise ValueError(f"search space {self.name!r} is invalid: {name!r} must be a list, "
+                                 f"got {type(getattr(self, name)).__name__}")
+        if isinstance(self.shortcut_rank, bool) or not isinstance(self.shortcut_rank, int) or self.shortcut_rank < 1:
+            problems.append(f"shortcut_rank must be a positive integer, got {self.shortcut_rank!r}")
+        if isinstance(self.shortcut_alpha, bool) or not isinstance(self.shortcut_alpha, (int, float)):
+            problems.append(f"shortcut_alpha must be a number, got {self.shortcut_alpha!r}")
         for c in self.choices:
             kind = c.get("type") if isinstance(c, dict) else None
             if kind not in ADAPTERS:
@@ -92,6 +100,9 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchSpace":
+        if not isinstance(d, dict):
+            raise ValueError(f"search space: expected a JSON object with the fields "
+                             f"{sorted(cls.__dataclass_fields__)}, got {type(d).__name__}")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"search space: unknown field(s) {sorted(unknown)}; "
@@ -190,5 +201,6 @@ def load_space(name_or_path: str | dict | SearchSpace | None) -> SearchSpace:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"search space file {str(path)!r} is not valid JSON: {e}") from None
-    data.setdefault("name", path.stem)
+    if isinstance(data, dict):
+        data.setdefault("name", path.stem)
     return SearchSpace.from_dict(data)

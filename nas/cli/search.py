@@ -23,7 +23,7 @@ def parse_duration(text: str) -> float:
 
 # more-search's flags, by group: SearchConfig fields (the task ones from TaskSpec)
 WHAT = ["model", "task", "budget", "space", "proxy", "allocation"]
-OUTPUT = ["output_dir", "storage", "study", "resume"]
+OUTPUT = ["output_dir", "storage", "study", "resume", "heartbeat_s"]
 TRIALS = ["n_trials", "trial_steps", "pruner", "sampler", "holdout", "seed"]
 SEARCH = ["strategy", "cost_budget", "supernet_share", "scoring_share", "scoring_rows", "n_finalists",
           "lr_grid", "rungs", "eta", "noise_z", "supernet_lr", "normalise"]
@@ -55,10 +55,6 @@ def _main(argv=None) -> int:
     plan_copy = None
     if out.suffix == ".json":
         plan_copy, out = out, out.with_suffix(".search")
-    if args.n_trials < 1 or args.trial_steps < 1:
-        raise UserError("--trials and --trial-steps must be at least 1")
-    if not 0 < args.holdout < 1:
-        raise UserError("--holdout must be a fraction between 0 and 1, e.g. 0.2")
     if args.bf16 and args.fp16:
         raise UserError("choose one of --bf16 and --fp16")
     check_precision(resolve_device(args.device), args.bf16, args.fp16)  # before anything loads
@@ -67,7 +63,11 @@ def _main(argv=None) -> int:
         **{**given, "output_dir": str(out)},
         timeout_s=parse_duration(args.time_budget) if args.time_budget else None, progress=not args.quiet,
     )
-    res = run_search(cfg)
+    try:
+        res = run_search(cfg)
+    except KeyboardInterrupt:  # the running trial is queued again (nas.search.workers)
+        print("interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return 130
     if plan_copy is not None:
         res.plan.save(plan_copy)
     plan_path = plan_copy or res.plan_path

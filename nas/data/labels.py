@@ -45,6 +45,14 @@ def _as_int(v):
 
 
 def class_labels(train_vals, eval_vals, col, label_names, eval_split):
+    y_tr, y_ev, names = _class_labels(train_vals, eval_vals, col, label_names, eval_split)
+    if len(set(y_tr.tolist())) < 2:
+        raise UserError(f"the training data has one class only (column {col!r}); a classifier needs at "
+                        f"least two: check --label-column and the file")
+    return y_tr, y_ev, names
+
+
+def _class_labels(train_vals, eval_vals, col, label_names, eval_split):
     tr, ev = train_vals.tolist(), eval_vals.tolist()
     if label_names:
         index = {n: i for i, n in enumerate(label_names)}
@@ -69,6 +77,7 @@ def class_labels(train_vals, eval_vals, col, label_names, eval_split):
             f"column {col!r} holds non-integer numbers (e.g. {floats[0]!r}) for a classification "
             f"task; for a regression task (STS-B style) pass --task-type regression"
         )
+    _mostly_numbers(tr, col)
     names = sorted({str(v).strip() for v in tr})
     index = {n: i for i, n in enumerate(names)}
     unseen = sorted({str(v).strip() for v in ev} - set(index))
@@ -77,6 +86,23 @@ def class_labels(train_vals, eval_vals, col, label_names, eval_split):
                         f"in train (train labels: {names[:10]})")
     return (np.asarray([index[str(v).strip()] for v in tr]),
             np.asarray([index[str(v).strip()] for v in ev]), names)
+
+
+def _number(v) -> bool:
+    try:
+        return bool(np.isfinite(float(v)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _mostly_numbers(values: list, col: str) -> None:
+    """Labels that are mostly numbers with a few that are not ('nan', 'abc') are broken rows, not
+    extra classes."""
+    bad = [(i, v) for i, v in enumerate(values) if not _number(v)]
+    if bad and len(bad) < len(values) / 2:
+        rows = ", ".join(f"row {i}: {v!r}" for i, v in bad[:5])
+        raise UserError(f"column {col!r} holds numbers except in {len(bad)} row(s) ({rows}); fix or drop "
+                        f"those rows (labels are numbers, so they are not extra classes)")
 
 
 def infer_task_type(values) -> str:

@@ -141,6 +141,9 @@ def _read_table(path) -> Any:
                             f"use .csv, .tsv or .jsonl (JSON Lines)")
     except UserError:
         raise
+    except UnicodeDecodeError as e:
+        raise UserError(f"data file {str(path)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                        f"{e.start}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     except Exception as e:  # noqa: BLE001 -- a parser error is the user's file
         raise UserError(f"could not read data file {str(path)!r}: {type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}") from None

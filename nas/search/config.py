@@ -42,10 +42,14 @@ class SearchConfig(TaskSpec):
     pruner: str = option("hyperband", "Optuna pruner of the trials (or pass an optuna Pruner in Python)",
                      choices=list(PRUNERS))
     sampler: str = option("tpe", "Optuna sampler (or pass an optuna Sampler in Python)", choices=list(SAMPLERS))
-    storage: str | None = option(None, "Optuna storage shared by several workers: a database URL, e.g. "
-                                   "postgresql://user:pw@host/db, or a journal file path (default: a "
-                                   "journal file in the output folder)")
+    storage: str | None = option(None, "Optuna storage shared by several workers: a database URL "
+                                   "(postgresql://user:pw@host/db, sqlite:///path/study.db), "
+                                   "journal:///abs/path or journal:rel/path, or an existing journal "
+                                   "file (default: study.journal in the output folder)")
     study: str | None = option(None, "study name in the storage (default more-search)")
+    heartbeat_s: float = option(30.0, "seconds between a worker's heartbeats on a database storage; a "
+                                      "trial silent for twice this is retried once by another worker",
+                                flags=["--heartbeat"])
     resume: bool = option(False, "continue an interrupted search in the output folder")
     seed: int = option(0, "seed of the search, the task head and the data split")
     device: str | None = option(None, "where the trials train: cpu, cuda, cuda:1 (default: cuda when available)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,13 @@ from ..models import load_model, load_tokenizer
 from ..plan import BUDGET_COUNTS, Plan
 from .config import PLAN_ATTR, STRATEGIES, SearchConfig, SearchResult
 from .report import SearchFacts, write_report
-from .study import fail_stale_trials, make_pruner, make_sampler, make_storage
+from .checks import check_max_length, check_output, check_settings, make_output, remove_unless_resumable
 from .cost import SUPERNET_STEP_COST, full_run_steps, measured_multiple, proxy_affordable
 from .ranking import gap_beyond_noise, heldout
+from .supernet import META_FILE
+from .study import (check_study_settings, journal_path, make_pruner, make_sampler, open_checked_storage,
+                    open_storage, sampler_seed, study_settings)
+from .workers import drain, fail_dead_trials, plan_seed, requeue_interrupted, same_plan_trial
 from .trials import plan_hash, reweight, trial_rank
 
 
@@ -184,19 +189,30 @@ class Search:
         return self._allocate(scores, lr=params["lr"], fill=params.get("fill", 1.0))
 
     def objective(self, trial: optuna.Trial) -> float:
+        seed = plan_seed(trial)  # a retried or interrupted trial trains the plan it replaces
+        try:
+            return self._train_trial(trial, seed)
+        except KeyboardInterrupt:
+            requeue_interrupted(trial, seed)
+            raise
+        except UserError:  # stops the search with its one-line message, not Optuna's traceback
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+            raise
+
+    def _train_trial(self, trial: optuna.Trial, seed: int) -> float:
         cfg = self.cfg
         params = self.trial_params(trial)
-        plan = self.trial_plan(params, seed=cfg.seed + trial.number)
+        plan = self.trial_plan(params, seed=cfg.seed + seed)
         h = plan_hash(plan)
         trial.set_user_attr("plan_hash", h)
         trial.set_user_attr("main_metric", self._data.main_metric)
         trial.set_user_attr("trainable_params", plan.trainable_params)
         trial.set_user_attr("proxy_score", plan.provenance["proxy_score"])
         trial.set_user_attr(PLAN_ATTR, plan.to_dict())
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("plan_hash") == h:  # same plan, same lr: don't train it twice
-                trial.set_user_attr("duplicate_of", t.number)
-                return t.value
+        same = same_plan_trial(trial, h, poll_s=min(5.0, cfg.heartbeat_s))
+        if same is not None:  # same plan, same lr: don't train it twice
+            trial.set_user_attr("duplicate_of", same.number)
+            return same.value
         steps = cfg.trial_steps
         eval_every = max(1, steps // cfg.n_evals)
         tcfg = training.TrainConfig.from_plan(
@@ -236,17 +252,36 @@ class Search:
                 if t.number != trial.number and step in t.intermediate_values]
         return min(vals) if vals else None
 
+    def open_storage(self):
+        """The checked storage; a new default journal is opened once the output folder exists."""
+        if getattr(self, "storage", None) is None:
+            self.storage = open_storage(self.cfg.storage, self.out / "study.journal", self.cfg.heartbeat_s)
+        return self.storage
+
+    def _studies(self, study) -> list[optuna.Study]:
+        """The search's studies in its storage (the trial study; the weight-sharing stages' two)."""
+        if study is not None:
+            return [study]
+        storage, name = getattr(self, "storage", None), self.cfg.study or "more-search"
+        if storage is None:
+            return []
+        names = set(optuna.get_all_study_names(storage)) & {name, f"{name}.scoring"}
+        return [optuna.load_study(study_name=n, storage=storage) for n in sorted(names)]
+
     def open_study(self) -> optuna.Study:
         cfg = self.cfg
-        storage = make_storage(cfg.storage, cfg.output_dir)
         name = cfg.study or "more-search"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
-            study_name=name, storage=storage, direction="minimize", load_if_exists=True,
-            sampler=make_sampler(cfg.sampler, cfg.seed), pruner=make_pruner(cfg.pruner, cfg.n_evals),
+            study_name=name, storage=self.open_storage(), direction="minimize", load_if_exists=True,
+            pruner=make_pruner(cfg.pruner, cfg.n_evals),
         )
+        check_study_settings(study, study_settings(cfg), cfg.resume)
+        # Fresh draws on each resume and each worker of a shared storage; one run stays repeatable.
+        study.sampler = make_sampler(cfg.sampler, sampler_seed(cfg.seed, len(study.trials),
+                                                               os.getpid() if cfg.storage else 0))
         if cfg.resume:
-            stale = fail_stale_trials(study)
+            stale = fail_dead_trials(study, untagged_after_s=2 * cfg.heartbeat_s)
             if stale:
                 print(f"resume: re-running trial(s) {stale} that the interrupted run left unfinished")
         if not study.trials:
@@ -284,13 +319,17 @@ class Search:
                 except ValueError:
                     bar.set_postfix(last=frozen.state.name.lower())
 
+        # A failed trial (NaN loss, out of memory) is recorded as failed; the search goes on.
+        catch = (training.NonFiniteLoss, RuntimeError, MemoryError, ValueError)
         if remaining:
             study.optimize(
                 self.objective, timeout=cfg.timeout_s,
                 callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=finished), on_trial],
-                # A failed trial (NaN loss, out of memory) is recorded as failed; the search goes on.
-                catch=(training.NonFiniteLoss, RuntimeError, MemoryError, ValueError),
+                catch=catch,
             )
+        # Retries of dead workers' trials, and other workers' last trials: one answer per study.
+        drain(study, lambda n: study.optimize(self.objective, n_trials=n, catch=catch, callbacks=[on_trial]),
+              poll_s=cfg.heartbeat_s, grace_s=2 * cfg.heartbeat_s)
         if bar is not None:
             bar.close()
         self.stage_seconds["trials"] = time.perf_counter() - t0
@@ -361,6 +400,10 @@ class Search:
         return out
 
     def run(self) -> SearchResult:
+        # Every check that needs no model first, then the model's config; nothing is written
+        # until they pass.
+        check_settings(self.cfg)
+        check_output(self.out)
         if self.cfg.storage is None and not self.cfg.resume and (self.out / "study.journal").exists():
             raise UserError(f"{self.out} already holds a search (study.journal); pass --resume to "
                             f"continue it, or choose another output folder with -o")
@@ -370,16 +413,22 @@ class Search:
             from .finalists import check_config
 
             check_config(self.cfg)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.storage = open_checked_storage(self.cfg, self.out)
+        check_max_length(self.cfg)
         self.prepare()
-        self.proxy_stage()
-        if self.cfg.strategy == "supernet":
-            from .finalists import weight_sharing_search
+        made, study = make_output(self.out, journal_path(self.cfg.storage, self.out / "study.journal")), None
+        try:
+            self.proxy_stage()
+            if self.cfg.strategy == "supernet":
+                from .finalists import weight_sharing_search
 
-            study, best, sizes, notes = weight_sharing_search(self)
-            return self.result(study, best, sizes, notes)
-        study = self.open_study()
-        self.trial_stage(study)
+                study, best, sizes, notes = weight_sharing_search(self)
+                return self.result(study, best, sizes, notes)
+            study = self.open_study()
+            self.trial_stage(study)
+        except BaseException:
+            remove_unless_resumable(made, self._studies(study), kept=(self.out / META_FILE).is_file())
+            raise
         return self.result(study)
 
 

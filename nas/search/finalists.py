@@ -16,6 +16,8 @@ from .. import train as training
 from ..plan import Plan
 from .config import PLAN_ATTR
 from .ranking import heldout, worse_beyond_noise
+from .study import check_study_settings, study_settings
+from .workers import ask_tagged, fail_dead_running
 
 
 @dataclass
@@ -68,8 +70,8 @@ def run_finalists(search, shared, finalists: list[Finalist], storage, name: str,
     of the last rung reached."""
     cfg = search.cfg
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL)
+    check_study_settings(study, study_settings(cfg), cfg.resume)
+    fail_dead_running(study)  # an interrupted run's: its finalist is trained again
     alive, left, best = list(finalists), step_budget, None
     # The Trainer's own final evaluation runs on one batch; the held-out rows are scored here.
     data = dataclasses.replace(search.trial_data, eval=search.trial_data.eval.select(range(1)))
@@ -104,7 +106,7 @@ def run_finalists(search, shared, finalists: list[Finalist], storage, name: str,
 
 def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, rows):
     cfg = search.cfg
-    trial = study.ask()
+    trial = ask_tagged(study)
     plan = copy.deepcopy(f.plan)
     plan.training["lr"] = f.lr
     for k, v in {"cid": f.cid, "origin": f.origin, "rung": rung, "steps": steps, "lr": f.lr,
@@ -164,12 +166,11 @@ def weight_sharing_search(search):
     ``cfg.cost_budget``.  Returns (finalist study, best trial, stage sizes, report lines)."""
     from ..baselines import uniform_lora
     from .cost import size_stages
-    from .study import make_storage
     from .supernet import SharedWeights, score_plans
 
     cfg = search.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage, name = make_storage(cfg.storage, cfg.output_dir), cfg.study or "more-search"
+    storage, name = search.open_storage(), cfg.study or "more-search"
     n_base = sum(uniform_lora(search.layout, search.budget, p) is not None for p in ("qv", "widest"))
     ev = search.trial_data.eval
     rows = ev.select(range(min(cfg.scoring_rows, len(ev))))

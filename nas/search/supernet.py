@@ -32,6 +32,7 @@ from .cost import StageSizes
 from .ranking import heldout
 from .study import make_sampler
 from .trials import plan_hash, reweight
+from .workers import ask_tagged, fail_dead_running
 
 WEIGHTS_FILE, META_FILE = "supernet.safetensors", "supernet.json"
 
@@ -212,8 +213,7 @@ def score_plans(search, shared: SharedWeights, sizes: StageSizes, storage, name:
     cfg, data = search.cfg, search.trial_data
     study = optuna.create_study(study_name=f"{name}.scoring", storage=storage, direction="minimize",
                                 load_if_exists=True, sampler=make_sampler(cfg.sampler, cfg.seed))
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL)  # an interrupted run's; its plan is re-scored
+    fail_dead_running(study)  # an interrupted run's: its plan is scored again
     imp = size_neutral(shared.meta["importance"], search.candidates)
     fixed = [("importance plan", search._allocate(imp)),
              ("importance plan, kind medians equal", search._allocate(shared.meta["importance"]))]
@@ -242,10 +242,10 @@ def score_plans(search, shared: SharedWeights, sizes: StageSizes, storage, name:
 
     for origin, plan in fixed:
         if origin not in done:
-            run(study.ask(), plan, origin)
+            run(ask_tagged(study), plan, origin)
     n_done = lambda: len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))  # noqa: E731
     while n_done() < sizes.scored_plans:
-        trial = study.ask()
+        trial = ask_tagged(study)
         params = scoring_params(trial, search.candidates)
         run(trial, search._allocate(reweight(search.candidates, imp, params, search.layout.num_layers,
                                                  cfg.seed + trial.number)), "sampled")

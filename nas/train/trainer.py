@@ -161,8 +161,9 @@ def training_args(cfg: TrainConfig, out: str, n_train: int, device: torch.device
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm or 0.0, optim="adamw_torch",
         bf16=cfg.bf16, fp16=cfg.fp16, use_cpu=device.type == "cpu",
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        **({"gradient_checkpointing_kwargs": {"use_reentrant": False}} if cfg.gradient_checkpointing else {}),
+        # Only when asked: passing the flag at all warns about its transformers-6 rename.
+        **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+           if cfg.gradient_checkpointing else {}),
         eval_strategy="steps", eval_steps=every, logging_steps=cfg.logging_steps,
         save_strategy="steps" if saving else "no", save_steps=cfg.save_steps or every,
         save_total_limit=cfg.save_total_limit, report_to=cfg.report_to, disable_tqdm=not cfg.progress,

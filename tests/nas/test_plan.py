@@ -306,3 +306,22 @@ def test_from_candidates_with_default_space():
     assert real == plan.trainable_params
     with pytest.raises(ValueError, match="two choices"):
         Plan.from_candidates(by_target[layout.modules[0].name][:2], layout)
+
+
+@pytest.mark.parametrize("doc, problem", [
+    ({"schema_version": 999, "modules": 3}, "'modules' must be an object, got int"),
+    ({"schema_version": 1, "model": {"name_or_path": "m"}, "training": {"lr": "fast"}},
+     "training.lr must be a number > 0, got 'fast'"),
+    ({"schema_version": 1, "model": {"name_or_path": "m"}, "training": {"batch_size": 0}},
+     "training.batch_size must be an integer >= 1, got 0"),
+    ({"schema_version": 1, "model": [1]}, "'model' must be an object, got list"),
+    ({"schema_version": 1, "model": {"name_or_path": "m"}, "modules": {"x": {"type": ["lora"]}}},
+     "unknown type \\['lora'\\]"),
+    ({"schema_version": 1, "model": {"name_or_path": "m"}, "trainable_params": "many"},
+     "trainable_params must be a non-negative integer"),
+])
+def test_plan_field_types_checked_before_reading(doc, problem):
+    from nas.errors import PlanError
+
+    with pytest.raises(PlanError, match=problem):
+        Plan.from_dict(doc)

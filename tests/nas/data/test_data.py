@@ -141,7 +141,7 @@ def test_user_files_csv_tsv_jsonl(tok, tmp_path):
 
 def test_user_file_errors(tok, tmp_path):
     f = tmp_path / "t.csv"
-    f.write_text("review,stars\ngood,1\nbad,0\n")
+    f.write_text("review,stars\ngood,1\nbad,0\nfine,1\nawful,0\nnice,1\npoor,0\n")
     with pytest.raises(UserError, match=r"text column.*available columns: \['review', 'stars'\]"):
         load_task(tokenizer=tok, train_file=f)
     with pytest.raises(UserError, match=r"\['body'\] not found.*available columns"):
@@ -149,12 +149,18 @@ def test_user_file_errors(tok, tmp_path):
     with pytest.raises(UserError, match="no label column"):
         load_task(tokenizer=tok, train_file=f, text_columns=["review"])
     d = load_task(tokenizer=tok, train_file=f, text_columns="review", label_column="stars")
-    assert d.eval_split == "holdout" and len(d.train) + len(d.eval) == 2
+    assert d.eval_split == "holdout" and len(d.train) + len(d.eval) == 6
     with pytest.raises(UserError, match="do not fit a classification head with 2 labels"):
         load_task(tokenizer=tok, train_file=_write(tmp_path / "l.csv", "text,label\na,0\nb,3\n"),
                   validation_file=_write(tmp_path / "l2.csv", "text,label\na,1\n"), num_labels=2)
     with pytest.raises(UserError, match="must be ids 0, 1"):
         load_task(tokenizer=tok, train_file=_write(tmp_path / "n.csv", "text,label\na,-1\nb,1\n"))
+    with pytest.raises(UserError, match="one class only"):  # both classes needed in train
+        load_task(tokenizer=tok, train_file=_write(tmp_path / "o.csv", "text,label\na,1\nb,1\nc,1\n"),
+                  validation_file=_write(tmp_path / "o2.csv", "text,label\na,0\n"))
+    with pytest.raises(UserError, match=r"numbers.*row 3: 'nan'"):
+        load_task(tokenizer=tok, train_file=_write(tmp_path / "r.csv", "text,y\na,0.5\nb,1.5\nc,2.5\nd,nan\n"),
+                  validation_file=_write(tmp_path / "r2.csv", "text,y\na,0.5\n"), label_column="y")
     with pytest.raises(UserError, match="never occur in train"):
         load_task(tokenizer=tok, train_file=_write(tmp_path / "s.csv", "text,label\na,pos\nb,neg\n"),
                   validation_file=_write(tmp_path / "s2.csv", "text,label\na,neutral\n"))

@@ -1,7 +1,7 @@
 """A search worker on a shared study, with a trivial objective instead of training a plan.
 
 Run as ``python -m tests.nas.search.pg_worker URL STUDY N_COMPLETE TRIAL_SECONDS [--drain]
-[--heartbeat S] [--go FILE]``.  It sets up the storage the way the engine does (nas.search.make_storage);
+[--heartbeat S] [--go FILE]``.  It sets up the storage the way the engine does (nas.search.study.open_storage);
 ``--heartbeat`` shortens Optuna's heartbeat so a test sees a dead worker within seconds.
 ``--drain``: after N trials are complete, wait for the other workers' RUNNING trials and run
 the retries of those whose worker died (what the engine must do before writing the result).
@@ -14,17 +14,14 @@ import time
 import warnings
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from nas.search.study import make_storage
+from nas.search.study import open_storage
 
 
 def storage_for(url: str, heartbeat: int | None):
-    if heartbeat is None:
-        return make_storage(url, ".")
-    return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    return open_storage(url, ".", heartbeat_s=heartbeat or 30)  # as the engine opens it
 
 
 def plan_seed(trial: optuna.Trial) -> int:

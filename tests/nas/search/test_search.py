@@ -127,8 +127,11 @@ def test_resume_after_kill_loses_nothing_and_reruns_nothing(setup, tmp_path):
     assert {t.number: t.value for t in after if t.number in finished_before} == finished_before
     # The killed trial is marked failed and its parameters re-run once, in a new trial.
     assert after[3].state == TrialState.FAIL
-    retries = [t for t in after if t.user_attrs.get("retry_of") == 3]
+    retries = [t for t in after if t.system_attrs.get("failed_trial") == 3]
     assert len(retries) == 1 and retries[0].params == after[3].params
+    # ... and trains the same plan (its plan seed is the original trial's number).
+    assert retries[0].user_attrs["plan_seed"] == 3
+    assert retries[0].user_attrs["plan_hash"] == after[3].user_attrs["plan_hash"]
     # No trial run twice: each finished trial's parameters were evaluated once.
     finished = [t for t in after if t.state == TrialState.COMPLETE]
     assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == len(finished)
@@ -138,8 +141,8 @@ def test_resume_after_kill_loses_nothing_and_reruns_nothing(setup, tmp_path):
 def test_two_workers_share_one_journal(setup, tmp_path):
     journal = tmp_path / "shared.journal"
     procs = [
-        _run_worker(config(setup, tmp_path / f"w{i}", n_trials=6, pruner="none", storage=str(journal),
-                           study="shared", seed=i), wait=False)
+        _run_worker(config(setup, tmp_path / f"w{i}", n_trials=6, pruner="none", storage=f"journal:{journal}",
+                           study="shared"), wait=False)  # the same seed: each worker still draws its own
         for i in range(2)
     ]
     for p in procs:
@@ -153,8 +156,12 @@ def test_two_workers_share_one_journal(setup, tmp_path):
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states  # none lost
     assert states.count(TrialState.COMPLETE) >= 6
     assert len({t.number for t in study.trials}) == len(study.trials)
-    for i in range(2):
-        assert (tmp_path / f"w{i}" / "plan.json").is_file()
+    trained = [t for t in study.trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+    assert len({json.dumps(t.params, sort_keys=True) for t in trained}) == len(trained)  # no plan trained twice
+    # One answer: both workers' plans are the study's best.
+    plans = [json.loads((tmp_path / f"w{i}" / "plan.json").read_text()) for i in range(2)]
+    assert plans[0]["provenance"]["trial"] == plans[1]["provenance"]["trial"]
+    assert plans[0]["modules"] == plans[1]["modules"]
 
 
 def test_failed_trials_do_not_stop_the_search(setup, tmp_path, monkeypatch):

@@ -1,0 +1,129 @@
+"""``more-search`` itself as several workers on one study: a real PostgreSQL server (tests/postgres.py)
+and a shared journal.  This is what the README's "Scaling a search out" section says to run.
+
+Workers share a tiny BERT and a few-step trial; heartbeats are 1 s so a dead worker is noticed fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.factories import make_tiny_bert, write_sentiment
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pgsearch")
+    make_tiny_bert(d / "model")
+    write_sentiment(d / "train.tsv", 96, seed=1)
+    write_sentiment(d / "dev.tsv", 16, seed=2)
+    return d
+
+
+def more_search(files, out, storage, study, trials, steps, *extra):
+    """One worker: ``more-search --storage STORAGE --study STUDY -o OUT`` (the repo's code)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "nas.cli.search", "--model", str(files / "model"),
+           "--train-file", str(files / "train.tsv"), "--validation-file", str(files / "dev.tsv"),
+           "--strategy", "trials", "--budget", "3k", "--max-length", "24", "--batch-size", "8", "-q",
+           "--pruner", "none",
+           "--storage", storage, "--study", study, "--heartbeat", "1", "-o", str(out),
+           "--trials", str(trials), "--trial-steps", str(steps), *extra]
+    return subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(p, timeout=240):
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"worker did not finish in {timeout}s:\n{out}\n{err}")
+    assert p.returncode == 0, err
+    return out
+
+
+def load(storage, study):
+    from nas.search.study import open_storage
+
+    return optuna.load_study(study_name=study, storage=open_storage(storage, "unused")).get_trials(deepcopy=False)
+
+
+def wait_for_running(storage, study, pid, timeout=120):
+    """The number of the trial worker ``pid`` is training (its plan is built, training started)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            for t in load(storage, study):
+                if t.state == TrialState.RUNNING and t.user_attrs.get("worker", {}).get("pid") == pid \
+                        and "plan_hash" in t.user_attrs:
+                    return t.number
+        except (KeyError, ValueError):  # the study does not exist yet
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"worker {pid} never started a trial")
+
+
+@pytest.mark.postgres
+def test_two_workers_finish_n_trials_none_lost_or_repeated(files, postgres_url, tmp_path):
+    study, n = f"s-{uuid.uuid4().hex[:8]}", 6
+    workers = [more_search(files, tmp_path / f"w{i}", postgres_url, study, n, 4) for i in range(2)]
+    for w in workers:
+        finish(w)
+    ts = load(postgres_url, study)
+    states = [t.state for t in ts]
+    assert states.count(TrialState.COMPLETE) >= n
+    assert not {TrialState.RUNNING, TrialState.WAITING} & set(states)  # none lost
+    trained = [t for t in ts if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+    assert len({json.dumps(t.params, sort_keys=True) for t in trained}) == len(trained)  # none run twice
+    assert len({t.user_attrs["worker"]["pid"] for t in ts}) == 2  # both worked
+    plans = [json.loads((tmp_path / f"w{i}" / "plan.json").read_text()) for i in range(2)]
+    assert plans[0]["provenance"]["trial"] == plans[1]["provenance"]["trial"]  # one answer
+
+
+@pytest.mark.postgres
+def test_killed_worker_trial_retried_once_with_the_same_plan(files, postgres_url, tmp_path):
+    study = f"s-{uuid.uuid4().hex[:8]}"
+    victim = more_search(files, tmp_path / "a", postgres_url, study, 1, 3000)
+    dead = wait_for_running(postgres_url, study, victim.pid)
+    time.sleep(1.5)  # past its first heartbeat
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    finish(more_search(files, tmp_path / "b", postgres_url, study, 2, 4))
+    ts = load(postgres_url, study)
+    assert ts[dead].state == TrialState.FAIL
+    retries = [t for t in ts if t.system_attrs.get("failed_trial") == dead]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == ts[dead].params
+    assert retries[0].user_attrs["plan_hash"] == ts[dead].user_attrs["plan_hash"]  # the same plan
+    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.mark.drill
+@pytest.mark.parametrize("kind", ["postgres", "journal"])
+def test_resume_on_a_shared_study_never_fails_a_live_workers_trial(files, tmp_path, request, kind):
+    url = request.getfixturevalue("postgres_url") if kind == "postgres" else f"journal:{tmp_path / 'shared.journal'}"
+    study = f"s-{uuid.uuid4().hex[:8]}"
+    live = more_search(files, tmp_path / "a", url, study, 1, 1000)
+    running = wait_for_running(url, study, live.pid)
+    resumed = more_search(files, tmp_path / "b", url, study, 1, 4, "--resume")
+    finish(resumed)
+    finish(live)
+    ts = load(url, study)
+    assert ts[running].state == TrialState.COMPLETE  # the live worker's trial was left to it
+    # ... and it was still running when the resumed worker had checked the study and started.
+    started = min(t.datetime_start for t in ts if t.user_attrs.get("worker", {}).get("pid") == resumed.pid)
+    assert started < ts[running].datetime_complete
+    assert not [t for t in ts if t.state == TrialState.FAIL]
