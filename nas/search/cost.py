@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
 
 # Costs in plan steps.  A super-network step: 1.5 in benchmarks/results/supernet_overhead.md (an
 # idle machine), 2.3 in the demo search on a loaded one.  A proxy batch scores every candidate
@@ -96,3 +99,28 @@ def measured_multiple(stage_seconds: dict[str, float], step_time_s: float, F: in
     if not step_time_s or not math.isfinite(step_time_s):
         return float("nan")
     return sum(stage_seconds.get(s, 0.0) for s in stages) / (F * step_time_s)
+
+
+def search_cost(search, best, sizes=None) -> dict[str, Any]:
+    """The search's cost as a multiple of one full training run of the plan: the stages' time
+    over the full run's steps times the plan's step time measured in its short trial, in
+    CPU time (robust to a shared machine) and in wall time; and the planned multiple."""
+    cfg = search.cfg
+    F = full_run_steps(len(search._data.train), cfg.batch_size, cfg.epochs)
+    attrs = best.user_attrs if best is not None else {}
+    step, cpu = attrs.get("step_time_s") or float("nan"), attrs.get("step_cpu_s") or float("nan")
+    if not np.isfinite(step) and sizes is not None:  # no finalist trained: from the super-network
+        step = sizes["supernet_step_time_s"] / SUPERNET_STEP_COST
+    out = {"full_run_steps": F, "plan_step_time_s": step, "plan_step_cpu_s": cpu,
+           "full_run_estimate_s": F * step,
+           "search_seconds": sum(v for k, v in search.stage_seconds.items() if k != "setup"),
+           "search_cpu_seconds": sum(search.stage_cpu.values()),
+           "stage_cpu_seconds": dict(search.stage_cpu),
+           "multiple": measured_multiple(search.stage_seconds, step, F),
+           "multiple_cpu": measured_multiple(search.stage_cpu, cpu, F),
+           "note": "estimates: the stages' time (setup excluded) over (full-run steps x the "
+                   "plan's step time measured in its short trial), in CPU and in wall time"}
+    if sizes is not None:
+        out["planned_multiple"] = sizes["planned_multiple"]
+        out["stage_sizes"] = sizes
+    return out

@@ -47,7 +47,8 @@ from ..plan import BUDGET_COUNTS, Plan
 from .config import PLAN_ATTR, STRATEGIES, SearchConfig, SearchResult
 from .report import SearchFacts, write_report
 from .checks import check_max_length, check_output, check_settings, make_output, remove_unless_resumable
-from .cost import SUPERNET_STEP_COST, full_run_steps, measured_multiple, proxy_affordable
+from .cost import full_run_steps, proxy_affordable, search_cost
+from .finalists import check_config, weight_sharing_search
 from .ranking import gap_beyond_noise, heldout
 from .supernet import META_FILE
 from .study import (check_study_settings, journal_path, make_pruner, make_sampler, open_checked_storage,
@@ -358,7 +359,7 @@ class Search:
         plan.training["allocation"] = self.cfg.allocation
         plan.validate(self.layout)
         assert plan.count_params(self.layout) <= self.budget
-        cost = self.cost(best, sizes)
+        cost = search_cost(self, best, sizes)
         plan.provenance["search_cost"] = cost
         plan_path = plan.save(self.out / "plan.json")
         states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -375,30 +376,6 @@ class Search:
         res.pareto = write_report(facts, study, res)
         return res
 
-    def cost(self, best, sizes=None) -> dict[str, Any]:
-        """The search's cost as a multiple of one full training run of the plan: the stages' time
-        over the full run's steps times the plan's step time measured in its short trial, in
-        CPU time (robust to a shared machine) and in wall time; and the planned multiple."""
-        cfg = self.cfg
-        F = full_run_steps(len(self._data.train), cfg.batch_size, cfg.epochs)
-        attrs = best.user_attrs if best is not None else {}
-        step, cpu = attrs.get("step_time_s") or float("nan"), attrs.get("step_cpu_s") or float("nan")
-        if not np.isfinite(step) and sizes is not None:  # no finalist trained: from the super-network
-            step = sizes["supernet_step_time_s"] / SUPERNET_STEP_COST
-        out = {"full_run_steps": F, "plan_step_time_s": step, "plan_step_cpu_s": cpu,
-               "full_run_estimate_s": F * step,
-               "search_seconds": sum(v for k, v in self.stage_seconds.items() if k != "setup"),
-               "search_cpu_seconds": sum(self.stage_cpu.values()),
-               "stage_cpu_seconds": dict(self.stage_cpu),
-               "multiple": measured_multiple(self.stage_seconds, step, F),
-               "multiple_cpu": measured_multiple(self.stage_cpu, cpu, F),
-               "note": "estimates: the stages' time (setup excluded) over (full-run steps x the "
-                       "plan's step time measured in its short trial), in CPU and in wall time"}
-        if sizes is not None:
-            out["planned_multiple"] = sizes["planned_multiple"]
-            out["stage_sizes"] = sizes
-        return out
-
     def run(self) -> SearchResult:
         # Every check that needs no model first, then the model's config; nothing is written
         # until they pass.
@@ -410,8 +387,6 @@ class Search:
         if self.cfg.strategy not in STRATEGIES:
             raise UserError(f"unknown strategy {self.cfg.strategy!r}; choose {', '.join(STRATEGIES)}")
         if self.cfg.strategy == "supernet":
-            from .finalists import check_config
-
             check_config(self.cfg)
         self.storage = open_checked_storage(self.cfg, self.out)
         check_max_length(self.cfg)
@@ -420,8 +395,6 @@ class Search:
         try:
             self.proxy_stage()
             if self.cfg.strategy == "supernet":
-                from .finalists import weight_sharing_search
-
                 study, best, sizes, notes = weight_sharing_search(self)
                 return self.result(study, best, sizes, notes)
             study = self.open_study()
