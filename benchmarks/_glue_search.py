@@ -71,12 +71,12 @@ def run_or_load_search(ctx: TaskCtx, budget: str, strategy: str | None = None) -
     atomic_write_text(settings_file, json.dumps(settings, indent=1))
     p = ctx.proto
     applied = strategy is not None and "strategy" in {f.name for f in fields(SearchConfig)}
-    cfg = SearchConfig(**({"strategy": strategy} if applied else {}),task=ctx.task, budget=budget, output_dir=str(out), n_trials=p.search_trials,
+    cfg = SearchConfig(**({"strategy": strategy} if applied else {}), task=ctx.task, budget=budget, output_dir=str(out), n_trials=p.search_trials,
                        trial_steps=p.search_steps, n_evals=p.search_evals, holdout=p.holdout,
                        timeout_s=p.search_timeout_s, group_by_length=p.group_by_length,
                        trial_eval_samples=p.select_eval_rows, batch_size=p.batch_size,
                        max_length=p.max_length, epochs=p.epochs, seed=0, progress=False,
-                       resume=True, data_dir=ctx.data_dir)
+                       resume=resumed, data_dir=ctx.data_dir)
     t0 = time.perf_counter()
     res = run_search(cfg, model=fresh_model(ctx, 0), tokenizer=ctx.tokenizer, data=ctx.data)
     wall = time.perf_counter() - t0
