@@ -116,3 +116,27 @@ def no_dropout(model):
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     return model
+
+
+def task_folder(d, n_train: int, n_dev: int = 16):
+    """A tiny saved BERT (``d/model``) with sentiment ``d/train.tsv`` and ``d/dev.tsv``: what the
+    search and CLI tests run on."""
+    make_tiny_bert(d / "model")
+    write_sentiment(d / "train.tsv", n_train, seed=1)
+    write_sentiment(d / "dev.tsv", n_dev, seed=2)
+    return d
+
+
+def finish(p, timeout: float = 240) -> str:
+    """Wait for a worker subprocess; fail the test with its output if it hangs or exits non-zero."""
+    import pytest
+
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except Exception:  # subprocess.TimeoutExpired
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"worker did not finish in {timeout}s:\n{out}\n{err}")
+    assert p.returncode == 0, err
+    return out
+

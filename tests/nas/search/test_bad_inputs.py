@@ -9,7 +9,7 @@ import re
 import pytest
 
 from nas.cli.search import main as search_main
-from tests.factories import make_tiny_bert, write_sentiment
+from tests.factories import task_folder, write_sentiment
 
 FAST = ["--trials", "1", "--trial-steps", "2", "--max-train-samples", "32", "-q", "--budget", "3k",
         "--max-length", "24", "--batch-size", "8"]
@@ -17,10 +17,7 @@ FAST = ["--trials", "1", "--trial-steps", "2", "--max-train-samples", "32", "-q"
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bad")
-    make_tiny_bert(d / "model")
-    write_sentiment(d / "train.tsv", 64, seed=1)
-    write_sentiment(d / "dev.tsv", 16, seed=2)
+    d = task_folder(tmp_path_factory.mktemp("bad"), 64, 16)
     (d / "latin1.tsv").write_bytes("sentence\tlabel\ncaf\xe9 good\t1\nbad film\t0\n".encode("latin-1"))
     write_sentiment(d / "oneclass.tsv", 40, seed=3, label=lambda s: 1)
     rows = ["text,score"] + [f"good film {i},{i % 5 + 0.5}" for i in range(30)] + ["bad film,nan", "so so,abc"]

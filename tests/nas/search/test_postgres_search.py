@@ -18,17 +18,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.factories import make_tiny_bert, write_sentiment
+from tests.factories import finish, task_folder
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pgsearch")
-    make_tiny_bert(d / "model")
-    write_sentiment(d / "train.tsv", 96, seed=1)
-    write_sentiment(d / "dev.tsv", 16, seed=2)
+    d = task_folder(tmp_path_factory.mktemp("pgsearch"), 96, 16)
     return d
 
 
@@ -44,15 +41,6 @@ def more_search(files, out, storage, study, trials, steps, *extra):
     return subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(p, timeout=240):
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        pytest.fail(f"worker did not finish in {timeout}s:\n{out}\n{err}")
-    assert p.returncode == 0, err
-    return out
 
 
 def load(storage, study):

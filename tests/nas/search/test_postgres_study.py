@@ -16,6 +16,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+
+from tests.factories import finish
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.postgres
@@ -38,15 +40,6 @@ def worker(url: str, study: str, n: int, seconds: float, *extra: str) -> subproc
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(p: subprocess.Popen, timeout: float = 120) -> str:
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        pytest.fail(f"worker did not finish in {timeout}s:\n{out}\n{err}")
-    assert p.returncode == 0, err
-    return out
 
 
 def trials(url: str, study: str):

@@ -16,17 +16,14 @@ from nas import Plan, discover
 from nas.cli.search import main as search_main
 from nas.models import load_model
 from nas.search import SearchConfig, run_search
-from tests.factories import make_tiny_bert, write_sentiment
+from tests.factories import task_folder
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("search")
-    make_tiny_bert(d / "model")
-    write_sentiment(d / "train.tsv", 160, seed=1)
-    write_sentiment(d / "dev.tsv", 32, seed=2)
+    d = task_folder(tmp_path_factory.mktemp("search"), 160, 32)
     return d
 
 

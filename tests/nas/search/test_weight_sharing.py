@@ -21,17 +21,14 @@ from nas.models import load_model
 from nas.search import SearchConfig, run_search
 from nas.search.cost import size_stages
 from nas.search.ranking import worse_beyond_noise
-from tests.factories import make_tiny_bert, write_sentiment
+from tests.factories import task_folder
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ws")
-    make_tiny_bert(d / "model")
-    write_sentiment(d / "train.tsv", 600, seed=1)
-    write_sentiment(d / "dev.tsv", 32, seed=2)
+    d = task_folder(tmp_path_factory.mktemp("ws"), 600, 32)
     return d
 
 
