@@ -15,7 +15,9 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,9 +39,16 @@ from ..plan import Plan
 from .callbacks import DynamicAllocation, EvaluateAtEnd, OnEval, ResumeState, StepStats
 from .config import NonFiniteLoss, TrainConfig, TrainResult
 from .dynamic import DynamicAllocator
+from .outdir import (TMP_PREFIX, Claim, check_output_dir, last_complete_checkpoint, remove_incomplete,
+                     run_contents)
 from .outputs import CONFIG_NAME, remove_outputs, write_outputs
 from .precision import check_precision, frozen_base_to, resolve_device, restore_frozen_base
-from .support import close_logger, enabled_adapter_params, forward_keys, is_causal_lm, run_logger
+from .support import (close_logger, enabled_adapter_params, forward_keys, is_causal_lm, open_log_file,
+                      run_logger)
+
+# Test hook for the crash drills (tests/nas/train/test_drills.py): seconds to sleep inside each
+# checkpoint write, after the files are written and before the folder is renamed into place.
+SAVE_PAUSE_ENV = "MORE_TRAIN_TEST_SAVE_PAUSE"
 
 # Settings that must match to resume a run.
 RESUME_KEYS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size",
@@ -90,6 +99,10 @@ def evaluate_model(model: nn.Module, data, batch_size: int, device, autocast=Non
     return metrics
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during ``train``; the message says what was kept and how to continue."""
+
+
 class AdapterTrainer(transformers.Trainer):
     """transformers.Trainer with our metrics, a NaN check, and checkpoints of trained tensors only."""
 
@@ -132,6 +145,37 @@ class AdapterTrainer(transformers.Trainer):
         if self.args.should_save:
             save_adapted(self.accelerator.unwrap_model(self.model), out)
             torch.save(self.args, out / transformers.trainer.TRAINING_ARGS_NAME)
+
+    def _save_checkpoint(self, model, trial):
+        """HF's checkpoint, written into a hidden temp folder with our resume state, then renamed
+        into place: ``checkpoint-N`` is whole or absent, whenever the process dies.  Older
+        checkpoints are rotated out only after the new one is complete."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        tmp = run_dir / f"{TMP_PREFIX}{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._get_output_dir = lambda trial=None: str(tmp)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        if not self.args.should_save:
+            return
+        state = getattr(self, "resume_state", None)
+        if state is not None:
+            state.write(tmp / name)
+        pause = float(os.environ.get(SAVE_PAUSE_ENV, 0) or 0)
+        if pause:  # test hook (crash drills): a window in which the checkpoint is half-written
+            print(f"test hook: pausing {pause} s inside the write of {name}", file=sys.stderr, flush=True)
+            time.sleep(pause)
+        final = run_dir / name
+        if final.exists():  # a step saved twice (e.g. after a resume): the new one wins
+            shutil.rmtree(final)
+        os.replace(tmp / name, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        transformers.trainer_utils.rotate_checkpoints(
+            output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from safetensors.torch import load_file
@@ -201,6 +245,16 @@ def setup(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
     layout = discover(model)
     set_seed(cfg.seed)
     apply_plan(model, plan, layout)  # PlanError (a UserError) when the plan is for another model
+    budget = (plan.budget or {}).get("params")
+    used = enabled_adapter_params(model)
+    if cfg.allocation == "static" and isinstance(budget, int) and used > budget:
+        # A warning, not a refusal: the budget is the search's target, and a hand-edited plan is a
+        # deliberate experiment; results.json records the parameters it really trained.
+        msg = (f"warning: the plan switches on {used:,} adapter parameters, over its own budget of "
+               f"{budget:,} ({(plan.budget or {}).get('spec', '?')}); training it anyway (re-run more-search "
+               f"for a plan within budget, or --allocation dynamic to keep to it)")
+        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
     allocator = None
     if cfg.allocation == "dynamic":
         allocator = DynamicAllocator(model, layout, budget=(plan.budget or {}).get("params"),
@@ -303,31 +357,36 @@ def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
     search raises optuna.TrialPruned from it); ``callbacks``: more TrainerCallbacks.
     Raises NonFiniteLoss on a NaN/inf loss.  With ``merge=True`` the model is merged in place.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     cfg.validate()
-    check_precision(resolve_device(cfg.device), cfg.bf16, cfg.fp16)  # before anything loads or is removed
+    check_precision(resolve_device(cfg.device), cfg.bf16, cfg.fp16)  # before anything loads or is written
     out = Path(cfg.output_dir) if cfg.output_dir else None
-    if out is not None and not cfg.resume and out.is_dir():
-        remove_outputs(out)
-    logger = run_logger(out, cfg.progress)
+    if out is not None:
+        check_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite_output_dir)
+        claim = Claim(out)
+    # train.log is held in memory until the run has passed its checks: a failed start writes nothing
+    logger = run_logger(out, cfg.progress, deferred=True)
     trainer = None
     try:
         trainer = prepare(plan, cfg, model=model, tokenizer=tokenizer, data=data, on_eval=on_eval,
                           logger=logger, callbacks=callbacks)
         ckpt = None
-        if cfg.resume:
-            last = get_last_checkpoint(str(out)) if out.is_dir() else None
-            if last is None:
-                logger.info("no checkpoint in %s: starting from step 0", out)
-            else:
-                ckpt = Path(last)
+        if out is not None:
+            if cfg.resume:
+                ckpt = last_complete_checkpoint(out)
                 trainer.resume_state.check_and_load(ckpt)
+                for name in remove_incomplete(out):
+                    logger.info("removed %s: a checkpoint whose write was cut short", name)
                 logger.info("resuming from %s", ckpt)
-        if out is not None and trainer.args.should_save:
-            resolved = {**cfg.to_dict(), "task": trainer.data.name, "task_type": trainer.data.task_type,
-                        "num_labels": trainer.data.num_labels}
-            atomic_write_text(out / CONFIG_NAME, json.dumps(resolved, indent=2, default=str) + "\n")
+            elif cfg.overwrite_output_dir and run_contents(out):
+                logger.info("--overwrite_output_dir: removing the earlier run in %s", out)
+                remove_outputs(out)
+                remove_incomplete(out)
+                claim = Claim(out)
+            if trainer.args.should_save:
+                open_log_file(logger, out)
+                resolved = {**cfg.to_dict(), "task": trainer.data.name, "task_type": trainer.data.task_type,
+                            "num_labels": trainer.data.num_labels}
+                atomic_write_text(out / CONFIG_NAME, json.dumps(resolved, indent=2, default=str) + "\n")
         logger.info("training: batch %d x %d accumulation, lr %g, %s schedule, %s allocation, %s%s on %s",
                     cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.learning_rate,
                     cfg.lr_scheduler_type, cfg.allocation, "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
@@ -343,6 +402,17 @@ def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
         logger.info("done: %s = %.4f after %d steps (%.1f s, %.3f s/step)", result.main_metric, result.score,
                     result.steps, result.train_time_s, result.step_time_s)
         return result
+    except BaseException as e:
+        if out is not None:
+            kept = claim.new_checkpoint() or (last_complete_checkpoint(out) if cfg.resume else None)
+            if kept is None:
+                claim.rollback()  # nothing to resume: remove what this command wrote, nothing else
+            elif isinstance(e, KeyboardInterrupt):
+                raise Interrupted(f"interrupted; {kept} is kept: continue with --resume "
+                                  f"--output_dir {out}") from None
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted("interrupted before the first checkpoint; nothing was kept") from None
+        raise
     finally:
         if trainer is not None and trainer.frozen_originals:
             restore_frozen_base(trainer.accelerator.unwrap_model(trainer.model), trainer.frozen_originals)
