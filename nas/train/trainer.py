@@ -46,9 +46,11 @@ from .precision import check_precision, frozen_base_to, resolve_device, restore_
 from .support import (close_logger, enabled_adapter_params, forward_keys, is_causal_lm, open_log_file,
                       run_logger)
 
-# Test hook for the crash drills (tests/nas/train/test_drills.py): seconds to sleep inside each
-# checkpoint write, after the files are written and before the folder is renamed into place.
+# Test hooks for the crash drills (tests/nas/train/test_drills.py), off unless set: seconds to
+# sleep inside each checkpoint write (after its files are written, before the folder is renamed
+# into place), and before each training step (so a signal lands mid-epoch, not after the run).
 SAVE_PAUSE_ENV = "MORE_TRAIN_TEST_SAVE_PAUSE"
+STEP_PAUSE_ENV = "MORE_TRAIN_TEST_STEP_PAUSE"
 
 # Settings that must match to resume a run.
 RESUME_KEYS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size",
@@ -117,6 +119,8 @@ class AdapterTrainer(transformers.Trainer):
             self.model_accepts_loss_kwargs = False
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if os.environ.get(STEP_PAUSE_ENV):
+            time.sleep(float(os.environ[STEP_PAUSE_ENV]))
         loss = super().training_step(model, inputs, num_items_in_batch)
         value = float(loss) * self.args.gradient_accumulation_steps
         if not math.isfinite(value):
