@@ -47,8 +47,9 @@ from .support import (close_logger, enabled_adapter_params, forward_keys, is_cau
                       run_logger)
 
 # Test hooks for the crash drills (tests/nas/train/test_drills.py), off unless set: seconds to
-# sleep inside each checkpoint write (after its files are written, before the folder is renamed
-# into place), and before each training step (so a signal lands mid-epoch, not after the run).
+# sleep inside each checkpoint write ("SECONDS", or "SECONDS@STEP" for one step's), after its
+# files are written and before the folder is renamed into place; and seconds to sleep before
+# each training step (so a signal lands mid-epoch).
 SAVE_PAUSE_ENV = "MORE_TRAIN_TEST_SAVE_PAUSE"
 STEP_PAUSE_ENV = "MORE_TRAIN_TEST_STEP_PAUSE"
 
@@ -168,7 +169,8 @@ class AdapterTrainer(transformers.Trainer):
         state = getattr(self, "resume_state", None)
         if state is not None:
             state.write(tmp / name)
-        pause = float(os.environ.get(SAVE_PAUSE_ENV, 0) or 0)
+        secs, _, at = os.environ.get(SAVE_PAUSE_ENV, "").partition("@")  # "SECONDS" or "SECONDS@STEP"
+        pause = float(secs or 0) if not at or int(at) == self.state.global_step else 0.0
         if pause:  # test hook (crash drills): a window in which the checkpoint is half-written
             print(f"test hook: pausing {pause} s inside the write of {name}", file=sys.stderr, flush=True)
             time.sleep(pause)
