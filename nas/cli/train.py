@@ -58,7 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv=None):
     args = build_parser().parse_args(argv)
-    plan = Plan.load(args.plan)
+    try:
+        plan = Plan.load(args.plan)
+    except (TypeError, AttributeError, KeyError, ValueError) as e:
+        if isinstance(e, UserError):
+            raise
+        # a backstop: Plan.load checks each field's type; whatever slips through is still the plan's fault
+        raise UserError(f"plan {args.plan!r} is invalid ({type(e).__name__}: {e}); write it with "
+                        f"more-search or fix that field") from None
     if args.model:
         plan.model = {**(plan.model or {}), "name_or_path": args.model}
     given = {n: getattr(args, n) for n in TRAINING + OUTPUT + TASK + ["progress"]}

@@ -91,6 +91,8 @@ CASES = [
     ("weight_decay -1", ["--weight_decay", "-1", "--output_dir", "o"], None, ["weight_decay", ">= 0"]),
     ("plan lr is a string", ["--output_dir", "o"],
      lambda t: _edit_plan(t / "plan.json", training__lr="fast"), ["learning_rate", "'fast'"]),
+    ("plan modules is a number", ["--output_dir", "o"],
+     lambda t: _edit_plan(t / "plan.json", schema_version=999, modules=3), ["plan.json", "invalid"]),
     ("non-UTF-8 train file", ["--train-file", "bad.tsv", "--output_dir", "o"], _non_utf8, ["bad.tsv"]),
     ("labels the head cannot hold", ["--train-file", "bad.tsv", "--num_labels", "2", "--output_dir", "o"],
      _bad_labels, ["label"]),
