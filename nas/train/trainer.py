@@ -158,12 +158,15 @@ class AdapterTrainer(transformers.Trainer):
         run_dir = Path(self._get_output_dir(trial=trial))
         name = f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         tmp = run_dir / f"{TMP_PREFIX}{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        if self.args.should_save:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()  # DDP: every rank writes its RNG state into tmp
         self._get_output_dir = lambda trial=None: str(tmp)
         try:
             super()._save_checkpoint(model, trial)
         finally:
             del self._get_output_dir
+        self.accelerator.wait_for_everyone()
         if not self.args.should_save:
             return
         state = getattr(self, "resume_state", None)
@@ -380,7 +383,7 @@ def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
             if cfg.resume:
                 ckpt = last_complete_checkpoint(out)
                 trainer.resume_state.check_and_load(ckpt)
-                for name in remove_incomplete(out):
+                for name in (remove_incomplete(out) if trainer.args.should_save else []):
                     logger.info("removed %s: a checkpoint whose write was cut short", name)
                 logger.info("resuming from %s", ckpt)
             elif cfg.overwrite_output_dir and run_contents(out):
