@@ -27,8 +27,8 @@ TRAINING = ["allocation", "num_train_epochs", "learning_rate", "per_device_train
             "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "per_device_eval_batch_size",
             "dynamic_every", "dynamic_batches", "dynamic_proxy", "group_by_length", "device", "bf16",
             "bf16_frozen_base", "fp16", "gradient_checkpointing"]
-OUTPUT = ["output_dir", "resume", "overwrite_output_dir", "merge", "report_to", "logging_steps", "save_steps", "save_total_limit",
-          "export_peft"]
+OUTPUT = ["output_dir", "resume", "overwrite_output_dir", "merge", "report_to", "logging_steps", "save_steps",
+          "save_total_limit", "export_peft"]
 TASK = ["task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "task_type",
         "num_labels", "max_train_samples", "max_eval_samples", "data_seed"]
 

@@ -7,22 +7,27 @@ run, complete checkpoints only, and a failed start that leaves the folder as it 
 
 A checkpoint is complete when its ``more_state.pt`` is in it: the trainer writes each checkpoint
 into a hidden ``.tmp-checkpoint-N`` folder and renames it into place, so ``checkpoint-N`` is
-either absent or whole (nas.train.trainer.AdapterTrainer._save_checkpoint).
+either absent or whole (AtomicCheckpoints, a mixin of the trainer).
 """
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..errors import UserError
 from .callbacks import RESUME_STATE
 from .outputs import OUTPUT_DIRS, OUTPUT_FILES
 
+# Test hook for the crash drills (tests/nas/train/test_drills.py), off unless set: seconds to sleep
+# inside each checkpoint write ("SECONDS", or "SECONDS@STEP" for one step's), after its files are
+# written and before the folder is renamed into place.
+SAVE_PAUSE_ENV = "MORE_TRAIN_TEST_SAVE_PAUSE"
 TMP_PREFIX = ".tmp-"  # a checkpoint being written (a kill -9 may leave one: it is never resumed)
 _CKPT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
@@ -117,3 +122,42 @@ class Claim:
         for p in self.out.iterdir():
             if p.name not in self.before:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+class AtomicCheckpoints:
+    """A transformers.Trainer mixin: checkpoints written whole or not at all."""
+
+    def _save_checkpoint(self, model, trial):
+        """HF's checkpoint, written into a hidden temp folder with our resume state, then renamed
+        into place: ``checkpoint-N`` is whole or absent, whenever the process dies.  Older
+        checkpoints are rotated out only after the new one is complete."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        tmp = run_dir / f"{TMP_PREFIX}{name}"
+        if self.args.should_save:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()  # DDP: every rank writes its RNG state into tmp
+        self._get_output_dir = lambda trial=None: str(tmp)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        self.accelerator.wait_for_everyone()
+        if not self.args.should_save:
+            return
+        state = getattr(self, "resume_state", None)
+        if state is not None:
+            state.write(tmp / name)
+        secs, _, at = os.environ.get(SAVE_PAUSE_ENV, "").partition("@")  # "SECONDS" or "SECONDS@STEP"
+        pause = float(secs or 0) if not at or int(at) == self.state.global_step else 0.0
+        if pause:  # test hook (crash drills): a window in which the checkpoint is half-written
+            print(f"test hook: pausing {pause} s inside the write of {name}", file=sys.stderr, flush=True)
+            time.sleep(pause)
+        final = run_dir / name
+        if final.exists():  # a step saved twice (e.g. after a resume): the new one wins
+            shutil.rmtree(final)
+        os.replace(tmp / name, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        rotate_checkpoints(
+            output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)

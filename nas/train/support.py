@@ -77,6 +77,18 @@ def close_logger(logger: logging.Logger) -> None:
     logging.Logger.manager.loggerDict.pop(logger.name, None)  # one per run: do not accumulate
 
 
+def warn_over_budget(plan, used: int, log: logging.Logger) -> None:
+    """A warning, not a refusal, for a plan over its own budget: the budget is the search's
+    target and a hand-edited plan a deliberate experiment (results.json records what trained)."""
+    budget = (plan.budget or {}).get("params")
+    if isinstance(budget, int) and used > budget:
+        msg = (f"warning: the plan switches on {used:,} adapter parameters, over its own budget of "
+               f"{budget:,} ({(plan.budget or {}).get('spec', '?')}); training it anyway (re-run more-search "
+               f"for a plan within budget, or --allocation dynamic to keep to it)")
+        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
+
+
 # ---- models ---------------------------------------------------------------------------------
 def forward_keys(model: nn.Module) -> set[str] | None:
     """Argument names the model's forward accepts (None: accept anything)."""

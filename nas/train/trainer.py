@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,18 +38,15 @@ from ..plan import Plan
 from .callbacks import DynamicAllocation, EvaluateAtEnd, OnEval, ResumeState, StepStats
 from .config import NonFiniteLoss, TrainConfig, TrainResult
 from .dynamic import DynamicAllocator
-from .outdir import (TMP_PREFIX, Claim, check_output_dir, last_complete_checkpoint, remove_incomplete,
+from .outdir import (AtomicCheckpoints, Claim, check_output_dir, last_complete_checkpoint, remove_incomplete,
                      run_contents)
 from .outputs import CONFIG_NAME, remove_outputs, write_outputs
 from .precision import check_precision, frozen_base_to, resolve_device, restore_frozen_base
 from .support import (close_logger, enabled_adapter_params, forward_keys, is_causal_lm, open_log_file,
-                      run_logger)
+                      run_logger, warn_over_budget)
 
-# Test hooks for the crash drills (tests/nas/train/test_drills.py), off unless set: seconds to
-# sleep inside each checkpoint write ("SECONDS", or "SECONDS@STEP" for one step's), after its
-# files are written and before the folder is renamed into place; and seconds to sleep before
-# each training step (so a signal lands mid-epoch).
-SAVE_PAUSE_ENV = "MORE_TRAIN_TEST_SAVE_PAUSE"
+# Test hook for the crash drills (tests/nas/train/test_drills.py), off unless set: seconds to
+# sleep before each training step, so a signal lands mid-epoch (and nas.train.outdir.SAVE_PAUSE_ENV).
 STEP_PAUSE_ENV = "MORE_TRAIN_TEST_STEP_PAUSE"
 
 # Settings that must match to resume a run.
@@ -106,7 +102,7 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during ``train``; the message says what was kept and how to continue."""
 
 
-class AdapterTrainer(transformers.Trainer):
+class AdapterTrainer(AtomicCheckpoints, transformers.Trainer):
     """transformers.Trainer with our metrics, a NaN check, and checkpoints of trained tensors only."""
 
     def __init__(self, *args, data, history: list[dict], **kwargs):
@@ -150,41 +146,6 @@ class AdapterTrainer(transformers.Trainer):
         if self.args.should_save:
             save_adapted(self.accelerator.unwrap_model(self.model), out)
             torch.save(self.args, out / transformers.trainer.TRAINING_ARGS_NAME)
-
-    def _save_checkpoint(self, model, trial):
-        """HF's checkpoint, written into a hidden temp folder with our resume state, then renamed
-        into place: ``checkpoint-N`` is whole or absent, whenever the process dies.  Older
-        checkpoints are rotated out only after the new one is complete."""
-        run_dir = Path(self._get_output_dir(trial=trial))
-        name = f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        tmp = run_dir / f"{TMP_PREFIX}{name}"
-        if self.args.should_save:
-            shutil.rmtree(tmp, ignore_errors=True)
-        self.accelerator.wait_for_everyone()  # DDP: every rank writes its RNG state into tmp
-        self._get_output_dir = lambda trial=None: str(tmp)
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            del self._get_output_dir
-        self.accelerator.wait_for_everyone()
-        if not self.args.should_save:
-            return
-        state = getattr(self, "resume_state", None)
-        if state is not None:
-            state.write(tmp / name)
-        secs, _, at = os.environ.get(SAVE_PAUSE_ENV, "").partition("@")  # "SECONDS" or "SECONDS@STEP"
-        pause = float(secs or 0) if not at or int(at) == self.state.global_step else 0.0
-        if pause:  # test hook (crash drills): a window in which the checkpoint is half-written
-            print(f"test hook: pausing {pause} s inside the write of {name}", file=sys.stderr, flush=True)
-            time.sleep(pause)
-        final = run_dir / name
-        if final.exists():  # a step saved twice (e.g. after a resume): the new one wins
-            shutil.rmtree(final)
-        os.replace(tmp / name, final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        transformers.trainer_utils.rotate_checkpoints(
-            output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from safetensors.torch import load_file
@@ -254,16 +215,8 @@ def setup(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
     layout = discover(model)
     set_seed(cfg.seed)
     apply_plan(model, plan, layout)  # PlanError (a UserError) when the plan is for another model
-    budget = (plan.budget or {}).get("params")
-    used = enabled_adapter_params(model)
-    if cfg.allocation == "static" and isinstance(budget, int) and used > budget:
-        # A warning, not a refusal: the budget is the search's target, and a hand-edited plan is a
-        # deliberate experiment; results.json records the parameters it really trained.
-        msg = (f"warning: the plan switches on {used:,} adapter parameters, over its own budget of "
-               f"{budget:,} ({(plan.budget or {}).get('spec', '?')}); training it anyway (re-run more-search "
-               f"for a plan within budget, or --allocation dynamic to keep to it)")
-        print(msg, file=sys.stderr, flush=True)
-        log.info(msg)
+    if cfg.allocation == "static":
+        warn_over_budget(plan, enabled_adapter_params(model), log)
     allocator = None
     if cfg.allocation == "dynamic":
         allocator = DynamicAllocator(model, layout, budget=(plan.budget or {}).get("params"),

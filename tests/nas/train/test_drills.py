@@ -1,8 +1,8 @@
 """Crash drills for more-train: kill -9 mid-epoch and during a checkpoint write, Ctrl-C.  After
 each, every checkpoint-N is whole (the old or the new one, never torn) and --resume ends with the
 same adapters and metrics as an uninterrupted run at the same seed.  The killed CLI runs in a
-subprocess on a tiny saved model (the reference and the resume in this process); the test hooks MORE_TRAIN_TEST_{STEP,SAVE}_PAUSE (nas.train.trainer) make
-the signal land where the drill says."""
+subprocess on a tiny saved model (the reference and the resume in this process); the test hooks
+MORE_TRAIN_TEST_STEP_PAUSE and MORE_TRAIN_TEST_SAVE_PAUSE make the signal land where the drill says."""
 from __future__ import annotations
 
 import json
@@ -18,8 +18,8 @@ import torch
 
 from nas.cli.train import main as train_main
 from nas.train.callbacks import RESUME_STATE
-from nas.train.outdir import checkpoints, last_complete_checkpoint
-from nas.train.trainer import SAVE_PAUSE_ENV, STEP_PAUSE_ENV
+from nas.train.outdir import SAVE_PAUSE_ENV, checkpoints, last_complete_checkpoint
+from nas.train.trainer import STEP_PAUSE_ENV
 from tests.factories import lora_plan
 
 pytestmark = pytest.mark.drill
