@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from ..errors import UserError
 from ..plan import Plan
 from ..train import TrainConfig, train
+from ..train.outdir import default_output_dir
+from ..train.trainer import Interrupted
 from . import run_cli
 from .flags import add_flags
 
@@ -25,8 +27,8 @@ TRAINING = ["allocation", "num_train_epochs", "learning_rate", "per_device_train
             "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "per_device_eval_batch_size",
             "dynamic_every", "dynamic_batches", "dynamic_proxy", "group_by_length", "device", "bf16",
             "bf16_frozen_base", "fp16", "gradient_checkpointing"]
-OUTPUT = ["output_dir", "resume", "merge", "report_to", "logging_steps", "save_steps", "save_total_limit",
-          "export_peft"]
+OUTPUT = ["output_dir", "resume", "overwrite_output_dir", "merge", "report_to", "logging_steps", "save_steps",
+          "save_total_limit", "export_peft"]
 TASK = ["task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "task_type",
         "num_labels", "max_train_samples", "max_eval_samples", "data_seed"]
 
@@ -56,13 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv=None):
     args = build_parser().parse_args(argv)
-    plan = Plan.load(args.plan)
+    try:
+        plan = Plan.load(args.plan)
+    except (TypeError, AttributeError, KeyError, ValueError) as e:
+        if isinstance(e, UserError):
+            raise
+        # a backstop: Plan.load checks each field's type; whatever slips through is still the plan's fault
+        raise UserError(f"plan {args.plan!r} is invalid ({type(e).__name__}: {e}); write it with "
+                        f"more-search or fix that field") from None
     if args.model:
         plan.model = {**(plan.model or {}), "name_or_path": args.model}
     given = {n: getattr(args, n) for n in TRAINING + OUTPUT + TASK + ["progress"]}
-    given["output_dir"] = args.output_dir or str(Path("runs") / Path(args.plan).stem)
+    if given["resume"] and not args.output_dir:
+        raise UserError("--resume needs the --output_dir of the run to continue")
+    given["output_dir"] = args.output_dir or str(default_output_dir(args.plan))  # never an earlier run's
     cfg = TrainConfig.from_plan(plan, **given)
-    result = train(plan, cfg)
+    try:
+        result = train(plan, cfg)
+    except Interrupted as e:  # one line: what was kept and how to continue
+        print(e, file=sys.stderr)
+        return 130
     print(f"{result.main_metric} = {result.score:.4f} after {result.steps} steps; "
           f"outputs in {result.output_dir}", file=sys.stderr)
     if result.merge_report is not None:

@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import UserError
 from ..io import atomic_write_text
@@ -116,14 +115,11 @@ class ResumeState(TrainerCallback):
     def __init__(self, identity: dict[str, Any], history: list[dict], allocator=None):
         self.identity, self.history, self.allocator = identity, history, allocator
 
-    def on_save(self, args, state, control, **kwargs):
-        if not args.should_save:
-            return
-        ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if ckpt.is_dir():
-            torch.save({**self.identity, "history": list(self.history),
-                        "allocator": self.allocator.state_dict() if self.allocator is not None else None},
-                       ckpt / RESUME_STATE)
+    def write(self, ckpt: Path) -> None:
+        """Into a checkpoint being written (its presence marks the checkpoint complete)."""
+        torch.save({**self.identity, "history": list(self.history),
+                    "allocator": self.allocator.state_dict() if self.allocator is not None else None},
+                   ckpt / RESUME_STATE)
 
     def check_and_load(self, ckpt: Path) -> None:
         path = ckpt / RESUME_STATE

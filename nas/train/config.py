@@ -40,7 +40,7 @@ class TrainConfig(TaskSpec):
     seed: int = option(0, "random seed (model head, dropout, data order)")
     allocation: str = option("static", "static, or dynamic: re-score and re-allocate the budget while "
                                        "training", choices=list(ALLOCATIONS))
-    output_dir: str | None = option(None, "where to write the run (default: runs/<plan name>)")
+    output_dir: str | None = option(None, "where to write the run (default: runs/<plan name>-<UTC time>)")
     max_steps: int | None = option(None, "stop after this many optimizer steps")
     eval_steps: int | None = option(None, "evaluate every N optimizer steps (default: once per epoch)",
                                     aliases=["--eval-every"])
@@ -48,7 +48,10 @@ class TrainConfig(TaskSpec):
     weight_decay: float = option(0.0, "AdamW weight decay (not on biases and norms)")
     lr_scheduler_type: str = option("linear", "linear, cosine, constant, ... (transformers schedules)",
                                     aliases=["--scheduler", "--lr-scheduler"])
-    resume: bool = option(False, "continue from the last checkpoint in output_dir (same settings and data)")
+    resume: bool = option(False, "continue from the last complete checkpoint in output_dir (same settings "
+                                 "and data)")
+    overwrite_output_dir: bool = option(False, "replace the run already in output_dir (without it, and without "
+                                               "--resume, a folder holding a run is refused)")
     merge: bool = option(False, "also save the merged full model (merged/)")
     progress: bool = option(True, "show a progress bar")
     dynamic_every: float = option(0.2, "dynamic: fraction of an epoch between reallocations")
@@ -99,7 +102,9 @@ class TrainConfig(TaskSpec):
     def validate(self) -> "TrainConfig":
         from transformers import SchedulerType
 
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # a plan's "lr": "fast" must not reach the comparisons below
+            raise UserError("invalid training settings: " + "; ".join(problems))
         self.__post_init__()  # text_columns may have been set since
         if self.allocation not in ALLOCATIONS:
             problems.append(f"allocation {self.allocation!r} must be one of {list(ALLOCATIONS)}")
@@ -117,6 +122,12 @@ class TrainConfig(TaskSpec):
                 problems.append(f"{name} must be a positive integer, got {v!r}")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and self.max_grad_norm < 0:
+            problems.append(f"max_grad_norm must be >= 0 (0: off), got {self.max_grad_norm}")
+        if self.allocation == "dynamic" and self.dynamic_proxy is not None:
+            problems += _proxy_problems(self.dynamic_proxy)
         if not 0 < self.dynamic_every:
             problems.append(f"dynamic_every must be > 0 (a fraction of an epoch), got {self.dynamic_every}")
         valid = [s.value for s in SchedulerType]
@@ -135,6 +146,41 @@ class TrainConfig(TaskSpec):
         if d["text_columns"] is not None:
             d["text_columns"] = list(d["text_columns"])
         return d
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _type_problems(cfg) -> list[str]:
+    """Fields whose value has the wrong type (plan ``training`` hints are not checked elsewhere)."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        parts = str(f.type).split(" | ")
+        kinds = [p for p in parts if p != "None"]
+        v = getattr(cfg, f.name)
+        if len(kinds) != 1 or kinds[0] not in _TYPES or (v is None and "None" in parts):
+            continue
+        kind = kinds[0]
+        if not isinstance(v, _TYPES[kind]) or (kind != "bool" and isinstance(v, bool)):
+            what = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string"}[kind]
+            problems.append(f"{f.name} must be {what}, got {v!r}")
+    return problems
+
+
+def _proxy_problems(name: str) -> list[str]:
+    from .dynamic import LIVE_GRAD_NORM
+
+    if name == LIVE_GRAD_NORM:
+        return []
+    try:
+        import proxies
+    except ImportError:
+        return [f"proxy {name!r} needs the proxies package; use {LIVE_GRAD_NORM!r}"]
+    try:
+        proxies.get_proxy(name)
+    except ValueError as e:
+        return [f"{e} (or {LIVE_GRAD_NORM!r}); pass one of them to --proxy"]
+    return []
 
 
 def _python_name(flag: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import logging.handlers
 import os
 import sys
 from pathlib import Path
@@ -38,16 +39,16 @@ class _TqdmHandler(logging.Handler):
 _RUN_IDS = itertools.count()
 
 
-def run_logger(output_dir: Path | None, to_console: bool) -> logging.Logger:
+def run_logger(output_dir: Path | None, to_console: bool, *, deferred: bool = False) -> logging.Logger:
+    """The run's logger: ``output_dir/train.log`` and the console.  ``deferred``: hold the file's
+    records in memory until ``open_log_file`` (a run that fails its checks writes nothing)."""
     logger = logging.getLogger(f"nas.trainer.run{next(_RUN_IDS)}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
-        fh.setFormatter(fmt)
-        logger.addHandler(fh)
+    if output_dir is not None and not deferred:
+        open_log_file(logger, output_dir)
+    elif output_dir is not None:
+        logger.addHandler(logging.handlers.MemoryHandler(10_000, flushLevel=logging.CRITICAL + 1))
     if to_console:
         ch = _TqdmHandler()
         ch.setFormatter(logging.Formatter("%(message)s"))
@@ -57,11 +58,35 @@ def run_logger(output_dir: Path | None, to_console: bool) -> logging.Logger:
     return logger
 
 
+def open_log_file(logger: logging.Logger, output_dir: Path) -> None:
+    """Start writing ``output_dir/train.log`` (appending), with the records held back so far."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    for h in [h for h in logger.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
+        h.setTarget(fh)
+        h.flush()
+        logger.removeHandler(h)
+    logger.addHandler(fh)
+
+
 def close_logger(logger: logging.Logger) -> None:
     for h in list(logger.handlers):
         h.close()
         logger.removeHandler(h)
     logging.Logger.manager.loggerDict.pop(logger.name, None)  # one per run: do not accumulate
+
+
+def warn_over_budget(plan, used: int, log: logging.Logger) -> None:
+    """A warning, not a refusal, for a plan over its own budget: the budget is the search's
+    target and a hand-edited plan a deliberate experiment (results.json records what trained)."""
+    budget = (plan.budget or {}).get("params")
+    if isinstance(budget, int) and used > budget:
+        msg = (f"warning: the plan switches on {used:,} adapter parameters, over its own budget of "
+               f"{budget:,} ({(plan.budget or {}).get('spec', '?')}); training it anyway (re-run more-search "
+               f"for a plan within budget, or --allocation dynamic to keep to it)")
+        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
 
 
 # ---- models ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -37,9 +38,16 @@ from ..plan import Plan
 from .callbacks import DynamicAllocation, EvaluateAtEnd, OnEval, ResumeState, StepStats
 from .config import NonFiniteLoss, TrainConfig, TrainResult
 from .dynamic import DynamicAllocator
+from .outdir import (AtomicCheckpoints, Claim, check_output_dir, last_complete_checkpoint, remove_incomplete,
+                     run_contents)
 from .outputs import CONFIG_NAME, remove_outputs, write_outputs
 from .precision import check_precision, frozen_base_to, resolve_device, restore_frozen_base
-from .support import close_logger, enabled_adapter_params, forward_keys, is_causal_lm, run_logger
+from .support import (close_logger, enabled_adapter_params, forward_keys, is_causal_lm, open_log_file,
+                      run_logger, warn_over_budget)
+
+# Test hook for the crash drills (tests/nas/train/test_drills.py), off unless set: seconds to
+# sleep before each training step, so a signal lands mid-epoch (and nas.train.outdir.SAVE_PAUSE_ENV).
+STEP_PAUSE_ENV = "MORE_TRAIN_TEST_STEP_PAUSE"
 
 # Settings that must match to resume a run.
 RESUME_KEYS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size",
@@ -90,7 +98,11 @@ def evaluate_model(model: nn.Module, data, batch_size: int, device, autocast=Non
     return metrics
 
 
-class AdapterTrainer(transformers.Trainer):
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during ``train``; the message says what was kept and how to continue."""
+
+
+class AdapterTrainer(AtomicCheckpoints, transformers.Trainer):
     """transformers.Trainer with our metrics, a NaN check, and checkpoints of trained tensors only."""
 
     def __init__(self, *args, data, history: list[dict], **kwargs):
@@ -104,6 +116,8 @@ class AdapterTrainer(transformers.Trainer):
             self.model_accepts_loss_kwargs = False
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if os.environ.get(STEP_PAUSE_ENV):
+            time.sleep(float(os.environ[STEP_PAUSE_ENV]))
         loss = super().training_step(model, inputs, num_items_in_batch)
         value = float(loss) * self.args.gradient_accumulation_steps
         if not math.isfinite(value):
@@ -202,6 +216,8 @@ def setup(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
     layout = discover(model)
     set_seed(cfg.seed)
     apply_plan(model, plan, layout)  # PlanError (a UserError) when the plan is for another model
+    if cfg.allocation == "static":
+        warn_over_budget(plan, enabled_adapter_params(model), log)
     allocator = None
     if cfg.allocation == "dynamic":
         allocator = DynamicAllocator(model, layout, budget=(plan.budget or {}).get("params"),
@@ -306,31 +322,36 @@ def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
     search raises optuna.TrialPruned from it); ``callbacks``: more TrainerCallbacks.
     Raises NonFiniteLoss on a NaN/inf loss.  With ``merge=True`` the model is merged in place.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     cfg.validate()
-    check_precision(resolve_device(cfg.device), cfg.bf16, cfg.fp16)  # before anything loads or is removed
+    check_precision(resolve_device(cfg.device), cfg.bf16, cfg.fp16)  # before anything loads or is written
     out = Path(cfg.output_dir) if cfg.output_dir else None
-    if out is not None and not cfg.resume and out.is_dir():
-        remove_outputs(out)
-    logger = run_logger(out, cfg.progress)
+    if out is not None:
+        check_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite_output_dir)
+        claim = Claim(out)
+    # train.log is held in memory until the run has passed its checks: a failed start writes nothing
+    logger = run_logger(out, cfg.progress, deferred=True)
     trainer = None
     try:
         trainer = prepare(plan, cfg, model=model, tokenizer=tokenizer, data=data, on_eval=on_eval,
                           logger=logger, callbacks=callbacks)
         ckpt = None
-        if cfg.resume:
-            last = get_last_checkpoint(str(out)) if out.is_dir() else None
-            if last is None:
-                logger.info("no checkpoint in %s: starting from step 0", out)
-            else:
-                ckpt = Path(last)
+        if out is not None:
+            if cfg.resume:
+                ckpt = last_complete_checkpoint(out)
                 trainer.resume_state.check_and_load(ckpt)
+                for name in (remove_incomplete(out) if trainer.args.should_save else []):
+                    logger.info("removed %s: a checkpoint whose write was cut short", name)
                 logger.info("resuming from %s", ckpt)
-        if out is not None and trainer.args.should_save:
-            resolved = {**cfg.to_dict(), "task": trainer.data.name, "task_type": trainer.data.task_type,
-                        "num_labels": trainer.data.num_labels}
-            atomic_write_text(out / CONFIG_NAME, json.dumps(resolved, indent=2, default=str) + "\n")
+            elif cfg.overwrite_output_dir and run_contents(out):
+                logger.info("--overwrite_output_dir: removing the earlier run in %s", out)
+                remove_outputs(out)
+                remove_incomplete(out)
+                claim = Claim(out)
+            if trainer.args.should_save:
+                open_log_file(logger, out)
+                resolved = {**cfg.to_dict(), "task": trainer.data.name, "task_type": trainer.data.task_type,
+                            "num_labels": trainer.data.num_labels}
+                atomic_write_text(out / CONFIG_NAME, json.dumps(resolved, indent=2, default=str) + "\n")
         logger.info("training: batch %d x %d accumulation, lr %g, %s schedule, %s allocation, %s%s on %s",
                     cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.learning_rate,
                     cfg.lr_scheduler_type, cfg.allocation, "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
@@ -346,6 +367,17 @@ def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
         logger.info("done: %s = %.4f after %d steps (%.1f s, %.3f s/step)", result.main_metric, result.score,
                     result.steps, result.train_time_s, result.step_time_s)
         return result
+    except BaseException as e:
+        if out is not None:
+            kept = claim.new_checkpoint() or (last_complete_checkpoint(out) if cfg.resume else None)
+            if kept is None:
+                claim.rollback()  # nothing to resume: remove what this command wrote, nothing else
+            elif isinstance(e, KeyboardInterrupt):
+                raise Interrupted(f"interrupted; {kept} is kept: continue with --resume "
+                                  f"--output_dir {out}") from None
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted("interrupted before the first checkpoint; nothing was kept") from None
+        raise
     finally:
         if trainer is not None and trainer.frozen_originals:
             restore_frozen_base(trainer.accelerator.unwrap_model(trainer.model), trainer.frozen_originals)

@@ -220,12 +220,13 @@ def test_resume_dynamic_equals_uninterrupted(tiny_bert, layout, sentiment, tmp_p
     kw = dict(epochs=2, allocation="dynamic", dynamic_every=0.5, eval_every=5)
     full = train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "full"), **kw))
 
-    def crash_at_5(step, metrics):
-        if step == 5:
+    def crash_at_10(step, metrics):  # after checkpoint-5 (a crash before any checkpoint leaves nothing)
+        if step == 10:
             raise Crash
 
     with pytest.raises(Crash):
-        train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "cut"), **kw), on_eval=crash_at_5)
+        train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "cut"), **kw), on_eval=crash_at_10)
+    assert [d.name for d in (tmp_path / "cut").glob("checkpoint-*")] == ["checkpoint-5"]
     resumed = train(plan, cfg_for(sentiment, output_dir=str(tmp_path / "cut"), resume=True, **kw))
     assert resumed.enable_counts == full.enable_counts
     assert resumed.history == full.history
@@ -260,7 +261,8 @@ def test_merge_writes_an_equivalent_model(tiny_bert, layout, sentiment, tmp_path
     out = tmp_path / "m"
     train(lora_plan(tiny_bert, layout), cfg_for(sentiment, output_dir=str(out), epochs=1))
     assert (out / "peft_adapter").is_dir()  # an earlier pure-LoRA run in the same folder ...
-    res = train(plan, cfg_for(sentiment, output_dir=str(out), epochs=1, merge=True))
+    res = train(plan, cfg_for(sentiment, output_dir=str(out), epochs=1, merge=True,
+                                  overwrite_output_dir=True))
     assert res.merge_report["not_foldable"] == ["shortcut 1.s_res2"]
     assert (out / "merged" / "config.json").is_file() and (out / "merged" / "tokenizer.json").is_file()
     assert not (out / "peft_adapter").exists()  # ... is gone: MoRe + a shortcut do not export
