@@ -90,7 +90,7 @@ CASES = [
     ("output_dir under a file", ["--output_dir", "afile/run"], None, ["is a file", "--output_dir"]),
     ("weight_decay -1", ["--weight_decay", "-1", "--output_dir", "o"], None, ["weight_decay", ">= 0"]),
     ("plan lr is a string", ["--output_dir", "o"],
-     lambda t: _edit_plan(t / "plan.json", training__lr="fast"), ["learning_rate", "'fast'"]),
+     lambda t: _edit_plan(t / "plan.json", training__lr="fast"), ["training.lr", "'fast'"]),
     ("plan modules is a number", ["--output_dir", "o"],
      lambda t: _edit_plan(t / "plan.json", schema_version=999, modules=3), ["plan.json", "invalid"]),
     ("non-UTF-8 train file", ["--train-file", "bad.tsv", "--output_dir", "o"], _non_utf8, ["bad.tsv"]),
