@@ -41,7 +41,7 @@ from search_spaces.space import kind_of
 from .. import train as training
 from ..budget import parse_budget
 from ..errors import UserError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, pause_for_test
 from ..models import load_model, load_tokenizer
 from ..plan import BUDGET_COUNTS, Plan
 from .config import PLAN_ATTR, STRATEGIES, SearchConfig, SearchResult
@@ -154,6 +154,7 @@ class Search:
             batches = self.proxy_batches()
             self.scores = proxies.score_candidates(self.base, self.layout, self.candidates,
                                                    batches, proxy=proxy)
+            pause_for_test("proxy", self.out)
             atomic_write_text(cache, json.dumps({"proxy": proxy, "scores": self.scores}))
         self.proxy_name = proxy
         self.proxy_plan = self._allocate(self.scores)
@@ -238,6 +239,7 @@ class Search:
                     raise optuna.TrialPruned(f"pruned at step {step}")
 
         c0 = time.process_time()
+        pause_for_test("trial", self.out)
         result = training.train(plan, tcfg, model=model, tokenizer=self._tokenizer,
                                 data=self.trial_data, on_eval=on_eval)
         trial.set_user_attr("step_cpu_s", (time.process_time() - c0) / max(result.steps, 1))  # evals included

@@ -204,8 +204,11 @@ def open_checked_storage(cfg, out: Path):
         return None
     storage = open_storage(cfg.storage, out / "study.journal", cfg.heartbeat_s)
     name = cfg.study or "more-search"
-    if name not in optuna.study.get_all_study_names(storage):
-        if cfg.resume:
+    names = set(optuna.study.get_all_study_names(storage))
+    if name not in names:
+        # A search killed before its study began (in the super-network or scoring stage, whose
+        # study is NAME.scoring) resumes in its own journal; a shared storage must hold it.
+        if cfg.resume and cfg.storage is not None and f"{name}.scoring" not in names:
             raise UserError(f"--resume: the storage holds no study {name!r} to resume; run without "
                             f"--resume to start it")
         return storage

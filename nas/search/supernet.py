@@ -24,7 +24,7 @@ from search_spaces.supernet import (PlanSampler, Selection, activate, attach_sup
                                     plan_state_dict, shortcut_choices, train_supernet_steps)
 
 from ..baselines import uniform_lora
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, pause_for_test
 from ..plan import Plan
 from ..train.precision import resolve_device
 from .config import PLAN_ATTR
@@ -155,6 +155,7 @@ class SharedWeights:
             with amp:
                 losses += train_supernet_steps(self.model, it, opt, sampler, 1, after_backward=after_backward)
             sched.step()
+            pause_for_test("supernet", s.out)
         seconds = time.perf_counter() - t0
         raw = sens.raw_scores(s.candidates)
         imp = proxies.trained_importance(sens, s.candidates, normalise=cfg.normalise)
@@ -235,6 +236,7 @@ def score_plans(search, shared: SharedWeights, sizes: StageSizes, storage, name:
             study.tell(trial, seen[h])
             return
         activate(shared.model, plan)
+        pause_for_test("scoring", search.out)
         ho = heldout(shared.model, data, rows, batch_size=cfg.batch_size)
         trial.set_user_attr("metrics", {**ho.metrics, "loss": ho.loss, "loss_se": ho.se})
         seen[h] = ho.loss
