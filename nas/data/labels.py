@@ -99,7 +99,9 @@ def _mostly_numbers(values: list, col: str) -> None:
     """Labels that are mostly numbers with a few that are not ('nan', 'abc') are broken rows, not
     extra classes."""
     bad = [(i, v) for i, v in enumerate(values) if not _number(v)]
-    if bad and len(bad) < len(values) / 2:
+    # Fractional numbers (0.5, 1.5) are never class names: beside them any non-number is broken.
+    fractional = any(_number(v) and float(v) != int(float(v)) for v in values)
+    if bad and (len(bad) < len(values) / 2 or fractional):
         rows = ", ".join(f"row {i}: {v!r}" for i, v in bad[:5])
         raise UserError(f"column {col!r} holds numbers except in {len(bad)} row(s) ({rows}); fix or drop "
                         f"those rows (labels are numbers, so they are not extra classes)")

@@ -161,6 +161,9 @@ def test_user_file_errors(tok, tmp_path):
     with pytest.raises(UserError, match=r"numbers.*row 3: 'nan'"):
         load_task(tokenizer=tok, train_file=_write(tmp_path / "r.csv", "text,y\na,0.5\nb,1.5\nc,2.5\nd,nan\n"),
                   validation_file=_write(tmp_path / "r2.csv", "text,y\na,0.5\n"), label_column="y")
+    with pytest.raises(UserError, match=r"numbers except in 2 row\(s\).*row 2: 'nan'"):  # half broken, still not classes
+        load_task(tokenizer=tok, train_file=_write(tmp_path / "h.csv", "text,y\na,0.5\nb,1.5\nc,nan\nd,abc\n"),
+                  validation_file=_write(tmp_path / "h2.csv", "text,y\na,0.5\n"), label_column="y")
     with pytest.raises(UserError, match="never occur in train"):
         load_task(tokenizer=tok, train_file=_write(tmp_path / "s.csv", "text,label\na,pos\nb,neg\n"),
                   validation_file=_write(tmp_path / "s2.csv", "text,label\na,neutral\n"))
