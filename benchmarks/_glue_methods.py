@@ -44,7 +44,6 @@ HETERO_FRACTION = 0.25  # budget = 25% of the pool's parameters
 HETERO_BATCHES = 4  # training batches for the static scoring
 PEFT_MAX_RANK = 64
 PEFT_TARGETS = {"qv": ("q", "v"), "attn": ("q", "k", "v", "o")}
-ALL_LINEAR = ("q", "k", "v", "o", "ffn_up", "ffn_down")  # every projection the layout finds
 
 
 @dataclass

@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
 from nas import Plan
+from nas.baselines import uniform_lora
 from nas.io import atomic_write_text
 
-from _glue_methods import (ALL_LINEAR, PEFT_MAX_RANK, PEFT_TARGETS, SURM_CHOICES, Method, Spec,
-                           TaskCtx, fresh_model, head_only, heterolora_dynamic, heterolora_static,
-                           match_peft_rank, peft_lora, peft_lora_params, peft_spec, peft_targets,
-                           spec_from_plan, surm, uniform)
+from _glue_methods import (PEFT_MAX_RANK, PEFT_TARGETS, SURM_CHOICES, Method, Spec, TaskCtx,
+                           fresh_model, head_only, heterolora_dynamic, heterolora_static,
+                           match_peft_rank, peft_lora, peft_spec, spec_from_plan, surm, uniform)
 
 BUDGETS = ("0.02%", "0.05%", "0.1%", "0.3%")
 # Widest first: the placement of the uniform LoRA baseline is the first one where rank 1 fits.
-PLACEMENTS = (("all", ALL_LINEAR), ("attn", PEFT_TARGETS["attn"]), ("qv", PEFT_TARGETS["qv"]))
+WHERE = {"all linear": "all", "attention": "attn", "query,value": "qv"}  # nas.baselines placement -> label
 
 
 def budget_tag(budget: str) -> str:
@@ -70,9 +69,9 @@ def run_or_load_search(ctx: TaskCtx, budget: str, strategy: str | None = None) -
     resumed = (out / "study.journal").is_file()
     atomic_write_text(settings_file, json.dumps(settings, indent=1))
     p = ctx.proto
-    applied = strategy is not None and "strategy" in {f.name for f in fields(SearchConfig)}
-    cfg = SearchConfig(**({"strategy": strategy} if applied else {}), task=ctx.task, budget=budget, output_dir=str(out), n_trials=p.search_trials,
-                       trial_steps=p.search_steps, n_evals=p.search_evals, holdout=p.holdout,
+    applied = strategy is not None
+    cfg = SearchConfig(**({"strategy": strategy} if applied else {}), task=ctx.task, budget=budget,
+                       output_dir=str(out), n_trials=p.search_trials, trial_steps=p.search_steps, n_evals=p.search_evals, holdout=p.holdout,
                        timeout_s=p.search_timeout_s, group_by_length=p.group_by_length,
                        trial_eval_samples=p.select_eval_rows, batch_size=p.batch_size,
                        max_length=p.max_length, epochs=p.epochs, seed=0, progress=False,
@@ -123,13 +122,13 @@ def peft_matched(budget: str, strategy: str | None = None,
 
 def widest_lora(ctx: TaskCtx, params: int) -> tuple[int, str, list[str]]:
     """(rank, placement, target modules) of the widest uniform LoRA with at most ``params``
-    adapter parameters: the first of all linear layers / all attention projections / query,value
-    where rank 1 fits, at the largest rank that fits there.  Below query,value r=1 on every
-    layer: query,value r=1 on as many of the top layers as fit ('qv-top<k>')."""
-    for where, roles in PLACEMENTS:
-        per_rank = peft_lora_params(ctx, 1, roles)
-        if 0 < per_rank <= params:
-            return min(params // per_rank, PEFT_MAX_RANK), where, peft_targets(ctx, roles)
+    adapter parameters: nas.baselines' widest placement (all linear layers, else all attention
+    projections), else query,value, at the largest rank that fits there.  Below query,value r=1
+    on every layer: query,value r=1 on as many of the top layers as fit ('qv-top<k>')."""
+    for placement in ("widest", "qv"):
+        b = uniform_lora(ctx.layout, params, placement)
+        if b is not None:
+            return min(b.rank, PEFT_MAX_RANK), WHERE[b.placement], list(b.modules)
     qv = [m for m in ctx.layout.modules if m.role in PEFT_TARGETS["qv"]]
     targets, used = [], 0
     for layer in sorted({m.layer for m in qv}, reverse=True):

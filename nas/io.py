@@ -1,4 +1,5 @@
-"""Atomic file writes: a file is either its old content or its new one, never half-written."""
+"""File-system helpers: atomic writes (a file is its old content or its new one, never half-written),
+whether a folder can take a run's outputs, and the crash drills' test hook."""
 from __future__ import annotations
 
 import os
@@ -23,6 +24,22 @@ def pause_for_test(stage: str, folder: str | os.PathLike) -> None:
     if _PAUSE_HITS[stage] == int(nth):
         Path(folder, f".paused-{stage}").touch()
         time.sleep(300)
+
+
+def folder_problem(out: Path) -> tuple[str, Path] | None:
+    """Why ``out`` cannot serve as an output folder, or None: ("file", out) when it is a file,
+    ("under file", parent) when its nearest existing parent is a file, ("read-only", parent) when
+    that parent cannot be written into (a pseudo file system such as /proc counts as read-only)."""
+    if out.exists() and not out.is_dir():
+        return "file", out
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return "under file", probe
+    if not os.access(probe, os.W_OK | os.X_OK) or str(probe.resolve()).startswith(("/proc", "/sys")):
+        return "read-only", probe
+    return None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -4,7 +4,6 @@ naming the setting and the fix."""
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from search_spaces import load_space
 
 from ..budget import parse_budget
 from ..errors import UserError
+from ..io import folder_problem
 from .config import SearchConfig
 
 
@@ -59,15 +59,13 @@ def check_settings(cfg: SearchConfig) -> None:
 
 def check_output(out: Path) -> None:
     """The output folder can be created (or written into) by this user."""
-    if out.exists() and not out.is_dir():
+    kind, where = folder_problem(out) or (None, None)
+    if kind == "file":
         raise UserError(f"output folder {str(out)!r} is an existing file; choose another -o")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"cannot create output folder {str(out)!r}: {str(probe)!r} is a file; choose another -o")
-    if not os.access(probe, os.W_OK | os.X_OK) or str(probe.resolve()).startswith(("/proc", "/sys")):
-        raise UserError(f"cannot write into {str(probe)!r} (permission denied); choose another -o")
+    if kind == "under file":
+        raise UserError(f"cannot create output folder {str(out)!r}: {str(where)!r} is a file; choose another -o")
+    if kind == "read-only":
+        raise UserError(f"cannot write into {str(where)!r} (permission denied); choose another -o")
 
 
 def check_max_length(cfg: SearchConfig) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..errors import UserError
+from ..io import folder_problem
 from .callbacks import RESUME_STATE
 from .outputs import OUTPUT_DIRS, OUTPUT_FILES
 
@@ -68,16 +69,14 @@ def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse, before anything loads, an output folder that cannot be used as asked."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite_output_dir contradict each other; pass one of them")
-    if out.exists() and not out.is_dir():
+    kind, where = folder_problem(out) or (None, None)
+    if kind == "file":
         raise UserError(f"output folder {str(out)!r} is a file; pass another --output_dir")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"output folder {str(out)!r} cannot be created: {str(probe)!r} is a file; "
+    if kind == "under file":
+        raise UserError(f"output folder {str(out)!r} cannot be created: {str(where)!r} is a file; "
                         f"pass another --output_dir")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {str(out)!r} is not writable ({str(probe)!r} is read-only); "
+    if kind == "read-only":
+        raise UserError(f"output folder {str(out)!r} is not writable ({str(where)!r} is read-only); "
                         f"pass another --output_dir")
     held = run_contents(out)
     if resume:
