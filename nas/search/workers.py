@@ -14,7 +14,6 @@ import time
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 WORKER_ATTR, PLAN_SEED_ATTR = "worker", "plan_seed"
@@ -53,7 +52,7 @@ def plan_seed(trial: optuna.Trial) -> int:
     interrupted run re-queued (so a retried trial trains the same plan)."""
     seed = trial.user_attrs.get(PLAN_SEED_ATTR)
     if seed is None:
-        frozen = trial.study._storage.get_trial(trial._trial_id)
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             seed = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
@@ -87,15 +86,13 @@ def requeue_interrupted(trial: optuna.Trial, seed: int) -> None:
 
 
 def _fail_and_retry(study: optuna.Study, t: FrozenTrial) -> None:
-    storage = study._storage
     try:
-        if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            return
-    except RuntimeError:  # finished meanwhile
+        failed = study.tell(t.number, state=TrialState.FAIL)
+    except (RuntimeError, ValueError):  # finished meanwhile
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=1)(study, storage.get_trial(t._trial_id))
+        RetryHeartbeatStaleTrialCallback(max_retry=1)(study, failed)
 
 
 def fail_dead_trials(study: optuna.Study, untagged_after_s: float = 60.0) -> list[int]:
@@ -103,8 +100,7 @@ def fail_dead_trials(study: optuna.Study, untagged_after_s: float = 60.0) -> lis
     an RDB storage, a gone process of this host on a journal, or no worker tag long after the
     start (killed between ask and tag).  Trials of live or unknown workers stay RUNNING."""
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    if is_heartbeat_enabled(study._storage):
-        optuna.storages.fail_stale_trials(study)
+    optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats (a journal)
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         tag = worker_of(t)
