@@ -43,7 +43,9 @@ HETERO_DYNAMIC_PROXY = "live-grad-norm"  # dynamic re-scoring on the live weight
 HETERO_FRACTION = 0.25  # budget = 25% of the pool's parameters
 HETERO_BATCHES = 4  # training batches for the static scoring
 PEFT_MAX_RANK = 64
-PEFT_TARGETS = {"qv": ("q", "v"), "attn": ("q", "k", "v", "o")}
+PEFT_TARGETS = {"qv": ("q", "v"), "attn": ("q", "k", "v", "o"), "vo": ("v", "o")}
+# The placements a size-matched PEFT baseline may take (value,output is a diagnostic of issue #15).
+MATCHED_WHERES = ("qv", "attn")
 
 
 @dataclass
@@ -235,7 +237,7 @@ def peft_lora(rank: int, where: str = "qv") -> Callable[[TaskCtx, str], Spec]:
     return lambda ctx, variant="": peft_spec(ctx, rank, where)
 
 
-def match_peft_rank(ctx: TaskCtx, params: int, wheres: tuple[str, ...] = tuple(PEFT_TARGETS)
+def match_peft_rank(ctx: TaskCtx, params: int, wheres: tuple[str, ...] = MATCHED_WHERES
                     ) -> tuple[int, str]:
     """The uniform PEFT LoRA (rank on query,value or on all attention projections) whose
     parameter count is closest to ``params``; ties: query,value, then the lower rank.  (On

@@ -12,8 +12,8 @@ from nas import Plan
 from nas.baselines import uniform_lora
 from nas.io import atomic_write_text
 
-from _glue_methods import (PEFT_MAX_RANK, PEFT_TARGETS, SURM_CHOICES, Method, Spec, TaskCtx,
-                           fresh_model, head_only, heterolora_dynamic, heterolora_static,
+from _glue_methods import (MATCHED_WHERES, PEFT_MAX_RANK, PEFT_TARGETS, SURM_CHOICES, Method, Spec,
+                           TaskCtx, fresh_model, head_only, heterolora_dynamic, heterolora_static,
                            match_peft_rank, peft_lora, peft_spec, spec_from_plan, surm, uniform)
 
 BUDGETS = ("0.02%", "0.05%", "0.1%", "0.3%")
@@ -68,14 +68,16 @@ def run_or_load_search(ctx: TaskCtx, budget: str, strategy: str | None = None) -
         return json.loads(done.read_text())
     resumed = (out / "study.journal").is_file()
     atomic_write_text(settings_file, json.dumps(settings, indent=1))
-    p = ctx.proto
     applied = strategy is not None
+    # Built from the recorded settings, so that what is recorded is what ran (the task's own
+    # epochs size the search's stages: 0.5x of MRPC's 3-epoch run, not of one epoch).
+    st = settings
     cfg = SearchConfig(**({"strategy": strategy} if applied else {}), task=ctx.task, budget=budget,
-                       output_dir=str(out), n_trials=p.search_trials, trial_steps=p.search_steps, n_evals=p.search_evals, holdout=p.holdout,
-                       timeout_s=p.search_timeout_s, group_by_length=p.group_by_length,
-                       trial_eval_samples=p.select_eval_rows, batch_size=p.batch_size,
-                       max_length=p.max_length, epochs=p.epochs, seed=0, progress=False,
-                       resume=resumed, data_dir=ctx.data_dir)
+                       output_dir=str(out), n_trials=st["trials"], trial_steps=st["steps"],
+                       n_evals=st["evals"], holdout=st["holdout"], timeout_s=st.get("timeout_s"),
+                       group_by_length=st["group_by_length"], trial_eval_samples=st["holdout_rows"],
+                       batch_size=st["batch_size"], max_length=st["max_length"], epochs=st["epochs"],
+                       seed=0, progress=False, resume=resumed, data_dir=ctx.data_dir)
     t0 = time.perf_counter()
     res = run_search(cfg, model=fresh_model(ctx, 0), tokenizer=ctx.tokenizer, data=ctx.data)
     wall = time.perf_counter() - t0
@@ -110,7 +112,7 @@ def plan_size(ctx: TaskCtx, budget: str, strategy: str | None) -> int:
 
 
 def peft_matched(budget: str, strategy: str | None = None,
-                 wheres: tuple[str, ...] = tuple(PEFT_TARGETS)) -> Callable[[TaskCtx, str], Spec]:
+                 wheres: tuple[str, ...] = MATCHED_WHERES) -> Callable[[TaskCtx, str], Spec]:
     """PEFT LoRA with the uniform rank (on the placements ``wheres``) whose size is closest
     to the searched plan's."""
     def build(ctx: TaskCtx, variant: str = "") -> Spec:
@@ -186,5 +188,8 @@ def issue15_methods(task_budgets: dict[str, tuple[str, ...]]) -> list[Method]:
                 Method(f"peft-qv@{b}", "peft-matched", peft_matched(b, NEW, ("qv",)), **new),
                 Method(f"widest-lora@{b}", "peft-widest", peft_widest(b, NEW), **new),
                 Method(f"old-search@{b}", "search", more_search(b, OLD), cost=1.1, searched=True,
-                       search=search_name(b, OLD), tasks=tasks)]
+                       search=search_name(b, OLD), tasks=tasks),
+                # A diagnostic, not a baseline a user would pick: is there a better uniform
+                # placement at the plan's size (value,output), i.e. room for the search to win?
+                Method(f"peft-vo@{b}", "peft-matched", peft_matched(b, NEW, ("vo",)), **new)]
     return out + [Method("peft-lora-r8", "peft", peft_lora(8, "qv"))]

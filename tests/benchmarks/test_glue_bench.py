@@ -135,6 +135,7 @@ def test_peft_qv_matching_stays_on_query_value():
     ctx = _ctx()
     assert match_peft_rank(ctx, 9_216 * 70, ("qv",)) == (64, "qv")  # capped, never all-attention
     assert match_peft_rank(ctx, 22_656, ("qv",)) == (2, "qv")
+    assert match_peft_rank(ctx, 22_656, ("vo",)) == (2, "vo")  # the value,output diagnostic
 
 
 def test_issue15_job_list_budgets_epochs_and_phases(tmp_path):
@@ -147,10 +148,10 @@ def test_issue15_job_list_budgets_epochs_and_phases(tmp_path):
                         for k in ("new", "old")}  # 6: 0.02% on SST-2 only
     finals = [j for j in jobs if j[0] == "final"]
     per_task = {t: {j[2] for j in finals if j[1] == t} for t in proto.tasks}
-    assert len(per_task["sst2"]) == 9 and len(per_task["mrpc"]) == 5
+    assert len(per_task["sst2"]) == 11 and len(per_task["mrpc"]) == 6  # peft-vo: a diagnostic
     assert not any("0.02%" in n for n in per_task["mrpc"]) and "peft-lora-r8" in per_task["mrpc"]
-    assert len(finals) == 3 * 14 and {j[5] for j in finals} == {0, 1, 2}
-    assert len([j for j in jobs if j[0] == "select"]) == 14 * 4 and min(proto.lr_grid) == 5e-4
+    assert len(finals) == 3 * 17 and {j[5] for j in finals} == {0, 1, 2}
+    assert len([j for j in jobs if j[0] == "select"]) == 17 * 4 and min(proto.lr_grid) == 5e-4
     assert max(proto.lr_grid) == 5e-3
     # per-task epochs reach the run keys and the search; other protocols' keys are unchanged
     assert proto.phase_settings("mrpc", "final")["epochs"] == 3.0
@@ -170,3 +171,28 @@ def test_issue15_quick_is_the_same_comparison_smaller():
     assert q.tasks == glue.ISSUE15.tasks and q.task_epochs == glue.ISSUE15.task_epochs
     assert len(q.seeds) == 1 and q.final_max_steps and q.select_steps < glue.ISSUE15.select_steps
     assert glue.protocol_methods(q)[0].name == glue.protocol_methods(glue.ISSUE15)[0].name
+
+
+def test_search_is_sized_from_the_task_epochs(tmp_path, monkeypatch):
+    """MRPC trains 3 epochs in issue #15's protocol: its search must be sized (cost_budget x one
+    full run) from 3 epochs, as recorded in its settings, not from the protocol's default 1."""
+    import nas.search
+    import _glue_search
+
+    seen = {}
+
+    def fake_run_search(cfg, **_):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(nas.search, "run_search", fake_run_search)
+    monkeypatch.setattr(_glue_search, "fresh_model", lambda ctx, seed: None)
+    ctx = SimpleNamespace(proto=glue.ISSUE15, task="mrpc", runs_dir=tmp_path, data_dir=str(tmp_path),
+                          tokenizer=None, data=None)
+    with pytest.raises(RuntimeError, match="stop here"):
+        _glue_search.run_or_load_search(ctx, "0.1%", "supernet")
+    cfg = seen["cfg"]
+    assert cfg.epochs == 3.0 and cfg.strategy == "supernet" and cfg.budget == "0.1%"
+    settings = glue.ISSUE15.search_settings("mrpc")
+    assert (cfg.n_trials, cfg.trial_steps, cfg.trial_eval_samples) == (
+        settings["trials"], settings["steps"], settings["holdout_rows"])
