@@ -191,7 +191,7 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
                   "| method | what is trained | lr (held-out score) | params | dev " + ctx.data.main_metric
                   + (" | dev F1" if t == "mrpc" else "") + " | train s | search s | memory MiB |",
                   "|---|---|---|---|---|" + ("---|" if t == "mrpc" else "") + "---|---|---|"]
-        for n in names:
+        for n in [m.name for m in bench.methods_for(t) if m.name in names]:
             g = groups.get((t, n))
             if not g:
                 lines.append(f"| {n} | (not run yet) |")

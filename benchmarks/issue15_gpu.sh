@@ -15,8 +15,9 @@
 # --quick: the whole pipeline at a tiny scale (1 seed, a few steps per run) for a CPU check.
 #
 # Size (glue.py --protocol issue15 --estimate-only prints the step counts): 6 searches (today's
-# engine: <= 10 trials x 120 steps each; the new one should cost <= 0.5 training), 56 lr-selection
-# runs x 150 steps = 8,400 steps, 42 final runs = 23,850 steps (SST-2 500, MRPC 690 per run).
+# engine: <= 10 trials x 120 steps each; the new one should cost <= 0.5 training), 64 lr-selection
+# runs x 150 steps = 9,600 steps, 48 final runs = 27,420 steps (SST-2 500, MRPC 690 per run;
+# the peft-vo@0.1% diagnostic included).
 # A MiniLM step at batch 16 on an H200 is launch-bound (~15-25 ms with our adapters, ~10 ms PEFT):
 # serial, ~25-40 s per search, ~2 min of selection, ~6 min of finals; 8 processes on the one GPU
 # overlap ~3-4x, so: searches ~1.5-2 min (6 at once, start-up included), selection ~1 min, finals

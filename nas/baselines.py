@@ -1,6 +1,8 @@
 """Uniform LoRA at a given size: the simple baselines a searched plan must beat, on query,value
 and on the widest placement that fits the size (every linear layer where rank 1 fits, else every
-attention projection).  Used by the search (as finalists) and by benchmarks."""
+attention projection).  Below query,value rank 1 on every layer, query,value rank 1 on as many
+of the top layers as fit (the layers nearest the task head).  Used by the search (as finalists)
+and by benchmarks."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,12 +55,27 @@ def placement_modules(layout: ModelLayout, placement: str, size: int) -> tuple[s
     raise ValueError(f"unknown placement {placement!r}; valid: {list(PLACEMENTS)}")
 
 
+def _cost(mods) -> int:
+    return sum(count_params("lora", m.d_in, m.d_out, rank=1) for m in mods)
+
+
 def uniform_lora(layout: ModelLayout, size: int, placement: str = "qv") -> UniformLoRA | None:
-    """The largest uniform LoRA rank on ``placement`` whose parameters stay <= ``size``
-    (None where not even rank 1 fits)."""
+    """The largest uniform LoRA rank on ``placement`` whose parameters stay <= ``size``.  Where
+    not even rank 1 fits: for "qv", rank 1 on the query,value of the top layers that fit
+    (placement "query,value, top K layers"); otherwise, or where not one layer fits, None."""
     label, mods = placement_modules(layout, placement, size)
-    per_rank = sum(count_params("lora", m.d_in, m.d_out, rank=1) for m in mods)
-    if not mods or per_rank > size:
+    per_rank = _cost(mods)
+    if mods and per_rank <= size:
+        rank = size // per_rank
+        return UniformLoRA(label, tuple(m.name for m in mods), rank, rank * per_rank)
+    if placement != "qv" or not mods:
         return None
-    rank = size // per_rank
-    return UniformLoRA(label, tuple(m.name for m in mods), rank, rank * per_rank)
+    top, used = [], 0
+    for layer in sorted({m.layer for m in mods}, reverse=True):
+        here = [m for m in mods if m.layer == layer]
+        if used + _cost(here) > size:
+            break
+        top, used = top + here, used + _cost(here)
+    n_layers = len({m.layer for m in top})
+    label = f"{label}, top {n_layers} layer{'s' if n_layers > 1 else ''}"
+    return UniformLoRA(label, tuple(m.name for m in top), 1, used) if top else None

@@ -81,8 +81,9 @@ def report_lines(search, meta, scoring, study, best) -> list[str]:
         lines += ["", "## Finalists (short real trials, warm-started from the shared weights)", "",
                   "Successive halving on held-out loss over the same rows; a finalist is cut only "
                   "when worse than the leader beyond noise (paired test). Uniform-LoRA baselines "
-                  "(at the budget, the plan's size limit) compete as finalists: if one wins, the "
-                  "search returns it, a valid plan.", "",
+                  "(at the budget, the plan's size limit) compete as finalists: if one wins, or a "
+                  "searched plan leads it by no more than the noise, the search returns it, a "
+                  "valid plan.", "",
                   f"| finalist | rung | steps | lr | params | shared loss | held-out loss | "
                   f"held-out {metric} |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for t in sorted(trials, key=lambda t: (-t.user_attrs["rung"], t.value if t.value is not None else 9e9)):

@@ -197,8 +197,35 @@ def test_uniform_lora_baselines(setup):
     small = per_rank(layout.modules) - 1  # rank 1 on all linear no longer fits: attention only
     attn = uniform_lora(layout, small, "widest")
     assert attn.placement == "attention" and attn.rank == small // per_rank(attn_mods)
-    assert uniform_lora(layout, per_rank(qv_mods) - 1, "qv") is None
     assert qv.plan(layout).trainable_params == qv.params
+    # Below query,value r=1 on every layer: query,value r=1 on the top layers that fit.
+    layers = sorted({m.layer for m in qv_mods})
+    per_layer = per_rank([m for m in qv_mods if m.layer == layers[-1]])
+    assert len(layers) >= 2
+    top = uniform_lora(layout, per_layer + 1, "qv")
+    assert top.rank == 1 and top.params == per_layer and "top 1 layer" in top.placement
+    assert {layout.module(n).layer for n in top.modules} == {layers[-1]}  # next to the head
+    assert top.plan(layout).trainable_params == top.params
+    assert uniform_lora(layout, per_layer - 1, "qv") is None  # not even one layer fits
+    assert uniform_lora(layout, per_layer + 1, "widest") is None  # only query,value shrinks
+
+
+def test_a_searched_plan_must_beat_the_baselines_beyond_noise():
+    import numpy as np
+    from types import SimpleNamespace
+
+    from nas.search.finalists import proven_best
+
+    rng = np.random.default_rng(0)
+    rows = rng.exponential(0.7, 200)
+    trial = lambda origin, r: SimpleNamespace(user_attrs={"origin": origin, "rows": list(r)})  # noqa: E731
+    close = trial("importance plan #0", rows - 0.002 + rng.normal(0, 0.05, 200))
+    far = trial("sampled #4", rows - 0.08 + rng.normal(0, 0.05, 200))
+    qv, wide = trial("baseline qv #2", rows), trial("baseline widest #3", rows + 0.01)
+    assert proven_best([close, qv, wide], 2.0) is qv  # a lead within noise: the baseline
+    assert proven_best([far, close, qv, wide], 2.0) is far  # a lead beyond noise: the plan
+    assert proven_best([qv, close], 2.0) is qv
+    assert proven_best([close, far], 2.0) is close  # no baseline among the finalists
 
 
 @pytest.mark.parametrize("n_train", [2000, 8000, 67000])
