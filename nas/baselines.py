@@ -70,12 +70,12 @@ def uniform_lora(layout: ModelLayout, size: int, placement: str = "qv") -> Unifo
         return UniformLoRA(label, tuple(m.name for m in mods), rank, rank * per_rank)
     if placement != "qv" or not mods:
         return None
-    top, used = [], 0
+    top, used, n_layers = [], 0, 0
     for layer in sorted({m.layer for m in mods}, reverse=True):
         here = [m for m in mods if m.layer == layer]
-        if used + _cost(here) > size:
+        cost = _cost(here)
+        if used + cost > size:
             break
-        top, used = top + here, used + _cost(here)
-    n_layers = len({m.layer for m in top})
+        top, used, n_layers = top + here, used + cost, n_layers + 1
     label = f"{label}, top {n_layers} layer{'s' if n_layers > 1 else ''}"
     return UniformLoRA(label, tuple(m.name for m in top), 1, used) if top else None

@@ -127,6 +127,16 @@ def task_folder(d, n_train: int, n_dev: int = 16):
     return d
 
 
+def search_config(d, out, **kw):
+    """A SearchConfig on ``task_folder(d)``, writing to ``out``, small enough for a test."""
+    from nas.search import SearchConfig
+
+    base = dict(model=str(d / "model"), train_file=str(d / "train.tsv"),
+                validation_file=str(d / "dev.tsv"), budget="3k", output_dir=str(out),
+                max_length=24, batch_size=8, progress=False)
+    return SearchConfig(**{**base, **kw})
+
+
 def finish(p, timeout: float = 240) -> str:
     """Wait for a worker subprocess; fail the test with its output if it hangs or exits non-zero."""
     import pytest

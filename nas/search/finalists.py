@@ -43,7 +43,7 @@ def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> 
         if h in hashes or t.user_attrs.get("duplicate"):
             continue
         hashes.add(h)
-        if t.user_attrs["origin"].startswith("baseline"):
+        if is_baseline(t):
             baselines.append(t)
         elif len(plans) < n_plans:
             plans.append(t)

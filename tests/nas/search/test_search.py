@@ -16,7 +16,7 @@ from nas import Plan, discover
 from nas.cli.search import main as search_main
 from nas.models import load_model
 from nas.search import SearchConfig, run_search
-from tests.factories import task_folder
+from tests.factories import search_config, task_folder
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -28,11 +28,8 @@ def setup(tmp_path_factory):
 
 
 def config(d: Path, out: Path, **kw) -> SearchConfig:
-    base = dict(model=str(d / "model"), train_file=str(d / "train.tsv"),
-                validation_file=str(d / "dev.tsv"), budget="3k", output_dir=str(out), n_trials=4,
-                trial_steps=4, n_evals=2, max_length=24, batch_size=8, progress=False,
-                trial_eval_samples=32, strategy="trials")
-    return SearchConfig(**{**base, **kw})
+    return search_config(d, out, **{"n_trials": 4, "trial_steps": 4, "n_evals": 2,
+                                    "trial_eval_samples": 32, "strategy": "trials", **kw})
 
 
 def load_study(out: Path) -> optuna.Study:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from nas.models import load_model
 from nas.search import SearchConfig, run_search
 from nas.search.cost import size_stages
 from nas.search.ranking import worse_beyond_noise
-from tests.factories import task_folder
+from tests.factories import search_config, task_folder
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -33,10 +32,7 @@ def setup(tmp_path_factory):
 
 
 def config(d: Path, out: Path, **kw) -> SearchConfig:
-    base = dict(model=str(d / "model"), train_file=str(d / "train.tsv"),
-                validation_file=str(d / "dev.tsv"), budget="3k", output_dir=str(out),
-                max_length=24, batch_size=8, progress=False, trial_eval_samples=48)
-    return SearchConfig(**{**base, **kw})
+    return search_config(d, out, **{"trial_eval_samples": 48, **kw})
 
 
 def studies(out: Path) -> dict[str, list]:
