@@ -31,7 +31,7 @@ METHOD_NOTES = {  # method-name prefix -> its line in the protocol
                    "(today's engine), same budget and settings; (a) peft-qv@B: PEFT LoRA on query,value, "
                    "the rank whose size is closest to the new plan's; (b) widest-lora@B: PEFT LoRA on the "
                    "widest placement where rank 1 fits within the new plan's size (all linear layers, else "
-                   "all attention projections, else query,value, else query,value on the top layers), at "
+                   "all attention projections, else query,value, else value, else value on the top layers), at "
                    "the largest rank that fits (never above the plan's size). alpha = 2 x rank. Every "
                    "method, PEFT included, trains in nas.train's loop.",
 }

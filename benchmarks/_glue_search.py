@@ -18,7 +18,7 @@ from _glue_methods import (MATCHED_WHERES, PEFT_MAX_RANK, PEFT_TARGETS, SURM_CHO
 
 BUDGETS = ("0.02%", "0.05%", "0.1%", "0.3%")
 # Widest first: the placement of the uniform LoRA baseline is the first one where rank 1 fits.
-WHERE = {"all linear": "all", "attention": "attn", "query,value": "qv"}  # nas.baselines placement -> label
+WHERE = {"all linear": "all", "attention": "attn", "query,value": "qv", "value": "v"}  # nas.baselines placement -> label
 
 
 def budget_tag(budget: str) -> str:
@@ -125,12 +125,13 @@ def peft_matched(budget: str, strategy: str | None = None,
 def widest_lora(ctx: TaskCtx, params: int) -> tuple[int, str, list[str]]:
     """(rank, placement, target modules) of the widest uniform LoRA with at most ``params``
     adapter parameters: nas.baselines' widest placement (all linear layers, else all attention
-    projections), else its query,value (on every layer, else on as many of the top layers as
-    fit: 'qv-top<k>'), at the largest rank that fits there."""
+    projections, else query,value, else value; below that, value on as many of the top layers as
+    fit: 'v-top<k>'), at the largest rank that fits there."""
     for placement in ("widest", "qv"):
         b = uniform_lora(ctx.layout, params, placement)
         if b is not None:
-            where = WHERE.get(b.placement, f"qv-top{len(b.modules) // len(PEFT_TARGETS['qv'])}")
+            base, _, top = b.placement.partition(", top ")
+            where = WHERE[base] + (f"-top{top.split()[0]}" if top else "")
             return min(b.rank, PEFT_MAX_RANK), where, list(b.modules)
     raise ValueError(f"no uniform LoRA fits in {params:,} parameters (query,value r=1 on one "
                      f"layer needs more); give a larger budget")

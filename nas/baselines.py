@@ -1,8 +1,8 @@
 """Uniform LoRA at a given size: the simple baselines a searched plan must beat, on query,value
 and on the widest placement that fits the size (every linear layer where rank 1 fits, else every
-attention projection).  Below query,value rank 1 on every layer, query,value rank 1 on as many
-of the top layers as fit (the layers nearest the task head).  Used by the search (as finalists)
-and by benchmarks."""
+attention projection, else query,value, else value).  Where not even that fits on every layer,
+rank 1 on as many of the top layers as fit (the layers nearest the task head).  Used by the
+search (as finalists) and by benchmarks."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,14 +44,19 @@ class UniformLoRA:
 
 
 def placement_modules(layout: ModelLayout, placement: str, size: int) -> tuple[str, list]:
-    """(placement label, modules) of ``placement`` for a plan of ``size`` parameters."""
+    """(placement label, modules) of ``placement`` for a plan of ``size`` parameters.  "widest":
+    the first of all linear layers, attention, query,value, value where rank 1 fits, else the
+    last of them (value alone ranks next to query,value at equal size in LoRA's Table 5 (Hu et
+    al., 2021), and spreading rank 1 wider beat deeper ranks here: placement_ceiling.md)."""
+    qv = [m for m in layout.modules if m.role in ("q", "v")] or [m for m in layout.modules if m.role == "qkv"]
     if placement == "qv":
-        mods = [m for m in layout.modules if m.role in ("q", "v")]
-        return "query,value", mods or [m for m in layout.modules if m.role == "qkv"]
+        return "query,value", qv
     if placement == "widest":
-        if sum(m.d_in + m.d_out for m in layout.modules) <= size:
-            return "all linear", list(layout.modules)
-        return "attention", [m for m in layout.modules if m.role in ATTENTION_ROLES]
+        chain = [(label, mods) for label, mods in (
+            ("all linear", list(layout.modules)),
+            ("attention", [m for m in layout.modules if m.role in ATTENTION_ROLES]),
+            ("query,value", qv), ("value", [m for m in layout.modules if m.role == "v"])) if mods]
+        return next(((label, mods) for label, mods in chain if _cost(mods) <= size), chain[-1])
     raise ValueError(f"unknown placement {placement!r}; valid: {list(PLACEMENTS)}")
 
 
@@ -61,14 +66,14 @@ def _cost(mods) -> int:
 
 def uniform_lora(layout: ModelLayout, size: int, placement: str = "qv") -> UniformLoRA | None:
     """The largest uniform LoRA rank on ``placement`` whose parameters stay <= ``size``.  Where
-    not even rank 1 fits: for "qv", rank 1 on the query,value of the top layers that fit
-    (placement "query,value, top K layers"); otherwise, or where not one layer fits, None."""
+    not even rank 1 fits, rank 1 on the top layers that fit (placement "<label>, top K layers":
+    query,value for "qv", value for "widest"); where not one layer fits, None."""
     label, mods = placement_modules(layout, placement, size)
     per_rank = _cost(mods)
     if mods and per_rank <= size:
         rank = size // per_rank
         return UniformLoRA(label, tuple(m.name for m in mods), rank, rank * per_rank)
-    if placement != "qv" or not mods:
+    if not mods:
         return None
     top, used, n_layers = [], 0, 0
     for layer in sorted({m.layer for m in mods}, reverse=True):

@@ -150,3 +150,14 @@ def finish(p, timeout: float = 240) -> str:
     assert p.returncode == 0, err
     return out
 
+
+def minilm_layout():
+    """A MiniLM-shaped layout without loading a model: 6 layers of q, k, v, o (384x384) and the
+    FFN (384<->1536)."""
+    from types import SimpleNamespace
+
+    shapes = {"q": (384, 384), "k": (384, 384), "v": (384, 384), "o": (384, 384),
+              "ffn_up": (384, 1536), "ffn_down": (1536, 384)}
+    mods = [SimpleNamespace(name=f"l{i}.{r}", role=r, d_in=a, d_out=b, layer=i)
+            for i in range(6) for r, (a, b) in shapes.items()]
+    return SimpleNamespace(modules=mods)

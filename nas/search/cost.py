@@ -109,8 +109,10 @@ def search_cost(search, best, sizes=None) -> dict[str, Any]:
     F = full_run_steps(len(search._data.train), cfg.batch_size, cfg.epochs)
     attrs = best.user_attrs if best is not None else {}
     step, cpu = attrs.get("step_time_s") or float("nan"), attrs.get("step_cpu_s") or float("nan")
-    if not np.isfinite(step) and sizes is not None:  # no finalist trained: from the super-network
+    if not np.isfinite(step) and sizes is not None:  # not a finalist: from the super-network
         step = sizes["supernet_step_time_s"] / SUPERNET_STEP_COST
+    if not np.isfinite(cpu) and sizes is not None and search.stage_cpu.get("supernet"):
+        cpu = search.stage_cpu["supernet"] / max(sizes["supernet_steps"], 1) / SUPERNET_STEP_COST
     out = {"full_run_steps": F, "plan_step_time_s": step, "plan_step_cpu_s": cpu,
            "full_run_estimate_s": F * step,
            "search_seconds": sum(v for k, v in search.stage_seconds.items() if k != "setup"),

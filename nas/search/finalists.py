@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from .. import train as training
 from ..plan import Plan
 from .config import PLAN_ATTR
-from .ranking import heldout, worse_beyond_noise
+from .ranking import constant_loss, heldout, worse_beyond_noise
 from .study import check_study_settings, study_settings
 from .workers import ask_tagged, fail_dead_running
 
@@ -109,18 +109,84 @@ def is_baseline(t) -> bool:
     return t.user_attrs["origin"].startswith("baseline")
 
 
+# Without evidence either way, the widest placement: spreading LoRA over more modules at the same
+# size gained 1.6 points in PEFT's method comparison, and uniform attention LoRA r=1 beat q,v
+# r=2 on SST-2 here (benchmarks/results/placement_ceiling.md).
+PREFERRED = ("baseline widest", "baseline qv")
+
+
+def preference(t) -> int:
+    origin = t.user_attrs["origin"]
+    return next((i for i, p in enumerate(PREFERRED) if origin.startswith(p)), len(PREFERRED))
+
+
+def best_baseline(ranked: list, z: float):
+    """The preferred (widest) baseline of the rung, unless another beats it beyond noise."""
+    bases = [t for t in ranked if is_baseline(t)]
+    if not bases:
+        return None
+    pref = min(bases, key=preference)  # stable: the lowest loss of the most preferred placement
+    return bases[0] if worse_beyond_noise(pref.user_attrs["rows"], bases[0].user_attrs["rows"], z) else pref
+
+
 def proven_best(ranked: list, z: float):
     """The leader of a rung (trials by held-out loss, best first), unless it is a searched plan
     that is not better than the best uniform-LoRA baseline of the rung beyond noise: then that
     baseline.  The burden of proof is on the searched plan, since without the search a user
     would train uniform LoRA; short trials favour plans with adapters next to the head (their
     loss falls first), and such a lead within noise did not hold over a full run."""
-    lead = ranked[0]
-    base = next((t for t in ranked if is_baseline(t)), None)
-    if is_baseline(lead) or base is None or worse_beyond_noise(base.user_attrs["rows"],
-                                                               lead.user_attrs["rows"], z):
+    lead, base = ranked[0], best_baseline(ranked, z)
+    if base is None or (not is_baseline(lead) and worse_beyond_noise(
+            base.user_attrs["rows"], lead.user_attrs["rows"], z)):
         return lead
     return base
+
+
+def progress(start_loss: float, loss: float) -> float:
+    """How far training has lowered the held-out loss: the share of the untrained model's."""
+    return (start_loss - loss) / start_loss if start_loss > 0 else float("nan")
+
+
+def without_signal(search, study, scoring, best, rows):
+    """(fallback trial or None, report lines).  The start is the lower of the untrained model's
+    held-out loss and the labels' prior (learning the class frequencies is no signal); when the
+    finalists' best baseline of the last rung (or, with none there, the chosen finalist) has not
+    gone ``min_progress`` of the way below it, the trials ended before training took off and
+    their order is noise (a plan with adapters next to the head lowers the loss first, a lead
+    that did not hold over full runs): the search then returns the preferred baseline among the
+    finalists (whatever rung the noise cut it at), or else among the plans scored on the shared
+    weights."""
+    from ..train.precision import resolve_device
+
+    cfg = search.cfg
+    if best is None or cfg.min_progress <= 0:
+        return None, []
+    untrained = copy.deepcopy(search.base).to(resolve_device(cfg.device))
+    start = heldout(untrained, search.trial_data, rows, batch_size=cfg.batch_size).loss
+    del untrained
+    prior = constant_loss(search.trial_data, rows)
+    start = start if prior is None else min(start, prior)
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "rung" in t.user_attrs]
+    last = max((t.user_attrs["rung"] for t in trials), default=None)
+    ranked = sorted((t for t in trials if is_baseline(t)), key=lambda t: (-t.user_attrs["rung"], t.value, t.number))
+    ref = ranked[0] if ranked and ranked[0].user_attrs["rung"] == last else best
+    p = progress(start, ref.value)
+    lines = [f"- start: held-out loss {start:.4f} (the lower of the untrained model's and the labels' "
+             f"prior's); {'the best baseline of the last rung' if ref is not best else 'the chosen plan'}: "
+             f"{ref.value:.4f}, a progress of {p:.1%} (`--min-progress` {cfg.min_progress:g})"]
+    if p >= cfg.min_progress:
+        return None, lines + [""]
+    # Any baseline that trained, since the rungs' cuts were noise too (the latest, then lowest loss).
+    pool = ranked or sorted((t for t in scoring.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                             if is_baseline(t)), key=lambda t: (t.value, t.number))
+    if not pool:
+        return None, lines + ["- the trials ended before training took off, and no uniform-LoRA baseline fits "
+                              "the budget: the plan stands, with little evidence behind it", ""]
+    fallback = min(pool, key=preference)
+    return fallback, lines + [
+        f"- **No signal**: the trials stopped before training took off, so their order is noise. "
+        f"The search returns the widest uniform LoRA that fits ({fallback.user_attrs['origin']}). A larger "
+        f"`--cost-budget` (or more training data) gives the trials the steps to get past the start.", ""]
 
 
 def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, rows):
@@ -218,10 +284,13 @@ def weight_sharing_search(search):
     finalists = pick_finalists(scoring, cfg.n_finalists, cfg.lr_grid, sizes.finalists)
     study, best = run_finalists(search, shared, finalists, storage, name, rows, sizes.finalist_step_budget)
     mark("finalists", t0, c0)
+    fallback, signal = without_signal(search, study, scoring, best, rows)
+    if fallback is not None:
+        best = fallback
     if best is None:  # no finalist trained (budget too small): the best plan on shared weights
         study, best = scoring, scoring.best_trial
     plan_sizes = {**sizes.to_dict(), "planned_multiple": round(sizes.planned(), 4),
                   "supernet_step_time_s": meta["step_time_s"]}
     from .summary import report_lines
 
-    return study, best, plan_sizes, report_lines(search, meta, scoring, study, best)
+    return study, best, plan_sizes, report_lines(search, meta, scoring, study, best, signal)

@@ -96,3 +96,16 @@ def gap_beyond_noise(value: float, best: float, se: float, z: float) -> bool:
     """Unpaired form, for scores without per-row losses: the gap exceeds ``z`` standard errors
     of a difference of two means with standard error ``se`` each."""
     return math.isfinite(se) and value - best > z * math.sqrt(2.0) * se
+
+
+def constant_loss(data, split) -> float | None:
+    """Held-out loss on ``split`` of the best constant prediction from the training labels (their
+    class frequencies, or their mean): what a model that learned only the labels' prior scores.
+    None for a causal LM, where no constant prediction is a fair start."""
+    if data.task_type == "causal_lm" or "labels" not in data.train.column_names:
+        return None
+    y, t = np.asarray(data.train["labels"]), np.asarray(split["labels"])
+    if data.task_type == "regression":
+        return float(np.mean((t - y.mean()) ** 2))
+    p = np.bincount(y, minlength=int(max(y.max(), t.max())) + 1) / len(y)
+    return float(-np.mean(np.log(np.clip(p[t], 1e-12, None))))

@@ -42,7 +42,7 @@ def kind_table(candidates, importance: dict[str, float], plans: dict[str, Counte
     return lines
 
 
-def report_lines(search, meta, scoring, study, best) -> list[str]:
+def report_lines(search, meta, scoring, study, best, signal=()) -> list[str]:
     metric = search._data.main_metric
     imp = meta["importance"]
     lines = ["## Super-network", "",
@@ -93,4 +93,4 @@ def report_lines(search, meta, scoring, study, best) -> list[str]:
                          f"{t.user_attrs['trainable_params']:,} | {t.user_attrs['shared_loss']:.4f} | "
                          f"{_fmt(t.value)} | {_fmt(m.get(metric))} |")
     lines.append("")
-    return lines
+    return lines + list(signal)

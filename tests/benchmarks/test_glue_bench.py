@@ -17,15 +17,11 @@ from _glue_estimate import ISSUE_STEP_S, issue_step_time  # noqa: E402
 from _glue_methods import SURM_CHOICES, Spec, match_peft_rank, peft_lora_params  # noqa: E402
 from _glue_report import _ms  # noqa: E402
 from _glue_search import issue15_methods, make_methods, widest_lora  # noqa: E402
+from tests.factories import minilm_layout  # noqa: E402
 
 
 def _ctx():
-    """A MiniLM-shaped layout: 6 layers of q, k, v, o (384x384) and the FFN (384<->1536)."""
-    shapes = {"q": (384, 384), "k": (384, 384), "v": (384, 384), "o": (384, 384),
-              "ffn_up": (384, 1536), "ffn_down": (1536, 384)}
-    mods = [SimpleNamespace(name=f"l{i}.{r}", role=r, d_in=a, d_out=b, layer=i)
-            for i in range(6) for r, (a, b) in shapes.items()]
-    return SimpleNamespace(layout=SimpleNamespace(modules=mods))
+    return SimpleNamespace(layout=minilm_layout())
 
 
 def test_peft_rank_matching():
@@ -125,10 +121,13 @@ def test_widest_lora_fits_and_is_widest_first():
         elif size >= 18_432:  # else every attention projection
             assert where == "attn" and {m.split(".")[1] for m in targets} == {"q", "k", "v", "o"}
     assert widest_lora(ctx, 22_656)[:2] == (1, "attn")  # 0.1% of MiniLM: attention r1, not q,v r2
-    rank, where, targets = widest_lora(ctx, 4_540)  # 0.02%: not even q,v r1 everywhere fits
-    assert (rank, where) == (1, "qv-top2") and {t.split(".")[0] for t in targets} == {"l4", "l5"}
+    assert widest_lora(ctx, 9_216)[:2] == (1, "qv")  # attention r1 no longer fits: q,v r1
+    assert widest_lora(ctx, 4_608)[:2] == (1, "v")  # q,v r1 no longer fits: value r1
+    rank, where, targets = widest_lora(ctx, 4_540)  # 0.02%: value r1 on the top 5 layers
+    assert (rank, where) == (1, "v-top5") and {t.split(".")[0] for t in targets} == {f"l{i}" for i in range(1, 6)}
+    assert {t.split(".")[1] for t in targets} == {"v"}
     with pytest.raises(ValueError, match="no uniform LoRA fits"):
-        widest_lora(ctx, 1_000)
+        widest_lora(ctx, 700)  # not one value projection (768)
 
 
 def test_peft_qv_matching_stays_on_query_value():

@@ -179,6 +179,23 @@ def test_paired_noise_test():
     assert not worse_beyond_noise(base[:10], base, 2.0)  # different rows: never cut
 
 
+def test_constant_loss_is_the_labels_prior_on_held_out_rows():
+    import math
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from nas.search.ranking import constant_loss
+
+    train = Dataset.from_dict({"labels": [0, 0, 0, 1]})  # prior 3/4, 1/4
+    rows = Dataset.from_dict({"labels": [0, 1]})
+    cls = SimpleNamespace(task_type="classification", train=train)
+    assert math.isclose(constant_loss(cls, rows), -(math.log(0.75) + math.log(0.25)) / 2)
+    reg = SimpleNamespace(task_type="regression", train=Dataset.from_dict({"labels": [1.0, 3.0]}))
+    assert math.isclose(constant_loss(reg, Dataset.from_dict({"labels": [2.0, 4.0]})), (0 + 4) / 2)
+    assert constant_loss(SimpleNamespace(task_type="causal_lm", train=train), rows) is None
+
+
 def test_uniform_lora_baselines(setup):
     layout = discover(load_model(str(setup / "model"), num_labels=2))
     per_rank = lambda mods: sum(m.d_in + m.d_out for m in mods)  # noqa: E731
@@ -203,7 +220,14 @@ def test_uniform_lora_baselines(setup):
     assert {layout.module(n).layer for n in top.modules} == {layers[-1]}  # next to the head
     assert top.plan(layout).trainable_params == top.params
     assert uniform_lora(layout, per_layer - 1, "qv") is None  # not even one layer fits
-    assert uniform_lora(layout, per_layer + 1, "widest") is None  # only query,value shrinks
+    v_mods = [m for m in layout.modules if m.role == "v"]
+    assert uniform_lora(layout, per_rank(qv_mods), "widest").placement == "query,value"
+    v_all = uniform_lora(layout, per_rank(qv_mods) - 1, "widest")  # q,v r1 no longer fits: value
+    assert v_all.placement == "value" and v_all.modules == tuple(m.name for m in v_mods)
+    v_top = uniform_lora(layout, per_rank(v_mods) - 1, "widest")  # then value on the top layers
+    assert "top" in v_top.placement and v_top.params <= per_rank(v_mods) - 1
+    assert {layout.module(n).role for n in v_top.modules} == {"v"}
+    assert max(layout.module(n).layer for n in v_top.modules) == layers[-1]
 
 
 def test_a_searched_plan_must_beat_the_baselines_beyond_noise():
@@ -222,6 +246,65 @@ def test_a_searched_plan_must_beat_the_baselines_beyond_noise():
     assert proven_best([far, close, qv, wide], 2.0) is far  # a lead beyond noise: the plan
     assert proven_best([qv, close], 2.0) is qv
     assert proven_best([close, far], 2.0) is close  # no baseline among the finalists
+
+
+def test_the_widest_baseline_is_preferred_unless_beaten_beyond_noise():
+    import numpy as np
+    from types import SimpleNamespace
+
+    from nas.search.finalists import best_baseline, proven_best
+
+    rng = np.random.default_rng(1)
+    rows = rng.exponential(0.7, 200)
+    trial = lambda origin, r: SimpleNamespace(user_attrs={"origin": origin, "rows": list(r)})  # noqa: E731
+    qv = trial("baseline qv #2", rows)
+    wide = trial("baseline widest #3", rows + 0.001 + rng.normal(0, 0.05, 200))  # behind, within noise
+    worse = trial("baseline widest #3", rows + 0.05 + rng.normal(0, 0.05, 200))  # behind beyond noise
+    assert best_baseline([qv, wide], 2.0) is wide
+    assert best_baseline([qv, worse], 2.0) is qv
+    close = trial("importance plan #0", rows - 0.002 + rng.normal(0, 0.05, 200))
+    assert proven_best([close, qv, wide], 2.0) is wide
+    assert best_baseline([close], 2.0) is None
+
+
+def test_without_signal_the_widest_baseline_returns_even_if_the_noise_cut_it(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from nas.search import finalists
+
+    monkeypatch.setattr(finalists, "heldout", lambda *a, **k: SimpleNamespace(loss=0.69))  # the start
+    monkeypatch.setattr(finalists, "constant_loss", lambda *a: None)
+    trial = lambda n, origin, rung, v: SimpleNamespace(  # noqa: E731
+        number=n, value=v, user_attrs={"origin": origin, "rung": rung})
+    plan, qv1 = trial(0, "importance plan #0", 1, 0.674), trial(1, "baseline qv #2", 1, 0.678)
+    wide0, qv0 = trial(2, "baseline widest #3", 0, 0.6795), trial(3, "baseline qv #2", 0, 0.6794)
+    study = SimpleNamespace(get_trials=lambda deepcopy, states: [plan, qv1, wide0, qv0])
+    cfg = SimpleNamespace(min_progress=0.05, device="cpu", batch_size=8)
+    search = SimpleNamespace(cfg=cfg, base=torch.nn.Linear(1, 1), trial_data=None)
+    fallback, lines = finalists.without_signal(search, study, None, plan, None)
+    assert fallback is wide0 and "No signal" in "".join(lines)  # 0.69 -> 0.678: 1.7% < 5%
+    cfg.min_progress = 0.01
+    assert finalists.without_signal(search, study, None, plan, None)[0] is None  # 1.7% >= 1%
+    cfg.min_progress = 0.0
+    assert finalists.without_signal(search, study, None, plan, None) == (None, [])  # no check
+
+
+def test_a_search_whose_trials_did_not_take_off_returns_the_widest_baseline(setup, tmp_path):
+    layout = discover(load_model(str(setup / "model"), num_labels=2))
+    runs = {}
+    for min_progress in (0.0, 1.0):  # 0: no check; 1: no trial can lower the loss by 100%
+        out = tmp_path / f"out{min_progress}"
+        runs[min_progress] = (run_search(config(setup, out, min_progress=min_progress)).plan,
+                              (out / "report.md").read_text())
+    plan, report = runs[1.0]
+    widest = uniform_lora(layout, plan.budget["params"], "widest")
+    assert plan.provenance["origin"].startswith("baseline widest") and "No signal" in report
+    assert set(plan.modules) == set(widest.modules)
+    assert {c["rank"] for c in plan.modules.values()} == {widest.rank}
+    plan, report = runs[0.0]
+    assert not plan.provenance["origin"].startswith("baseline") and "No signal" not in report
 
 
 @pytest.mark.parametrize("n_train", [2000, 8000, 67000])

@@ -1,0 +1,291 @@
+"""The room a search has: hand-built plans against uniform LoRA at the same size, the same lr and
+the same seeds (issue #15's SST-2 setting, packaged MiniLM), at fixed learning rates.
+
+A search can only pay for itself if some plan of its space beats the best uniform LoRA at the same
+size by more than the seed noise.  This trains, in full, a few plans an engineer would try (other
+placements, depth profiles, MoRe, SURM kinds, the FFN) and the uniform placements, at 2e-3 (on
+this model it beats 5e-4 for every method) and, at the small budget, also 5e-3 (which small
+adapters prefer), plus any plan files given with --plan (e.g. a search's).
+Per seed, every plan starts from the same head and data order, so differences are paired by seed.
+
+    python benchmarks/placement_ceiling.py --curves 0.1%@2e-3     # both budgets, 3 seeds, curves
+    python benchmarks/placement_ceiling.py --plan search=out/plan.json --budgets 0.1%
+    python benchmarks/placement_ceiling.py --report-only
+
+Writes benchmarks/results/placement_ceiling.{md,csv,png}; each run is kept as a JSON under
+--runs-dir (skipped on a rerun), as benchmarks/glue.py keeps its runs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from glue import ISSUE15  # noqa: E402
+from _glue_bench import Bench  # noqa: E402
+from _glue_methods import plan_spec  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+TASK = "sst2"
+# lr per budget: 2e-3 beats 5e-4 for every method on this model; small adapters also get 5e-3.
+LRS = {"0.1%": (2e-3,), "0.02%": (2e-3, 5e-3)}
+CURVE_STEPS, CURVE_EVERY = 150, 25  # --curves: the first 30% of a search split's 400-step run
+SEEDS = (0, 1, 2)
+ALL, ATTN = range(6), ("q", "k", "v", "o")
+LORA = lambda r: {"type": "lora", "rank": r}  # noqa: E731
+CIRC = {"type": "circulant"}
+# budget -> plan -> [(roles, layers, choice)]; the first plan of a budget is its reference.
+PLANS = {
+    "0.1%": {
+        "uniform q,v r2 (PEFT's default placement)": [(("q", "v"), ALL, LORA(2))],
+        "uniform attention r1 (the widest that fits)": [(ATTN, ALL, LORA(1))],
+        "uniform value r4": [(("v",), ALL, LORA(4))],
+        "q,v r3 on layers 3-5, r1 below": [(("q", "v"), range(3, 6), LORA(3)), (("q", "v"), range(3), LORA(1))],
+        "attention r2 on layers 3-5": [(ATTN, range(3, 6), LORA(2))],
+        "value r2 + FFN down r1": [(("v",), ALL, LORA(2)), (("ffn_down",), ALL, LORA(1))],
+        "attention r1 + FFN down r1 on layers 4-5": [(ATTN, ALL, LORA(1)), (("ffn_down",), (4, 5), LORA(1))],
+        "MoRe N4 r2 on q,v": [(("q", "v"), ALL, {"type": "more", "nblocks": 4, "rank": 2})],
+        "circulant q,k,o + value r2": [(("q", "k", "o"), ALL, CIRC), (("v",), ALL, LORA(2))],
+    },
+    "0.02%": {
+        "uniform q,v r1 on layers 4-5 (the most that fits)": [(("q", "v"), (4, 5), LORA(1))],
+        "uniform value r1 on layers 1-5 (the widest that fits)": [(("v",), range(1, 6), LORA(1))],
+        "circulant value + query on layers 1-5": [(("v",), ALL, CIRC), (("q",), range(1, 6), CIRC)],
+    },
+}
+
+
+# The plans of issue #15's earlier CPU run of the search (before it checked that its trials had
+# taken off), trained beside the hand-built ones.
+SEARCHED = {f"issue-15 search plan, {b}": RESULTS / "issue15_cpu_runs" / "v2" / TASK / f"search_supernet_{b}" / "plan.json"
+            for b in PLANS}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:48]
+
+
+def rules_plan(rules) -> callable:
+    def choice(m):
+        return next((c for roles, layers, c in rules if m.role in roles and m.layer in layers), None)
+    return choice
+
+
+def specs(bench: Bench, extra: dict[str, Path], budgets) -> dict[str, list]:
+    """budget -> [(name, Spec, params)]; --plan files join the budget their size fits."""
+    from nas import Plan
+
+    ctx = bench.ctx(TASK)
+    out = {}
+    for budget in budgets:
+        rows = []
+        for name, rules in PLANS[budget].items():
+            pick = rules_plan(rules)
+            mods = {m.name: pick(m) for m in ctx.layout.modules if pick(m)}
+            spec = plan_spec(slug(name), mods)
+            rows.append((name, spec, Plan.from_dict(spec.payload["plan"]).count_params(ctx.layout)))
+        out[budget] = rows
+    for name, path in extra.items():
+        plan = Plan.load(path)
+        budget = (plan.budget or {}).get("spec")
+        if budget not in out:
+            raise SystemExit(f"--plan {name}={path}: its budget {budget!r} is not one of {list(out)}")
+        spec = plan_spec(slug(name), plan.modules, plan.shortcuts, plan.budget.get("params"))
+        out[budget].append((name, spec, plan.count_params(ctx.layout)))
+    return out
+
+
+def collect(bench: Bench, table: dict, seeds, lrs: dict, run_missing: bool) -> list[dict]:
+    rows = []
+    for seed in seeds:  # seed-major: an interrupted run still leaves every plan's first seeds
+        for (budget, plans), lr in ((bp, lr) for bp in table.items() for lr in lrs[bp[0]]):
+            for name, spec, params in plans:
+                rec, cached = bench.run(TASK, "final", spec, lr, seed, run_missing=run_missing)
+                if rec is None:
+                    continue
+                rows.append({"budget": budget, "plan": name, "params": params, "lr": lr, "seed": seed,
+                             "accuracy": rec["score"], "dev_loss": rec["metrics"].get("eval_loss"),
+                             "wall_s": round(rec.get("wall_s", 0.0), 1)})
+                if not cached:
+                    print(f"{budget:>6} lr {lr:g} {name:48s} s{seed} acc {rec['score']:.4f}", flush=True)
+    return rows
+
+
+def summarize(rows: list[dict], table: dict) -> list[dict]:
+    """Per plan: mean ± std over seeds, and the paired difference to the budget's reference and
+    to its best uniform plan (mean ± std of the per-seed differences)."""
+    acc = {(r["budget"], r["lr"], r["plan"], r["seed"]): 100 * r["accuracy"] for r in rows}
+    out = []
+    for (budget, plans), lr in ((bp, lr) for lr in dict.fromkeys(r["lr"] for r in rows) for bp in table.items()):
+        def seeds_of(name):
+            return {s: a for (b, r, n, s), a in acc.items() if b == budget and r == lr and n == name}
+
+        uniforms = [n for n, _, _ in plans if n.startswith("uniform")] or [plans[0][0]]
+        best_uniform = max(uniforms, key=lambda n: statistics.fmean(seeds_of(n).values() or [0]))
+        for name, _, params in plans:
+            mine = seeds_of(name)
+            row = {"budget": budget, "lr": lr, "plan": name, "params": params, "n": len(mine),
+                   "mean": statistics.fmean(mine.values()) if mine else float("nan"),
+                   "std": statistics.stdev(mine.values()) if len(mine) > 1 else float("nan")}
+            for key, ref in (("vs_ref", plans[0][0]), ("vs_best_uniform", best_uniform)):
+                d = [mine[s] - a for s, a in seeds_of(ref).items() if s in mine]
+                row[key] = (statistics.fmean(d) if d else float("nan"),
+                            statistics.stdev(d) if len(d) > 1 else float("nan"))
+            row["best_uniform"] = best_uniform
+            out.append(row)
+    return out
+
+
+def write(summary: list[dict], rows: list[dict], prefix: Path, extra_lines=()) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(f"{prefix}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    pm = lambda mu_sd: f"{mu_sd[0]:+.1f} ± {mu_sd[1]:.1f}"  # noqa: E731
+    lines = ["# Placement ceiling: hand-built plans vs uniform LoRA at the same size (SST-2)", "",
+             f"`python benchmarks/placement_ceiling.py`: packaged MiniLM, SST-2's 8,000-row subset for "
+             "1 epoch (500 steps), batch 16, max length 128, every plan at each lr, seeds "
+             f"{', '.join(map(str, sorted({r['seed'] for r in rows})))}; dev accuracy (872 rows). Differences are "
+             "paired by seed (same head init and data order); parameters exclude the 770-parameter head.", ""]
+    cells = list(dict.fromkeys((r["budget"], r["lr"]) for r in summary))
+    for budget, lr in cells:
+        sub = [r for r in summary if (r["budget"], r["lr"]) == (budget, lr) and r["n"]]
+        if not sub:
+            continue
+        lines += [f"## Budget {budget}, lr {lr:g}", "",
+                  f"| plan | params | dev accuracy | vs {sub[0]['plan'].split(' (')[0]} | vs best uniform |",
+                  "|---|---:|---|---:|---:|"]
+        for r in sorted(sub, key=lambda r: -r["mean"]):
+            lines.append(f"| {r['plan']} | {r['params']:,} | {r['mean']:.1f} ± {r['std']:.1f} (n={r['n']}) "
+                         f"| {pm(r['vs_ref'])} | {pm(r['vs_best_uniform'])} |")
+        lines += ["", f"Best uniform: {sub[0]['best_uniform']}.", ""]
+    Path(f"{prefix}.md").write_text("\n".join(lines + list(extra_lines)))
+    cells = [c for c in cells if any((r["budget"], r["lr"]) == c and r["n"] for r in summary)]
+    ncol = min(2, len(cells))
+    fig, axes = plt.subplots(-(-len(cells) // ncol), ncol, figsize=(7 * ncol, 4.5 * -(-len(cells) // ncol)),
+                             squeeze=False)
+    for ax in axes.flat[len(cells):]:
+        ax.axis("off")
+    for ax, (budget, lr) in zip(axes.flat, cells):
+        sub = sorted([r for r in summary if (r["budget"], r["lr"]) == (budget, lr) and r["n"]],
+                     key=lambda r: r["mean"])
+        ax.errorbar([r["mean"] for r in sub], range(len(sub)), xerr=[r["std"] for r in sub], fmt="o")
+        for i, r in enumerate(sub):
+            pts = [100 * x["accuracy"] for x in rows if (x["budget"], x["lr"], x["plan"]) == (budget, lr, r["plan"])]
+            ax.scatter(pts, [i] * len(pts), s=8, alpha=0.5, color="gray")
+        ax.set_yticks(range(len(sub)), [r["plan"] for r in sub], fontsize=7)
+        ax.set_xlabel("SST-2 dev accuracy (%)")
+        ax.set_title(f"budget {budget}, lr {lr:g}")
+    fig.tight_layout()
+    fig.savefig(f"{prefix}.png", dpi=120)
+    print(Path(f"{prefix}.md").read_text())
+
+
+def curves(bench: Bench, table: dict, budget: str, lr: float, seed: int, path: Path) -> dict[str, list]:
+    """Per plan of ``budget``: held-out loss every CURVE_EVERY steps of the first CURVE_STEPS of a
+    full run's schedule (cut short, as a search's short trial would be), trained on the protocol's
+    80% of train and scored on its held-out rows, never dev.  Cached in ``path``."""
+    import dataclasses
+    import json
+
+    from transformers import TrainerCallback
+
+    from nas.io import atomic_write_text
+    from nas.train.trainer import run
+    from _glue_train import build_trainer, train_config
+
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    ctx = bench.ctx(TASK)
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            control.should_training_stop = state.global_step >= CURVE_STEPS
+
+    for name, spec, _ in table[budget]:
+        key = f"{name} | lr {lr:g} | seed {seed}"
+        if key in done:
+            continue
+        cfg = dataclasses.replace(train_config(spec, bench.proto, task=TASK, lr=lr, seed=seed, select=False,
+                                               device=None), eval_steps=CURVE_EVERY)
+        trainer = build_trainer(spec, ctx, ctx.sel, cfg)
+        trainer.add_callback(Stop())
+        done[key] = [(h["step"], h["loss"]) for h in run(trainer).history]
+        print(f"curve {key}: " + " ".join(f"{loss:.3f}" for _, loss in done[key]), flush=True)
+        atomic_write_text(path, json.dumps(done, indent=1))
+    return {k.split(" | ")[0]: v for k, v in done.items() if k.endswith(f"| lr {lr:g} | seed {seed}")}
+
+
+def curve_lines(curve: dict[str, list], summary: list[dict], budget: str, lr: float) -> list[str]:
+    """The curves beside each plan's final dev accuracy, and per step the Spearman correlation of
+    (minus) the held-out loss with it: how well a short trial of that length ranks the plans."""
+    from scipy.stats import spearmanr
+
+    final = {r["plan"]: r["mean"] for r in summary if (r["budget"], r["lr"]) == (budget, lr) and r["n"]}
+    names = [n for n in curve if n in final]
+    steps = [st for st, _ in curve[names[0]]]
+    lines = [f"## Short trials: held-out loss in the first {CURVE_STEPS} steps (budget {budget}, lr {lr:g})", "",
+             "| plan | final dev accuracy | " + " | ".join(f"step {st}" for st in steps) + " |",
+             "|---|---:|" + "---:|" * len(steps)]
+    for n in sorted(names, key=lambda n: -final[n]):
+        lines.append(f"| {n} | {final[n]:.1f} | " + " | ".join(f"{loss:.3f}" for _, loss in curve[n]) + " |")
+    rho = [spearmanr([-dict(curve[n])[st] for n in names], [final[n] for n in names])[0] for st in steps]
+    lines += ["| Spearman with the final accuracy | | " + " | ".join(f"{r:+.2f}" for r in rho) + " |", ""]
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budgets", default=",".join(PLANS), help="comma-separated, of " + ", ".join(PLANS))
+    ap.add_argument("--plan", action="append", default=[], metavar="NAME=PATH",
+                    help="a plan file to train beside the hand-built ones (its budget's table)")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--lrs", help="comma-separated learning rates for every budget (default: "
+                    + "; ".join(f"{b}: {', '.join(f'{x:g}' for x in v)}" for b, v in LRS.items()) + ")")
+    ap.add_argument("--runs-dir", type=Path, default=RESULTS / "placement_ceiling_runs")
+    ap.add_argument("--out", type=Path, default=RESULTS / "placement_ceiling")
+    ap.add_argument("--report-only", action="store_true", help="tables and plot from the saved runs")
+    ap.add_argument("--curves", metavar="BUDGET@LR", help="also the held-out loss curves of short trials of "
+                    "that budget's plans (seed 0), against their final accuracy, e.g. 0.1%%@2e-3")
+    args = ap.parse_args(argv)
+    budgets = [b for b in args.budgets.split(",") if b]
+    if any(b not in PLANS for b in budgets):
+        ap.error(f"--budgets {args.budgets}: choose from {', '.join(PLANS)}")
+    extra = {name: path for name, path in SEARCHED.items() if path.is_file() and name.endswith(tuple(budgets))}
+    for item in args.plan:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            ap.error(f"--plan {item!r}: expected NAME=PATH to an existing plan.json")
+        extra[name] = Path(path)
+    bench = Bench(ISSUE15, [], args.runs_dir, threads=1)
+    table = specs(bench, extra, budgets)
+    lrs = {b: [float(x) for x in args.lrs.split(",")] if args.lrs else LRS[b] for b in budgets}
+    rows = collect(bench, table, [int(s) for s in args.seeds.split(",")], lrs, not args.report_only)
+    if not rows:
+        print("no runs yet")
+        return 1
+    summary = summarize(rows, table)
+    extra_lines = []
+    if args.curves:
+        budget, _, lr = args.curves.partition("@")
+        if budget not in table or not lr:
+            ap.error(f"--curves {args.curves}: expected BUDGET@LR with a budget of --budgets, e.g. 0.1%@2e-3")
+        curve = curves(bench, table, budget, float(lr), 0, Path(f"{args.out}_curves.json"))
+        extra_lines = curve_lines(curve, summary, budget, float(lr))
+    write(summary, rows, args.out, extra_lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

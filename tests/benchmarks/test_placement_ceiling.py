@@ -1,0 +1,42 @@
+"""benchmarks/placement_ceiling.py's pure parts: every hand-built plan fits its budget on a
+MiniLM-shaped layout, and differences are paired by seed."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import placement_ceiling as pc  # noqa: E402
+from search_spaces import count_params  # noqa: E402
+from tests.factories import minilm_layout  # noqa: E402
+
+MINILM_PARAMS = 22_713_216  # base parameters without the task head
+
+
+def test_every_hand_plan_fits_its_budget_and_uniform_plans_are_uniform():
+    layout = minilm_layout()
+    for budget, plans in pc.PLANS.items():
+        limit = int(float(budget.rstrip("%")) / 100 * MINILM_PARAMS)
+        for name, rules in plans.items():
+            pick = pc.rules_plan(rules)
+            chosen = [(m, pick(m)) for m in layout.modules if pick(m)]
+            size = sum(count_params(c["type"], m.d_in, m.d_out, **{k: v for k, v in c.items() if k != "type"})
+                       for m, c in chosen)
+            assert 0 < size <= limit, (budget, name, size)
+            if name.startswith("uniform"):
+                assert len({str(c) for _, c in chosen}) == 1, name
+
+
+def test_summary_pairs_differences_by_seed():
+    table = {"0.1%": [("uniform a", None, 1), ("uniform b", None, 1), ("plan c", None, 1)]}
+    acc = {"uniform a": (0.80, 0.82, 0.84), "uniform b": (0.81, 0.83, 0.85), "plan c": (0.80, 0.84, 0.84)}
+    rows = [{"budget": "0.1%", "lr": 2e-3, "plan": n, "seed": s, "accuracy": a}
+            for n, accs in acc.items() for s, a in enumerate(accs)]
+    out = {r["plan"]: r for r in pc.summarize(rows, table)}
+    assert out["plan c"]["best_uniform"] == "uniform b"
+    mean, sd = out["plan c"]["vs_best_uniform"]  # per seed: -1, +1, -1 points
+    assert math.isclose(mean, -1 / 3) and math.isclose(sd, math.sqrt(4 / 3))
+    assert out["uniform a"]["vs_ref"] == (0.0, 0.0)
