@@ -32,9 +32,9 @@ class Finalist:
 
 def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> list[Finalist]:
     """At most ``limit`` finalists, in priority order: at the grid's first learning rate the best
-    searched plan on the shared weights, the baselines, the next ``n_plans - 1`` distinct
-    searched plans; then the same at the next rate, and so on.  Whatever the budget cuts off,
-    the plan and the baselines are compared at the same rates."""
+    searched plan on the shared weights, the baselines (the widest first), the next
+    ``n_plans - 1`` distinct searched plans; then the same at the next rate, and so on.  Whatever
+    the budget cuts off, the plan and the baselines are compared at the same rates."""
     done = sorted(scoring.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                   key=lambda t: (t.value, t.number))
     plans, baselines, hashes = [], [], set()
@@ -44,7 +44,7 @@ def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> 
             continue
         hashes.add(h)
         if is_baseline(t):
-            baselines.append(t)
+            baselines.append(t)  # the widest first: the one a small budget trains
         elif len(plans) < n_plans:
             plans.append(t)
 
@@ -52,6 +52,7 @@ def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> 
         origin = f"{t.user_attrs['origin']} #{t.number}"
         return Finalist(f"{origin}@{lr:g}", origin, Plan.from_dict(t.user_attrs[PLAN_ATTR]), float(lr), t.value)
 
+    baselines.sort(key=preference)
     order = [fin(t, lr) for lr in lr_grid for t in plans[:1] + baselines + plans[1:]]
     return order[:limit]
 
@@ -143,7 +144,7 @@ def proven_best(ranked: list, z: float):
 
 
 def progress(start_loss: float, loss: float) -> float:
-    """How far training has lowered the held-out loss: the share of the untrained model's."""
+    """How far training has lowered the held-out loss, as a share of the start."""
     return (start_loss - loss) / start_loss if start_loss > 0 else float("nan")
 
 
@@ -153,9 +154,8 @@ def without_signal(search, study, scoring, best, rows):
     finalists' best baseline of the last rung (or, with none there, the chosen finalist) has not
     gone ``min_progress`` of the way below it, the trials ended before training took off and
     their order is noise (a plan with adapters next to the head lowers the loss first, a lead
-    that did not hold over full runs): the search then returns the preferred baseline among the
-    finalists (whatever rung the noise cut it at), or else among the plans scored on the shared
-    weights."""
+    that did not hold over full runs): the search then returns the preferred (widest) baseline,
+    as a finalist (whatever rung the noise cut it at) or else as scored on the shared weights."""
     from ..train.precision import resolve_device
 
     cfg = search.cfg
@@ -176,9 +176,10 @@ def without_signal(search, study, scoring, best, rows):
              f"{ref.value:.4f}, a progress of {p:.1%} (`--min-progress` {cfg.min_progress:g})"]
     if p >= cfg.min_progress:
         return None, lines + [""]
-    # Any baseline that trained, since the rungs' cuts were noise too (the latest, then lowest loss).
-    pool = ranked or sorted((t for t in scoring.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                             if is_baseline(t)), key=lambda t: (t.value, t.number))
+    # Any baseline, since the rungs' cuts and the finalists' selection were noise too: a finalist
+    # (the latest rung, then the lowest loss) before one only scored on the shared weights.
+    pool = ranked + sorted((t for t in scoring.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                            if is_baseline(t)), key=lambda t: (t.value, t.number))
     if not pool:
         return None, lines + ["- the trials ended before training took off, and no uniform-LoRA baseline fits "
                               "the budget: the plan stands, with little evidence behind it", ""]

@@ -283,12 +283,36 @@ def test_without_signal_the_widest_baseline_returns_even_if_the_noise_cut_it(mon
     study = SimpleNamespace(get_trials=lambda deepcopy, states: [plan, qv1, wide0, qv0])
     cfg = SimpleNamespace(min_progress=0.05, device="cpu", batch_size=8)
     search = SimpleNamespace(cfg=cfg, base=torch.nn.Linear(1, 1), trial_data=None)
-    fallback, lines = finalists.without_signal(search, study, None, plan, None)
+    no_scoring = SimpleNamespace(get_trials=lambda deepcopy, states: [])
+    fallback, lines = finalists.without_signal(search, study, no_scoring, plan, None)
     assert fallback is wide0 and "No signal" in "".join(lines)  # 0.69 -> 0.678: 1.7% < 5%
+    # Only q,v reached the finalists: the widest as scored on the shared weights, not q,v.
+    scored_wide = trial(7, "baseline widest #3", None, 0.6802)
+    scoring = SimpleNamespace(get_trials=lambda deepcopy, states: [scored_wide])
+    only_qv = SimpleNamespace(get_trials=lambda deepcopy, states: [plan, qv1])
+    assert finalists.without_signal(search, only_qv, scoring, plan, None)[0] is scored_wide
     cfg.min_progress = 0.01
     assert finalists.without_signal(search, study, None, plan, None)[0] is None  # 1.7% >= 1%
     cfg.min_progress = 0.0
     assert finalists.without_signal(search, study, None, plan, None) == (None, [])  # no check
+
+
+def test_finalists_put_the_widest_baseline_before_query_value():
+    from types import SimpleNamespace
+
+    from nas.search.finalists import pick_finalists
+
+    plan = {"schema_version": 1, "model": {"name_or_path": "m"}, "modules": {}, "shortcuts": {}}
+    trial = lambda n, origin, v: SimpleNamespace(  # noqa: E731
+        number=n, value=v, user_attrs={"origin": origin, "plan_hash": str(n), "plan": plan})
+    scored = [trial(0, "importance plan", 0.60), trial(1, "baseline qv", 0.61),
+              trial(2, "baseline widest", 0.62), trial(3, "sampled", 0.63)]
+    scoring = SimpleNamespace(get_trials=lambda deepcopy, states: scored)
+    order = [f.origin for f in pick_finalists(scoring, 2, (1e-3, 5e-4), limit=5)]
+    assert order == ["importance plan #0", "baseline widest #2", "baseline qv #1", "sampled #3",
+                     "importance plan #0"]
+    assert [f.origin for f in pick_finalists(scoring, 2, (1e-3,), limit=2)] == [
+        "importance plan #0", "baseline widest #2"]  # a small budget trains the widest
 
 
 def test_a_search_whose_trials_did_not_take_off_returns_the_widest_baseline(setup, tmp_path):
