@@ -18,7 +18,8 @@ from _glue_methods import (MATCHED_WHERES, PEFT_MAX_RANK, PEFT_TARGETS, SURM_CHO
 
 BUDGETS = ("0.02%", "0.05%", "0.1%", "0.3%")
 # Widest first: the placement of the uniform LoRA baseline is the first one where rank 1 fits.
-WHERE = {"all linear": "all", "attention": "attn", "query,value": "qv", "value": "v"}  # nas.baselines placement -> label
+# nas.baselines placement -> label
+WHERE = {"all linear": "all", "attention": "attn", "query,value": "qv", "value": "v"}
 
 
 def budget_tag(budget: str) -> str:

@@ -64,8 +64,8 @@ PLANS = {
 
 # The plans of issue #15's earlier CPU run of the search (before it checked that its trials had
 # taken off), trained beside the hand-built ones.
-SEARCHED = {f"issue-15 search plan, {b}": RESULTS / "issue15_cpu_runs" / "v2" / TASK / f"search_supernet_{b}" / "plan.json"
-            for b in PLANS}
+SEARCHED = {f"issue-15 search plan, {b}":
+            RESULTS / "issue15_cpu_runs" / "v2" / TASK / f"search_supernet_{b}" / "plan.json" for b in PLANS}
 
 
 def slug(name: str) -> str:
@@ -183,7 +183,8 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, extra_lines=()) -
                      key=lambda r: r["mean"])
         ax.errorbar([r["mean"] for r in sub], range(len(sub)), xerr=[r["std"] for r in sub], fmt="o")
         for i, r in enumerate(sub):
-            pts = [100 * x["accuracy"] for x in rows if (x["budget"], x["lr"], x["plan"]) == (budget, lr, r["plan"])]
+            pts = [100 * x["accuracy"] for x in rows
+                   if (x["budget"], x["lr"], x["plan"]) == (budget, lr, r["plan"])]
             ax.scatter(pts, [i] * len(pts), s=8, alpha=0.5, color="gray")
         ax.set_yticks(range(len(sub)), [r["plan"] for r in sub], fontsize=7)
         ax.set_xlabel("SST-2 dev accuracy (%)")

@@ -168,7 +168,8 @@ def without_signal(search, study, scoring, best, rows):
     start = start if prior is None else min(start, prior)
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "rung" in t.user_attrs]
     last = max((t.user_attrs["rung"] for t in trials), default=None)
-    ranked = sorted((t for t in trials if is_baseline(t)), key=lambda t: (-t.user_attrs["rung"], t.value, t.number))
+    ranked = sorted((t for t in trials if is_baseline(t)),
+                    key=lambda t: (-t.user_attrs["rung"], t.value, t.number))
     ref = ranked[0] if ranked and ranked[0].user_attrs["rung"] == last else best
     p = progress(start, ref.value)
     lines = [f"- start: held-out loss {start:.4f} (the lower of the untrained model's and the labels' "
