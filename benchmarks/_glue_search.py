@@ -12,7 +12,7 @@ from nas import Plan
 from nas.baselines import uniform_lora
 from nas.io import atomic_write_text
 
-from _glue_methods import (MATCHED_WHERES, PEFT_MAX_RANK, PEFT_TARGETS, SURM_CHOICES, Method, Spec,
+from _glue_methods import (MATCHED_WHERES, PEFT_MAX_RANK, SURM_CHOICES, Method, Spec,
                            TaskCtx, fresh_model, head_only, heterolora_dynamic, heterolora_static,
                            match_peft_rank, peft_lora, peft_spec, spec_from_plan, surm, uniform)
 
@@ -128,14 +128,13 @@ def widest_lora(ctx: TaskCtx, params: int) -> tuple[int, str, list[str]]:
     adapter parameters: nas.baselines' widest placement (all linear layers, else all attention
     projections, else query,value, else value; below that, value on as many of the top layers as
     fit: 'v-top<k>'), at the largest rank that fits there."""
-    for placement in ("widest", "qv"):
-        b = uniform_lora(ctx.layout, params, placement)
-        if b is not None:
-            base, _, top = b.placement.partition(", top ")
-            where = WHERE[base] + (f"-top{top.split()[0]}" if top else "")
-            return min(b.rank, PEFT_MAX_RANK), where, list(b.modules)
-    raise ValueError(f"no uniform LoRA fits in {params:,} parameters (query,value r=1 on one "
-                     f"layer needs more); give a larger budget")
+    b = uniform_lora(ctx.layout, params, "widest")  # its last resort is narrower than any "qv"
+    if b is None:
+        raise ValueError(f"no uniform LoRA fits in {params:,} parameters (value r=1 on one layer "
+                         f"needs more); give a larger budget")
+    base, _, top = b.placement.partition(", top ")
+    where = WHERE[base] + (f"-top{top.split()[0]}" if top else "")
+    return min(b.rank, PEFT_MAX_RANK), where, list(b.modules)
 
 
 def peft_widest(budget: str, strategy: str | None = None) -> Callable[[TaskCtx, str], Spec]:

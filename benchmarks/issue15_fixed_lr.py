@@ -13,7 +13,6 @@ Prints the table and writes benchmarks/results/issue15_cpu_fixed_lr_<task>.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from glue import ISSUE15, ISSUE15_BUDGETS, RESULTS  # noqa: E402
 from _glue_bench import Bench  # noqa: E402
 from _glue_methods import spec_from_plan  # noqa: E402
+from _glue_report import _ms  # noqa: E402
 from _glue_search import issue15_methods  # noqa: E402
 
 
@@ -61,11 +61,10 @@ def main(argv=None) -> int:
             rec, cached = bench.run(args.task, "final", spec, args.lr, seed)
             recs.append(rec)
             print(f"{name:28s} seed {seed} accuracy {rec['score']:.4f}{' (cached)' if cached else ''}", flush=True)
-        acc = [100 * r["score"] for r in recs]
-        f1 = [100 * r["metrics"]["f1"] for r in recs if "f1" in r["metrics"]]
-        ms = lambda v: f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else "-"  # noqa: E731
-        lines.append(f"| {name} | {spec.label} | {recs[0]['trainable_params']:,} | {ms(acc)} | {ms(f1)} | "
-                     f"{', '.join(f'{a:.1f}' for a in acc)} |")
+        acc = [r["score"] for r in recs]
+        f1 = [r["metrics"].get("f1") for r in recs]
+        lines.append(f"| {name} | {spec.label} | {recs[0]['trainable_params']:,} | {_ms(acc)} | {_ms(f1)} | "
+                     f"{', '.join(f'{100 * a:.1f}' for a in acc)} |")
     out = args.out or RESULTS / f"issue15_cpu_fixed_lr_{args.task}.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

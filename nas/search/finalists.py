@@ -44,7 +44,7 @@ def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> 
             continue
         hashes.add(h)
         if is_baseline(t):
-            baselines.append(t)  # the widest first: the one a small budget trains
+            baselines.append(t)
         elif len(plans) < n_plans:
             plans.append(t)
 
@@ -52,7 +52,7 @@ def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> 
         origin = f"{t.user_attrs['origin']} #{t.number}"
         return Finalist(f"{origin}@{lr:g}", origin, Plan.from_dict(t.user_attrs[PLAN_ATTR]), float(lr), t.value)
 
-    baselines.sort(key=preference)
+    baselines.sort(key=preference)  # the widest first: the one a small budget trains
     order = [fin(t, lr) for lr in lr_grid for t in plans[:1] + baselines + plans[1:]]
     return order[:limit]
 
