@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -40,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     bench = Bench(ISSUE15, issue15_methods(ISSUE15_BUDGETS), args.runs_dir, threads=1)
+    torch.set_num_threads(bench.threads)  # the count each run records
     names = {m.name for m in bench.methods}
     if bad := [n for n in args.methods if n not in names]:
         ap.error(f"unknown method(s) {bad}; choose from {sorted(names)}")

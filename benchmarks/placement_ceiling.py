@@ -1,5 +1,5 @@
 """The room a search has: hand-built plans against uniform LoRA at the same size, the same lr and
-the same seeds (issue #15's SST-2 setting, packaged MiniLM), at fixed learning rates.
+the same seeds (issue #15's SST-2 or MRPC setting, packaged MiniLM), at fixed learning rates.
 
 A search can only pay for itself if some plan of its space beats the best uniform LoRA at the same
 size by more than the seed noise.  This trains, in full, a few plans an engineer would try (other
@@ -20,9 +20,12 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import shlex
 import statistics
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,7 +36,7 @@ from _glue_bench import Bench  # noqa: E402
 from _glue_methods import plan_spec  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-TASK = "sst2"
+TASKS = {"sst2": "SST-2", "mrpc": "MRPC"}  # issue #15's tasks
 # lr per budget: 2e-3 beats 5e-4 for every method on this model; small adapters also get 5e-3.
 LRS = {"0.1%": (2e-3,), "0.02%": (2e-3, 5e-3)}
 CURVE_STEPS, CURVE_EVERY = 150, 25  # --curves: the first 30% of a search split's 400-step run
@@ -41,6 +44,7 @@ SEEDS = (0, 1, 2)
 ALL, ATTN = range(6), ("q", "k", "v", "o")
 LORA = lambda r: {"type": "lora", "rank": r}  # noqa: E731
 CIRC = {"type": "circulant"}
+IA3, IA3_IN = {"type": "ia3"}, {"type": "ia3", "side": "in"}
 # budget -> plan -> [(roles, layers, choice)]; the first plan of a budget is its reference.
 PLANS = {
     "0.1%": {
@@ -51,21 +55,29 @@ PLANS = {
         "attention r2 on layers 3-5": [(ATTN, range(3, 6), LORA(2))],
         "value r2 + FFN down r1": [(("v",), ALL, LORA(2)), (("ffn_down",), ALL, LORA(1))],
         "attention r1 + FFN down r1 on layers 4-5": [(ATTN, ALL, LORA(1)), (("ffn_down",), (4, 5), LORA(1))],
+        "value + output r2": [(("v", "o"), ALL, LORA(2))],
+        "FFN up + down r1 on layers 1-5": [(("ffn_up", "ffn_down"), range(1, 6), LORA(1))],
         "MoRe N4 r2 on q,v": [(("q", "v"), ALL, {"type": "more", "nblocks": 4, "rank": 2})],
         "circulant q,k,o + value r2": [(("q", "k", "o"), ALL, CIRC), (("v",), ALL, LORA(2))],
+        "(IA)^3 on k, v and FFN down (input), every layer": [(("k", "v"), ALL, IA3), (("ffn_down",), ALL, IA3_IN)],
+        "q, v r1 + (IA)^3 on k and FFN down (input)": [(("q", "v"), ALL, LORA(1)), (("k",), ALL, IA3),
+                                                       (("ffn_down",), ALL, IA3_IN)],
     },
     "0.02%": {
         "uniform q,v r1 on layers 4-5 (the most that fits)": [(("q", "v"), (4, 5), LORA(1))],
         "uniform value r1 on layers 1-5 (the widest that fits)": [(("v",), range(1, 6), LORA(1))],
         "circulant value + query on layers 1-5": [(("v",), ALL, CIRC), (("q",), range(1, 6), CIRC)],
+        "(IA)^3 on k, v on layers 1-5": [(("k", "v"), range(1, 6), IA3)],
+        "(IA)^3 on value and FFN down (input) on layers 4-5": [(("v",), (4, 5), IA3), (("ffn_down",), (4, 5), IA3_IN)],
     },
 }
 
 
 # The plans of issue #15's earlier CPU run of the search (before it checked that its trials had
 # taken off), trained beside the hand-built ones.
-SEARCHED = {f"issue-15 search plan, {b}":
-            RESULTS / "issue15_cpu_runs" / "v2" / TASK / f"search_supernet_{b}" / "plan.json" for b in PLANS}
+def searched(task: str) -> dict[str, Path]:
+    return {f"issue-15 search plan, {b}":
+            RESULTS / "issue15_cpu_runs" / "v2" / task / f"search_supernet_{b}" / "plan.json" for b in PLANS}
 
 
 def slug(name: str) -> str:
@@ -78,15 +90,18 @@ def rules_plan(rules) -> callable:
     return choice
 
 
-def specs(bench: Bench, extra: dict[str, Path], budgets) -> dict[str, list]:
-    """budget -> [(name, Spec, params)]; --plan files join the budget their size fits."""
+def specs(bench: Bench, task: str, extra: dict[str, Path], budgets, only: str = "") -> dict[str, list]:
+    """budget -> [(name, Spec, params)] of the plans whose name matches ``only``; --plan files
+    join the budget their size fits."""
     from nas import Plan
 
-    ctx = bench.ctx(TASK)
+    ctx = bench.ctx(task)
     out = {}
     for budget in budgets:
         rows = []
         for name, rules in PLANS[budget].items():
+            if not re.search(only, name):
+                continue
             pick = rules_plan(rules)
             mods = {m.name: pick(m) for m in ctx.layout.modules if pick(m)}
             spec = plan_spec(slug(name), mods)
@@ -102,17 +117,18 @@ def specs(bench: Bench, extra: dict[str, Path], budgets) -> dict[str, list]:
     return out
 
 
-def collect(bench: Bench, table: dict, seeds, lrs: dict, run_missing: bool) -> list[dict]:
+def collect(bench: Bench, task: str, table: dict, seeds, lrs: dict, run_missing: bool) -> list[dict]:
     rows = []
     for seed in seeds:  # seed-major: an interrupted run still leaves every plan's first seeds
         for (budget, plans), lr in ((bp, lr) for bp in table.items() for lr in lrs[bp[0]]):
             for name, spec, params in plans:
-                rec, cached = bench.run(TASK, "final", spec, lr, seed, run_missing=run_missing)
+                rec, cached = bench.run(task, "final", spec, lr, seed, run_missing=run_missing)
                 if rec is None:
                     continue
                 rows.append({"budget": budget, "plan": name, "params": params, "lr": lr, "seed": seed,
                              "accuracy": rec["score"], "dev_loss": rec["metrics"].get("eval_loss"),
-                             "wall_s": round(rec.get("wall_s", 0.0), 1)})
+                             "wall_s": round(rec.get("wall_s", 0.0), 1), "steps": rec["steps"],
+                             "dev_rows": rec["n_eval"]})
                 if not cached:
                     print(f"{budget:>6} lr {lr:g} {name:48s} s{seed} acc {rec['score']:.4f}", flush=True)
     return rows
@@ -127,15 +143,15 @@ def summarize(rows: list[dict], table: dict) -> list[dict]:
         def seeds_of(name):
             return {s: a for (b, r, n, s), a in acc.items() if b == budget and r == lr and n == name}
 
-        uniforms = [n for n, _, _ in plans if n.startswith("uniform")] or [plans[0][0]]
-        best_uniform = max(uniforms, key=lambda n: statistics.fmean(seeds_of(n).values() or [0]))
+        uniforms = [n for n, _, _ in plans if n.startswith("uniform") and seeds_of(n)]
+        best_uniform = max(uniforms, key=lambda n: statistics.fmean(seeds_of(n).values()), default=None)
         for name, _, params in plans:
             mine = seeds_of(name)
             row = {"budget": budget, "lr": lr, "plan": name, "params": params, "n": len(mine),
                    "mean": statistics.fmean(mine.values()) if mine else float("nan"),
                    "std": statistics.stdev(mine.values()) if len(mine) > 1 else float("nan")}
             for key, ref in (("vs_ref", plans[0][0]), ("vs_best_uniform", best_uniform)):
-                d = [mine[s] - a for s, a in seeds_of(ref).items() if s in mine]
+                d = [mine[s] - a for s, a in seeds_of(ref).items() if s in mine] if ref else []
                 row[key] = (statistics.fmean(d) if d else float("nan"),
                             statistics.stdev(d) if len(d) > 1 else float("nan"))
             row["best_uniform"] = best_uniform
@@ -143,7 +159,7 @@ def summarize(rows: list[dict], table: dict) -> list[dict]:
     return out
 
 
-def write(summary: list[dict], rows: list[dict], prefix: Path, extra_lines=()) -> None:
+def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, command: str, extra_lines=()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,12 +170,15 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, extra_lines=()) -
         w.writeheader()
         w.writerows(rows)
     pm = lambda mu_sd: f"{mu_sd[0]:+.1f} ± {mu_sd[1]:.1f}"  # noqa: E731
-    lines = ["# Placement ceiling: hand-built plans vs uniform LoRA at the same size (SST-2)", "",
-             f"`python benchmarks/placement_ceiling.py`: packaged MiniLM, SST-2's 8,000-row subset for "
-             "1 epoch (500 steps), batch 16, max length 128, every plan at each lr, seeds "
-             f"{', '.join(map(str, sorted({r['seed'] for r in rows})))}; dev accuracy (872 rows). Differences are "
-             "paired by seed (same head init and data order); parameters exclude the 770-parameter head.", ""]
-    cells = list(dict.fromkeys((r["budget"], r["lr"]) for r in summary))
+    name, p, n_rows = TASKS[task], ISSUE15, ISSUE15.train_rows.get(task)
+    data = f"{name}'s {n_rows:,}-row subset" if n_rows else f"{name}'s full train set"
+    lines = [f"# Placement ceiling: hand-built plans vs uniform LoRA at the same size ({name})", "",
+             f"`python benchmarks/placement_ceiling.py {command}`: packaged MiniLM, {data} for "
+             f"{p.epochs_for(task):g} epoch(s) ({rows[0]['steps']} steps), batch {p.batch_size}, max length "
+             f"{p.max_length}, every plan at each lr, seeds {', '.join(map(str, sorted({r['seed'] for r in rows})))}; "
+             f"dev accuracy ({rows[0]['dev_rows']} rows). Differences are paired by seed (same head init and "
+             "data order); parameters exclude the 770-parameter head.", ""]
+    cells = sorted(dict.fromkeys((r["budget"], r["lr"]) for r in summary), key=lambda c: (-float(c[0][:-1]), c[1]))
     for budget, lr in cells:
         sub = [r for r in summary if (r["budget"], r["lr"]) == (budget, lr) and r["n"]]
         if not sub:
@@ -170,7 +189,7 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, extra_lines=()) -
         for r in sorted(sub, key=lambda r: -r["mean"]):
             lines.append(f"| {r['plan']} | {r['params']:,} | {r['mean']:.1f} ± {r['std']:.1f} (n={r['n']}) "
                          f"| {pm(r['vs_ref'])} | {pm(r['vs_best_uniform'])} |")
-        lines += ["", f"Best uniform: {sub[0]['best_uniform']}.", ""]
+        lines += ["", f"Best uniform: {sub[0]['best_uniform'] or 'none trained at this lr'}.", ""]
     Path(f"{prefix}.md").write_text("\n".join(lines + list(extra_lines)))
     cells = [c for c in cells if any((r["budget"], r["lr"]) == c and r["n"] for r in summary)]
     ncol = min(2, len(cells))
@@ -187,14 +206,14 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, extra_lines=()) -
                    if (x["budget"], x["lr"], x["plan"]) == (budget, lr, r["plan"])]
             ax.scatter(pts, [i] * len(pts), s=8, alpha=0.5, color="gray")
         ax.set_yticks(range(len(sub)), [r["plan"] for r in sub], fontsize=7)
-        ax.set_xlabel("SST-2 dev accuracy (%)")
+        ax.set_xlabel(f"{name} dev accuracy (%)")
         ax.set_title(f"budget {budget}, lr {lr:g}")
     fig.tight_layout()
     fig.savefig(f"{prefix}.png", dpi=120)
     print(Path(f"{prefix}.md").read_text())
 
 
-def curves(bench: Bench, table: dict, budget: str, lr: float, seed: int, path: Path) -> dict[str, list]:
+def curves(bench: Bench, task: str, table: dict, budget: str, lr: float, seed: int, path: Path) -> dict[str, list]:
     """Per plan of ``budget``: held-out loss every CURVE_EVERY steps of the first CURVE_STEPS of a
     full run's schedule (cut short, as a search's short trial would be), trained on the protocol's
     80% of train and scored on its held-out rows, never dev.  Cached in ``path``."""
@@ -208,7 +227,7 @@ def curves(bench: Bench, table: dict, budget: str, lr: float, seed: int, path: P
     from _glue_train import build_trainer, train_config
 
     done = json.loads(path.read_text()) if path.is_file() else {}
-    ctx = bench.ctx(TASK)
+    ctx = bench.ctx(task)
 
     class Stop(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -218,7 +237,7 @@ def curves(bench: Bench, table: dict, budget: str, lr: float, seed: int, path: P
         key = f"{name} | lr {lr:g} | seed {seed}"
         if key in done:
             continue
-        cfg = dataclasses.replace(train_config(spec, bench.proto, task=TASK, lr=lr, seed=seed, select=False,
+        cfg = dataclasses.replace(train_config(spec, bench.proto, task=task, lr=lr, seed=seed, select=False,
                                                device=None), eval_steps=CURVE_EVERY)
         trainer = build_trainer(spec, ctx, ctx.sel, cfg)
         trainer.add_callback(Stop())
@@ -248,14 +267,16 @@ def curve_lines(curve: dict[str, list], summary: list[dict], budget: str, lr: fl
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--task", choices=TASKS, default="sst2")
     ap.add_argument("--budgets", default=",".join(PLANS), help="comma-separated, of " + ", ".join(PLANS))
+    ap.add_argument("--only", default="", metavar="REGEX", help="only the hand-built plans whose name matches")
     ap.add_argument("--plan", action="append", default=[], metavar="NAME=PATH",
                     help="a plan file to train beside the hand-built ones (its budget's table)")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--lrs", help="comma-separated learning rates for every budget (default: "
                     + "; ".join(f"{b}: {', '.join(f'{x:g}' for x in v)}" for b, v in LRS.items()) + ")")
     ap.add_argument("--runs-dir", type=Path, default=RESULTS / "placement_ceiling_runs")
-    ap.add_argument("--out", type=Path, default=RESULTS / "placement_ceiling")
+    ap.add_argument("--out", type=Path, help="output prefix (default: results/placement_ceiling[_TASK])")
     ap.add_argument("--report-only", action="store_true", help="tables and plot from the saved runs")
     ap.add_argument("--curves", metavar="BUDGET@LR", help="also the held-out loss curves of short trials of "
                     "that budget's plans (seed 0), against their final accuracy, e.g. 0.1%%@2e-3")
@@ -263,16 +284,19 @@ def main(argv=None) -> int:
     budgets = [b for b in args.budgets.split(",") if b]
     if any(b not in PLANS for b in budgets):
         ap.error(f"--budgets {args.budgets}: choose from {', '.join(PLANS)}")
-    extra = {name: path for name, path in SEARCHED.items() if path.is_file() and name.endswith(tuple(budgets))}
+    out = args.out or RESULTS / ("placement_ceiling" + ("" if args.task == "sst2" else f"_{args.task}"))
+    extra = {name: path for name, path in searched(args.task).items()
+             if path.is_file() and name.endswith(tuple(budgets)) and re.search(args.only, name)}
     for item in args.plan:
         name, sep, path = item.partition("=")
         if not sep or not Path(path).is_file():
             ap.error(f"--plan {item!r}: expected NAME=PATH to an existing plan.json")
         extra[name] = Path(path)
     bench = Bench(ISSUE15, [], args.runs_dir, threads=1)
-    table = specs(bench, extra, budgets)
+    torch.set_num_threads(bench.threads)  # the count each run records
+    table = specs(bench, args.task, extra, budgets, args.only)
     lrs = {b: [float(x) for x in args.lrs.split(",")] if args.lrs else LRS[b] for b in budgets}
-    rows = collect(bench, table, [int(s) for s in args.seeds.split(",")], lrs, not args.report_only)
+    rows = collect(bench, args.task, table, [int(s) for s in args.seeds.split(",")], lrs, not args.report_only)
     if not rows:
         print("no runs yet")
         return 1
@@ -282,9 +306,11 @@ def main(argv=None) -> int:
         budget, _, lr = args.curves.partition("@")
         if budget not in table or not lr:
             ap.error(f"--curves {args.curves}: expected BUDGET@LR with a budget of --budgets, e.g. 0.1%@2e-3")
-        curve = curves(bench, table, budget, float(lr), 0, Path(f"{args.out}_curves.json"))
+        curve = curves(bench, args.task, table, budget, float(lr), 0, Path(f"{out}_curves.json"))
         extra_lines = curve_lines(curve, summary, budget, float(lr))
-    write(summary, rows, args.out, extra_lines)
+    argv = sys.argv[1:] if argv is None else argv
+    command = " ".join(shlex.quote(a) for a in argv if a != "--report-only")  # how the runs were made
+    write(summary, rows, out, args.task, command, extra_lines)
     return 0
 
 

@@ -7,7 +7,7 @@ Importing this package registers every type below.  ``attach_supernet`` / ``acti
 """
 from .base import Adapter, base_shape
 from .registry import ADAPTERS, adapter_class, count_params, make_adapter, register
-from . import circulant, kronecker, ldr, lora, more, toeplitz  # noqa: F401  (registers types)
+from . import circulant, ia3, kronecker, ldr, lora, more, toeplitz  # noqa: F401  (registers types)
 from .space import SPACES, Candidate, SearchSpace, load_space  # after the types it names
 from .elastic import ElasticLinear
 from .supernet import (PlanSampler, Selection, activate, attach_supernet, elastic_modules, extract,

@@ -51,7 +51,7 @@ class Candidate:
 def choice_label(choice: dict[str, Any]) -> str:
     """Short readable name of a choice dict: 'lora r8', 'more N4 r4', 'circulant'."""
     d = {k: v for k, v in choice.items() if k not in ("type", "enabled", "alpha", "scale") and v is not None}
-    short = {"rank": "r", "nblocks": "N"}
+    short = {"rank": "r", "nblocks": "N", "side": ""}  # ia3 in, ia3 out
     return " ".join([choice["type"]] + [f"{short.get(k, k)}{v}" for k, v in sorted(d.items())])
 
 

@@ -20,7 +20,8 @@ from tests.conftest import linear_base, logits, make_tiny_model, randomize_, tin
 CHOICES = SPACES["default"].choices + [{"type": "lora", "rank": 1}, {"type": "ldr", "rank": 2},
                                        {"type": "more", "nblocks": 4, "rank": 1},
                                        # same slot as rank 4 / 8, other scale (alpha / r = 4)
-                                       {"type": "lora", "rank": 4, "alpha": 16.0}]
+                                       {"type": "lora", "rank": 4, "alpha": 16.0},
+                                       {"type": "ia3"}, {"type": "ia3", "side": "in"}]
 
 
 def elastic(conv1d=False, d_in=32, d_out=48):
