@@ -35,13 +35,13 @@ class IA3(Adapter):
         return hp
 
     @classmethod
-    def num_params(cls, d_in, d_out, side="out", **_):
+    def num_params(cls, d_in, d_out, side, **_):
         return d_out if side == "out" else d_in
 
     def __init__(self, base: nn.Module, **hparams):
         super().__init__(base, **hparams)
         w = base.weight
-        n = self.d_out if self.out else self.d_in
+        n = self.num_params(self.d_in, self.d_out, **self.hparams)
         self.ia3_s = nn.Parameter(torch.zeros(n, dtype=w.dtype, device=w.device))
 
     @property
