@@ -19,7 +19,7 @@ from _glue_methods import (MATCHED_WHERES, PEFT_MAX_RANK, SURM_CHOICES, Method, 
 BUDGETS = ("0.02%", "0.05%", "0.1%", "0.3%")
 # Widest first: the placement of the uniform LoRA baseline is the first one where rank 1 fits.
 # nas.baselines placement -> label
-WHERE = {"all linear": "all", "attention": "attn", "query,value": "qv", "value": "v"}
+WHERE = {"all linear": "all", "attention": "attn", "query,value": "qv", "value": "v", "MLP": "mlp"}
 
 
 def budget_tag(budget: str) -> str:
@@ -123,25 +123,26 @@ def peft_matched(budget: str, strategy: str | None = None,
     return build
 
 
-def widest_lora(ctx: TaskCtx, params: int) -> tuple[int, str, list[str]]:
-    """(rank, placement, target modules) of the widest uniform LoRA with at most ``params``
-    adapter parameters: nas.baselines' widest placement (all linear layers, else all attention
-    projections, else query,value, else value; below that, value on as many of the top layers as
-    fit: 'v-top<k>'), at the largest rank that fits there."""
-    b = uniform_lora(ctx.layout, params, "widest")  # its last resort is narrower than any "qv"
+def placement_lora(ctx: TaskCtx, params: int, placement: str = "widest") -> tuple[int, str, list[str]]:
+    """(rank, placement, target modules) of nas.baselines' uniform LoRA on ``placement`` with at
+    most ``params`` adapter parameters: "widest" (all linear layers, else all attention
+    projections, else query,value, else value) or "mlp"; below rank 1 on every layer, rank 1 on
+    as many of the top layers as fit ('v-top<k>', 'mlp-top<k>'); at the largest rank that fits."""
+    b = uniform_lora(ctx.layout, params, placement)  # the widest's last resort is narrower than any "qv"
     if b is None:
-        raise ValueError(f"no uniform LoRA fits in {params:,} parameters (value r=1 on one layer "
-                         f"needs more); give a larger budget")
+        raise ValueError(f"no uniform LoRA on the {placement} placement fits in {params:,} parameters "
+                         f"(rank 1 on one layer needs more); give a larger budget")
     base, _, top = b.placement.partition(", top ")
     where = WHERE[base] + (f"-top{top.split()[0]}" if top else "")
     return min(b.rank, PEFT_MAX_RANK), where, list(b.modules)
 
 
-def peft_widest(budget: str, strategy: str | None = None) -> Callable[[TaskCtx, str], Spec]:
-    """PEFT LoRA on the widest placement that fits the searched plan's size (never above it)."""
+def peft_placement(budget: str, strategy: str | None = None, placement: str = "widest"
+                   ) -> Callable[[TaskCtx, str], Spec]:
+    """PEFT LoRA on ``placement`` that fits the searched plan's size (never above it)."""
     def build(ctx: TaskCtx, variant: str = "") -> Spec:
         params = plan_size(ctx, budget, strategy)
-        rank, where, targets = widest_lora(ctx, params)
+        rank, where, targets = placement_lora(ctx, params, placement)
         return peft_spec(ctx, rank, where, targets, matched_to=params, budget=budget)
     return build
 
@@ -170,15 +171,17 @@ DIAGNOSTIC_BUDGET = "0.1%"
 
 def issue15_methods(task_budgets: dict[str, tuple[str, ...]]) -> list[Method]:
     """Per budget (on the tasks that have it): the new search's plan, (a) PEFT LoRA on
-    query,value at its size, (b) PEFT LoRA on the widest placement that fits its size, (c)
-    today's search; and PEFT LoRA r=8 on query,value on every task."""
+    query,value at its size, (b) PEFT LoRA on the widest placement that fits its size, (b')
+    on the MLP (the placement PEFT's method comparison favoured), (c) today's search; and PEFT
+    LoRA r=8 on query,value on every task."""
     out = []
     for b in dict.fromkeys(b for bs in task_budgets.values() for b in bs):
         tasks = tuple(t for t, bs in task_budgets.items() if b in bs)
         new = dict(searched=True, search=search_name(b, NEW), tasks=tasks)
         out += [Method(f"new-search@{b}", "search-new", more_search(b, NEW), cost=1.1, **new),
                 Method(f"peft-qv@{b}", "peft-matched", peft_matched(b, NEW, ("qv",)), **new),
-                Method(f"widest-lora@{b}", "peft-widest", peft_widest(b, NEW), **new),
+                Method(f"widest-lora@{b}", "peft-widest", peft_placement(b, NEW), **new),
+                Method(f"mlp-lora@{b}", "peft-mlp", peft_placement(b, NEW, "mlp"), **new),
                 Method(f"old-search@{b}", "search", more_search(b, OLD), cost=1.1, searched=True,
                        search=search_name(b, OLD), tasks=tasks)]
         if b == DIAGNOSTIC_BUDGET:  # not a baseline a user would pick: is there a better uniform

@@ -23,8 +23,9 @@ Methods of the full protocol (``make_methods``; name -> a builder of what is tra
 
 Issue #15's protocol (``--protocol issue15``, ``issue15_methods``): per task and budget (SST-2 8,000
 rows, 1 epoch: 0.1% and 0.02%; MRPC full train, 3 epochs: 0.1%) new-search@B (SearchConfig
-strategy 'supernet'), peft-qv@B and widest-lora@B (PEFT LoRA at the new plan's size on query,value /
-on the widest placement that fits it), old-search@B (strategy 'trials'), and peft-lora-r8; lr grid
+strategy 'supernet'), peft-qv@B, widest-lora@B and mlp-lora@B (PEFT LoRA at the new plan's size on
+query,value / on the widest placement that fits it / on the MLP), old-search@B (strategy 'trials'),
+and peft-lora-r8; lr grid
 5e-4..5e-3, 3 seeds.  benchmarks/issue15_gpu.sh runs it on one GPU in parallel processes
 (--phase search|select|final with --shard K/N, then --report-only).
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import re
 import shlex
 import statistics
@@ -134,9 +135,20 @@ def collect(bench: Bench, task: str, table: dict, seeds, lrs: dict, run_missing:
     return rows
 
 
+def paired_p(diffs: list[float]) -> float:
+    """Two-sided p of the paired t-test that the mean per-seed difference is 0 (nan below 3 seeds
+    or with no spread)."""
+    if len(diffs) < 3 or statistics.stdev(diffs) == 0:
+        return float("nan")
+    from scipy import stats
+
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
 def summarize(rows: list[dict], table: dict) -> list[dict]:
-    """Per plan: mean ± std over seeds, and the paired difference to the budget's reference and
-    to its best uniform plan (mean ± std of the per-seed differences)."""
+    """Per plan: mean ± std over seeds, and the paired difference to the budget's reference, to
+    its best uniform plan and to the widest uniform plan (mean ± std of the per-seed differences,
+    and the paired t-test's two-sided p against the widest)."""
     acc = {(r["budget"], r["lr"], r["plan"], r["seed"]): 100 * r["accuracy"] for r in rows}
     out = []
     for (budget, plans), lr in ((bp, lr) for lr in dict.fromkeys(r["lr"] for r in rows) for bp in table.items()):
@@ -145,15 +157,17 @@ def summarize(rows: list[dict], table: dict) -> list[dict]:
 
         uniforms = [n for n, _, _ in plans if n.startswith("uniform") and seeds_of(n)]
         best_uniform = max(uniforms, key=lambda n: statistics.fmean(seeds_of(n).values()), default=None)
+        widest = next((n for n in uniforms if "the widest" in n), None)
         for name, _, params in plans:
             mine = seeds_of(name)
             row = {"budget": budget, "lr": lr, "plan": name, "params": params, "n": len(mine),
                    "mean": statistics.fmean(mine.values()) if mine else float("nan"),
                    "std": statistics.stdev(mine.values()) if len(mine) > 1 else float("nan")}
-            for key, ref in (("vs_ref", plans[0][0]), ("vs_best_uniform", best_uniform)):
+            for key, ref in (("vs_ref", plans[0][0]), ("vs_best_uniform", best_uniform), ("vs_widest", widest)):
                 d = [mine[s] - a for s, a in seeds_of(ref).items() if s in mine] if ref else []
                 row[key] = (statistics.fmean(d) if d else float("nan"),
                             statistics.stdev(d) if len(d) > 1 else float("nan"))
+            row["p_vs_widest"] = paired_p(d)
             row["best_uniform"] = best_uniform
             out.append(row)
     return out
@@ -184,11 +198,12 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, comman
         if not sub:
             continue
         lines += [f"## Budget {budget}, lr {lr:g}", "",
-                  f"| plan | params | dev accuracy | vs {sub[0]['plan'].split(' (')[0]} | vs best uniform |",
-                  "|---|---:|---|---:|---:|"]
+                  f"| plan | params | dev accuracy | vs {sub[0]['plan'].split(' (')[0]} | vs best uniform "
+                  f"| vs the widest (paired p) |", "|---|---:|---|---:|---:|---:|"]
         for r in sorted(sub, key=lambda r: -r["mean"]):
+            p_w = f" ({r['p_vs_widest']:.3f})" if math.isfinite(r["p_vs_widest"]) else ""
             lines.append(f"| {r['plan']} | {r['params']:,} | {r['mean']:.1f} ± {r['std']:.1f} (n={r['n']}) "
-                         f"| {pm(r['vs_ref'])} | {pm(r['vs_best_uniform'])} |")
+                         f"| {pm(r['vs_ref'])} | {pm(r['vs_best_uniform'])} | {pm(r['vs_widest'])}{p_w} |")
         lines += ["", f"Best uniform: {sub[0]['best_uniform'] or 'none trained at this lr'}.", ""]
     Path(f"{prefix}.md").write_text("\n".join(lines + list(extra_lines)))
     cells = [c for c in cells if any((r["budget"], r["lr"]) == c and r["n"] for r in summary)]
@@ -266,15 +281,15 @@ def curve_lines(curve: dict[str, list], summary: list[dict], budget: str, lr: fl
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--task", choices=TASKS, default="sst2")
-    ap.add_argument("--budgets", default=",".join(PLANS), help="comma-separated, of " + ", ".join(PLANS))
+    ap.add_argument("--budgets", default=",".join(PLANS), help=("comma-separated, of " + ", ".join(PLANS)).replace("%", "%%"))
     ap.add_argument("--only", default="", metavar="REGEX", help="only the hand-built plans whose name matches")
     ap.add_argument("--plan", action="append", default=[], metavar="NAME=PATH",
                     help="a plan file to train beside the hand-built ones (its budget's table)")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--lrs", help="comma-separated learning rates for every budget (default: "
-                    + "; ".join(f"{b}: {', '.join(f'{x:g}' for x in v)}" for b, v in LRS.items()) + ")")
+                    + "; ".join(f"{b}: {', '.join(f'{x:g}' for x in v)}" for b, v in LRS.items()).replace("%", "%%") + ")")
     ap.add_argument("--runs-dir", type=Path, default=RESULTS / "placement_ceiling_runs")
     ap.add_argument("--out", type=Path, help="output prefix (default: results/placement_ceiling[_TASK])")
     ap.add_argument("--report-only", action="store_true", help="tables and plot from the saved runs")

@@ -144,11 +144,13 @@ _MAIN_ROLES = ["q", "k", "v", "qkv", "o", "gate", "ffn_up", "ffn_down"]
 
 SPACES: dict[str, SearchSpace] = {
     # The default mixes every family: LoRA ranks, MoRe blocks and ranks, the SURM types and
-    # the four shortcuts, on every projection role.
+    # the four shortcuts, on every projection role.  LoRA rank 1: at 0.1% the best plans spread
+    # rank 1 wide (benchmarks/results/placement_ceiling*.md), and nested ranks make it free.
     "default": SearchSpace(
         name="default",
         choices=[
-            {"type": "lora", "rank": 2}, {"type": "lora", "rank": 4}, {"type": "lora", "rank": 8},
+            {"type": "lora", "rank": 1}, {"type": "lora", "rank": 2}, {"type": "lora", "rank": 4},
+            {"type": "lora", "rank": 8},
             {"type": "more", "nblocks": 4, "rank": 2}, {"type": "more", "nblocks": 4, "rank": 4},
             {"type": "more", "nblocks": 8, "rank": 2},
             {"type": "circulant"}, {"type": "toeplitz"},

@@ -160,4 +160,4 @@ def minilm_layout():
               "ffn_up": (384, 1536), "ffn_down": (1536, 384)}
     mods = [SimpleNamespace(name=f"l{i}.{r}", role=r, d_in=a, d_out=b, layer=i)
             for i in range(6) for r, (a, b) in shapes.items()]
-    return SimpleNamespace(modules=mods)
+    return SimpleNamespace(modules=mods, num_layers=6, module={m.name: m for m in mods}.__getitem__)

@@ -82,8 +82,8 @@ class SearchConfig(TaskSpec):
                             "by more than this many standard errors of the difference")
     min_progress: float = option(0.05, "the finalists must lower the held-out loss at least this share below "
                                  "the start (the untrained model's, or the labels' prior's if lower); short "
-                                 "of it their order is noise and the search returns the widest uniform "
-                                 "LoRA (0: no check)")
+                                 "of it their order is noise and the search returns the preferred uniform "
+                                 "LoRA: the MLP where rank 1 fits on half the layers, else the widest (0: no check)")
     supernet_lr: float = option(5e-3, "learning rate of the super-network (it has only a few dozen steps "
                                 "on small data: at 1e-3 it barely moved in the demo search)")
     normalise: str = option("median", "how trained importance is put on one scale within each "

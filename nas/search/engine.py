@@ -52,7 +52,7 @@ from .finalists import check_config, weight_sharing_search
 from .ranking import gap_beyond_noise, heldout
 from .supernet import META_FILE
 from .study import (check_study_settings, journal_path, make_pruner, make_sampler, open_checked_storage,
-                    open_storage, sampler_seed, study_settings)
+                    open_storage, sampler_seed, shown_storage, study_settings)
 from .workers import drain, fail_dead_trials, plan_seed, requeue_interrupted, same_plan_trial
 from .trials import plan_hash, reweight, trial_rank
 
@@ -354,7 +354,7 @@ class Search:
             plan, best_value = self.proxy_plan, float("nan")
             plan.provenance["note"] = "no trial completed; this is the proxy plan"
         plan.provenance.update(
-            study=study.study_name, storage=self.cfg.storage or str(self.out / "study.journal"),
+            study=study.study_name, storage=shown_storage(self.cfg.storage, self.out / "study.journal"),
             space=self.space.name, allocation=self.cfg.allocation, strategy=self.cfg.strategy,
             proxy_scores_file=str(self.out / "proxy_scores.json"),
         )

@@ -30,9 +30,10 @@ class Finalist:
     shared_loss: float
 
 
-def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> list[Finalist]:
+def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int,
+                   order: tuple[str, ...]) -> list[Finalist]:
     """At most ``limit`` finalists, in priority order: at the grid's first learning rate the best
-    searched plan on the shared weights, the baselines (the widest first), the next
+    searched plan on the shared weights, the baselines (in ``order``), the next
     ``n_plans - 1`` distinct searched plans; then the same at the next rate, and so on.  Whatever
     the budget cuts off, the plan and the baselines are compared at the same rates."""
     done = sorted(scoring.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
@@ -52,9 +53,9 @@ def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int) -> 
         origin = f"{t.user_attrs['origin']} #{t.number}"
         return Finalist(f"{origin}@{lr:g}", origin, Plan.from_dict(t.user_attrs[PLAN_ATTR]), float(lr), t.value)
 
-    baselines.sort(key=preference)  # the widest first: the one a small budget trains
-    order = [fin(t, lr) for lr in lr_grid for t in plans[:1] + baselines + plans[1:]]
-    return order[:limit]
+    baselines.sort(key=lambda t: preference(t, order))  # the preferred first: a small budget trains it
+    queue = [fin(t, lr) for lr in lr_grid for t in plans[:1] + baselines + plans[1:]]
+    return queue[:limit]
 
 
 def n_finalist_candidates(n_plans: int, n_baselines: int, n_lrs: int) -> int:
@@ -96,7 +97,7 @@ def run_finalists(search, shared, finalists: list[Finalist], storage, name: str,
         if not results:
             break
         results.sort(key=lambda ft: (ft[1].value, ft[1].number))
-        best = proven_best([t for _, t in results], cfg.noise_z)
+        best = proven_best([t for _, t in results], cfg.noise_z, shared.preferred)
         keep = max(1, math.ceil(len(results) / cfg.eta))
         lead = results[0][1].user_attrs["rows"]
         alive = [f for i, (f, t) in enumerate(results)
@@ -110,33 +111,29 @@ def is_baseline(t) -> bool:
     return t.user_attrs["origin"].startswith("baseline")
 
 
-# Without evidence either way, the widest placement: spreading LoRA over more modules at the same
-# size gained 1.6 points in PEFT's method comparison, and uniform attention LoRA r=1 beat q,v
-# r=2 on SST-2 here (benchmarks/results/placement_ceiling.md).
-PREFERRED = ("baseline widest", "baseline qv")
-
-
-def preference(t) -> int:
+def preference(t, order: tuple[str, ...]) -> int:
+    """The rank of a trial's origin in ``order`` (origins such as "baseline mlp", most preferred
+    first: nas.baselines.preferred); anything else after them."""
     origin = t.user_attrs["origin"]
-    return next((i for i, p in enumerate(PREFERRED) if origin.startswith(p)), len(PREFERRED))
+    return next((i for i, p in enumerate(order) if origin.startswith(p)), len(order))
 
 
-def best_baseline(ranked: list, z: float):
-    """The preferred (widest) baseline of the rung, unless another beats it beyond noise."""
+def best_baseline(ranked: list, z: float, order: tuple[str, ...]):
+    """The preferred baseline of the rung, unless another beats it beyond noise."""
     bases = [t for t in ranked if is_baseline(t)]
     if not bases:
         return None
-    pref = min(bases, key=preference)  # stable: the lowest loss of the most preferred placement
+    pref = min(bases, key=lambda t: preference(t, order))  # stable: the lowest loss of the most preferred
     return bases[0] if worse_beyond_noise(pref.user_attrs["rows"], bases[0].user_attrs["rows"], z) else pref
 
 
-def proven_best(ranked: list, z: float):
+def proven_best(ranked: list, z: float, order: tuple[str, ...]):
     """The leader of a rung (trials by held-out loss, best first), unless it is a searched plan
     that is not better than the best uniform-LoRA baseline of the rung beyond noise: then that
     baseline.  The burden of proof is on the searched plan, since without the search a user
     would train uniform LoRA; short trials favour plans with adapters next to the head (their
     loss falls first), and such a lead within noise did not hold over a full run."""
-    lead, base = ranked[0], best_baseline(ranked, z)
+    lead, base = ranked[0], best_baseline(ranked, z, order)
     if base is None or (not is_baseline(lead) and worse_beyond_noise(
             base.user_attrs["rows"], lead.user_attrs["rows"], z)):
         return lead
@@ -148,13 +145,13 @@ def progress(start_loss: float, loss: float) -> float:
     return (start_loss - loss) / start_loss if start_loss > 0 else float("nan")
 
 
-def without_signal(search, study, scoring, best, rows):
+def without_signal(search, study, scoring, best, rows, order: tuple[str, ...]):
     """(fallback trial or None, report lines).  The start is the lower of the untrained model's
     held-out loss and the labels' prior (learning the class frequencies is no signal); when the
     finalists' best baseline of the last rung (or, with none there, the chosen finalist) has not
     gone ``min_progress`` of the way below it, the trials ended before training took off and
     their order is noise (a plan with adapters next to the head lowers the loss first, a lead
-    that did not hold over full runs): the search then returns the preferred (widest) baseline,
+    that did not hold over full runs): the search then returns the preferred baseline (``order``),
     as a finalist (whatever rung the noise cut it at) or else as scored on the shared weights."""
     from ..train.precision import resolve_device
 
@@ -184,10 +181,10 @@ def without_signal(search, study, scoring, best, rows):
     if not pool:
         return None, lines + ["- the trials ended before training took off, and no uniform-LoRA baseline fits "
                               "the budget: the plan stands, with little evidence behind it", ""]
-    fallback = min(pool, key=preference)
+    fallback = min(pool, key=lambda t: preference(t, order))
     return fallback, lines + [
         f"- **No signal**: the trials stopped before training took off, so their order is noise. "
-        f"The search returns the widest uniform LoRA that fits ({fallback.user_attrs['origin']}). A larger "
+        f"The search returns the preferred uniform LoRA that fits ({fallback.user_attrs['origin']}). A larger "
         f"`--cost-budget` (or more training data) gives the trials the steps to get past the start.", ""]
 
 
@@ -251,14 +248,14 @@ def check_config(cfg) -> None:
 def weight_sharing_search(search):
     """Super-network -> importance -> cheap scoring -> finalists, each stage sized from
     ``cfg.cost_budget``.  Returns (finalist study, best trial, stage sizes, report lines)."""
-    from ..baselines import uniform_lora
+    from ..baselines import PLACEMENTS, uniform_lora
     from .cost import size_stages
     from .supernet import SharedWeights, score_plans
 
     cfg = search.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, name = search.open_storage(), cfg.study or "more-search"
-    n_base = sum(uniform_lora(search.layout, search.budget, p) is not None for p in ("qv", "widest"))
+    n_base = sum(uniform_lora(search.layout, search.budget, p) is not None for p in PLACEMENTS)
     ev = search.trial_data.eval
     rows = ev.select(range(min(cfg.scoring_rows, len(ev))))
     search.n_score_rows = len(rows)
@@ -283,10 +280,10 @@ def weight_sharing_search(search):
     scoring = score_plans(search, shared, sizes, storage, name, rows)
     mark("scoring", t0, c0)
     t0, c0 = time.perf_counter(), time.process_time()
-    finalists = pick_finalists(scoring, cfg.n_finalists, cfg.lr_grid, sizes.finalists)
+    finalists = pick_finalists(scoring, cfg.n_finalists, cfg.lr_grid, sizes.finalists, shared.preferred)
     study, best = run_finalists(search, shared, finalists, storage, name, rows, sizes.finalist_step_budget)
     mark("finalists", t0, c0)
-    fallback, signal = without_signal(search, study, scoring, best, rows)
+    fallback, signal = without_signal(search, study, scoring, best, rows, shared.preferred)
     if fallback is not None:
         best = fallback
     if best is None:  # no finalist trained (budget too small): the best plan on shared weights

@@ -122,6 +122,17 @@ def journal_path(text: str | None, default_journal: str | Path) -> Path | None:
     return None
 
 
+def shown_storage(text: str | None, default_journal: str | Path) -> str:
+    """``--storage`` as plans and reports may show it: a database URL without its password (a
+    plan is meant to be shared), a journal as its path."""
+    journal = journal_path(text, default_journal)
+    if journal is not None:
+        return str(journal)
+    from sqlalchemy.engine import make_url
+
+    return make_url(text).render_as_string(hide_password=True)
+
+
 def check_journal_path(p: Path) -> None:
     if not p.parent.is_dir():
         raise UserError(f"--storage: folder {str(p.parent)!r} does not exist; create it or choose another path")

@@ -23,7 +23,7 @@ from search_spaces.space import kind_of
 from search_spaces.supernet import (PlanSampler, Selection, activate, attach_supernet,
                                     plan_state_dict, shortcut_choices, train_supernet_steps)
 
-from ..baselines import uniform_lora
+from ..baselines import PLACEMENTS, preferred, uniform_lora
 from ..io import atomic_write_bytes, atomic_write_text, pause_for_test
 from ..plan import Plan
 from ..train.precision import resolve_device
@@ -70,8 +70,9 @@ class SharedWeights:
 
     def __init__(self, search):
         self.s, cfg = search, search.cfg
-        self.baselines = {p: b for p in ("qv", "widest")
+        self.baselines = {p: b for p in PLACEMENTS
                           if (b := uniform_lora(search.layout, search.budget, p)) is not None}
+        self.preferred = tuple(f"baseline {p}" for p in preferred(self.baselines, search.layout))
         extra = [c for b in self.baselines.values() for c in b.candidates(search.layout)]
         known = {c.key for c in search.candidates}
         # The baselines' choices join the super-network so they are trained and warm-started

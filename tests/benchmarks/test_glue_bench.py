@@ -15,8 +15,8 @@ import glue  # noqa: E402
 from _glue_bench import pick_best  # noqa: E402
 from _glue_estimate import ISSUE_STEP_S, issue_step_time  # noqa: E402
 from _glue_methods import SURM_CHOICES, Spec, match_peft_rank, peft_lora_params  # noqa: E402
-from _glue_report import _ms  # noqa: E402
-from _glue_search import issue15_methods, make_methods, widest_lora  # noqa: E402
+from _glue_report import _ms, issue15_summary  # noqa: E402
+from _glue_search import issue15_methods, make_methods, placement_lora  # noqa: E402
 from tests.factories import minilm_layout  # noqa: E402
 
 
@@ -113,21 +113,53 @@ def test_widest_lora_fits_and_is_widest_first():
     ctx = _ctx()
     all_r1 = _adapter_params(ctx, 1, [m.name for m in ctx.layout.modules])  # 41,472 on MiniLM
     for size in (1_536, 3_500, 4_540, 9_216, 18_431, 18_432, 22_656, all_r1 - 1, all_r1, 100_000, 10**7):
-        rank, where, targets = widest_lora(ctx, size)
+        rank, where, targets = placement_lora(ctx, size)
         assert 1 <= _adapter_params(ctx, rank, targets) <= size  # never above the plan's size
         if size >= all_r1:  # rank 1 fits on every linear layer: all of them, the largest rank that fits
             assert where == "all" and len(targets) == 36
             assert _adapter_params(ctx, rank + 1, targets) > size or rank == 64
         elif size >= 18_432:  # else every attention projection
             assert where == "attn" and {m.split(".")[1] for m in targets} == {"q", "k", "v", "o"}
-    assert widest_lora(ctx, 22_656)[:2] == (1, "attn")  # 0.1% of MiniLM: attention r1, not q,v r2
-    assert widest_lora(ctx, 9_216)[:2] == (1, "qv")  # attention r1 no longer fits: q,v r1
-    assert widest_lora(ctx, 4_608)[:2] == (1, "v")  # q,v r1 no longer fits: value r1
-    rank, where, targets = widest_lora(ctx, 4_540)  # 0.02%: value r1 on the top 5 layers
+    assert placement_lora(ctx, 22_656)[:2] == (1, "attn")  # 0.1% of MiniLM: attention r1, not q,v r2
+    assert placement_lora(ctx, 9_216)[:2] == (1, "qv")  # attention r1 no longer fits: q,v r1
+    assert placement_lora(ctx, 4_608)[:2] == (1, "v")  # q,v r1 no longer fits: value r1
+    rank, where, targets = placement_lora(ctx, 4_540)  # 0.02%: value r1 on the top 5 layers
     assert (rank, where) == (1, "v-top5") and {t.split(".")[0] for t in targets} == {f"l{i}" for i in range(1, 6)}
     assert {t.split(".")[1] for t in targets} == {"v"}
-    with pytest.raises(ValueError, match="no uniform LoRA fits"):
-        widest_lora(ctx, 700)  # not one value projection (768)
+    with pytest.raises(ValueError, match="no uniform LoRA on the widest placement fits"):
+        placement_lora(ctx, 700)  # not one value projection (768)
+
+
+def test_mlp_lora_is_up_and_down_on_as_many_top_layers_as_fit():
+    ctx = _ctx()
+    mlp_r1 = 6 * (384 + 1536) * 2  # 23,040: rank 1 on every FFN up and down projection
+    assert placement_lora(ctx, mlp_r1, "mlp")[:2] == (1, "mlp")
+    assert placement_lora(ctx, 2 * mlp_r1 + 1, "mlp")[:2] == (2, "mlp")
+    rank, where, targets = placement_lora(ctx, 22_656, "mlp")  # 0.1%: the top 5 layers (19,200)
+    assert (rank, where) == (1, "mlp-top5") and _adapter_params(ctx, rank, targets) == 19_200
+    assert {t.split(".")[0] for t in targets} == {f"l{i}" for i in range(1, 6)}
+    assert {t.split(".")[1] for t in targets} == {"ffn_up", "ffn_down"}
+    with pytest.raises(ValueError, match="no uniform LoRA on the mlp placement fits"):
+        placement_lora(ctx, 3_839, "mlp")  # one layer's up and down need 3,840
+
+
+def test_issue15_summary_gaps_against_the_issues_baselines_and_the_best_simple_placement(tmp_path):
+    bench = glue.Bench(glue.ISSUE15, issue15_methods({"mrpc": ("0.1%",)}), tmp_path)
+
+    def g(mean):
+        return {"mean": mean, "scores": [mean - 0.01, mean + 0.01], "params": 19_202,
+                "search_time": None, "train_time": None}
+
+    groups = {("mrpc", "new-search@0.1%"): g(0.78), ("mrpc", "peft-qv@0.1%"): g(0.75),
+              ("mrpc", "widest-lora@0.1%"): g(0.77), ("mrpc", "mlp-lora@0.1%"): g(0.80)}
+    text = "\n".join(issue15_summary(bench, groups, ["mrpc"]))
+    row = next(line for line in text.splitlines() if line.startswith("| MRPC | 0.1% |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "+1.0" and cells[7] == "-2.0"  # vs widest (77), vs the MLP (80)
+    assert "over the better of (a), (b): +1.00 points" in text
+    assert "best simple placement: -2.00 points" in text
+    del groups[("mrpc", "mlp-lora@0.1%")]  # not run: the best simple placement is max(a, b)
+    assert "best simple placement: +1.00 points" in "\n".join(issue15_summary(bench, groups, ["mrpc"]))
 
 
 def test_peft_qv_matching_stays_on_query_value():
@@ -147,10 +179,10 @@ def test_issue15_job_list_budgets_epochs_and_phases(tmp_path):
                         for k in ("new", "old")}  # 6: 0.02% on SST-2 only
     finals = [j for j in jobs if j[0] == "final"]
     per_task = {t: {j[2] for j in finals if j[1] == t} for t in proto.tasks}
-    assert len(per_task["sst2"]) == 10 and len(per_task["mrpc"]) == 6  # peft-vo@0.1%: a diagnostic
+    assert len(per_task["sst2"]) == 12 and len(per_task["mrpc"]) == 7  # peft-vo@0.1%: a diagnostic
     assert not any("0.02%" in n for n in per_task["mrpc"]) and "peft-lora-r8" in per_task["mrpc"]
-    assert len(finals) == 3 * 16 and {j[5] for j in finals} == {0, 1, 2}
-    assert len([j for j in jobs if j[0] == "select"]) == 16 * 4 and min(proto.lr_grid) == 5e-4
+    assert len(finals) == 3 * 19 and {j[5] for j in finals} == {0, 1, 2}
+    assert len([j for j in jobs if j[0] == "select"]) == 19 * 4 and min(proto.lr_grid) == 5e-4
     assert max(proto.lr_grid) == 5e-3
     # per-task epochs reach the run keys and the search; other protocols' keys are unchanged
     assert proto.phase_settings("mrpc", "final")["epochs"] == 3.0

@@ -40,3 +40,21 @@ def test_summary_pairs_differences_by_seed():
     mean, sd = out["plan c"]["vs_best_uniform"]  # per seed: -1, +1, -1 points
     assert math.isclose(mean, -1 / 3) and math.isclose(sd, math.sqrt(4 / 3))
     assert out["uniform a"]["vs_ref"] == (0.0, 0.0)
+    assert math.isnan(out["plan c"]["vs_widest"][0])  # no plan is named the widest
+
+
+def test_summary_tests_each_plan_against_the_widest_paired_by_seed():
+    from scipy import stats
+
+    table = {"0.1%": [("uniform q,v", None, 1), ("uniform attention (the widest that fits)", None, 1),
+                      ("MLP", None, 1)]}
+    wide = (0.80, 0.76, 0.79, 0.71, 0.78)
+    mlp = (0.79, 0.80, 0.81, 0.80, 0.80)
+    rows = [{"budget": "0.1%", "lr": 2e-3, "plan": n, "seed": s, "accuracy": a}
+            for n, accs in (("uniform q,v", wide), ("uniform attention (the widest that fits)", wide),
+                            ("MLP", mlp)) for s, a in enumerate(accs)]
+    out = {r["plan"]: r for r in pc.summarize(rows, table)}
+    d = [100 * (m - w) for m, w in zip(mlp, wide)]
+    assert math.isclose(out["MLP"]["vs_widest"][0], sum(d) / 5)
+    assert math.isclose(out["MLP"]["p_vs_widest"], stats.ttest_rel(mlp, wide).pvalue)
+    assert math.isnan(out["uniform q,v"]["p_vs_widest"])  # identical per seed: no test

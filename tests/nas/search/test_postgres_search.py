@@ -67,7 +67,9 @@ def wait_for_running(storage, study, pid, timeout=120):
 @pytest.mark.postgres
 def test_two_workers_finish_n_trials_none_lost_or_repeated(files, postgres_url, tmp_path):
     study, n = f"s-{uuid.uuid4().hex[:8]}", 6
-    workers = [more_search(files, tmp_path / f"w{i}", postgres_url, study, n, 4) for i in range(2)]
+    # trust auth ignores the password; the second worker's URL carries one
+    urls = [postgres_url, postgres_url.replace("postgres@", "postgres:s3cret@")]
+    workers = [more_search(files, tmp_path / f"w{i}", urls[i], study, n, 4) for i in range(2)]
     for w in workers:
         finish(w)
     ts = load(postgres_url, study)
@@ -79,6 +81,11 @@ def test_two_workers_finish_n_trials_none_lost_or_repeated(files, postgres_url, 
     assert len({t.user_attrs["worker"]["pid"] for t in ts}) == 2  # both worked
     plans = [json.loads((tmp_path / f"w{i}" / "plan.json").read_text()) for i in range(2)]
     assert plans[0]["provenance"]["trial"] == plans[1]["provenance"]["trial"]  # one answer
+    # plans and reports are shared: the storage shows without its password
+    shown = postgres_url.replace("postgres@", "postgres:***@")
+    assert plans[1]["provenance"]["storage"] == shown
+    for f in ("plan.json", "report.md"):
+        assert "s3cret" not in (tmp_path / "w1" / f).read_text()
 
 
 @pytest.mark.postgres

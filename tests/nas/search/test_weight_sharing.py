@@ -15,12 +15,12 @@ import pytest
 from optuna.trial import TrialState
 
 from nas import Plan, discover
-from nas.baselines import uniform_lora
+from nas.baselines import PLACEMENTS, preferred, uniform_lora
 from nas.models import load_model
 from nas.search import SearchConfig, run_search
 from nas.search.cost import size_stages
 from nas.search.ranking import worse_beyond_noise
-from tests.factories import search_config, task_folder
+from tests.factories import minilm_layout, search_config, task_folder
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -59,7 +59,8 @@ def test_every_stage_plan_fits_the_budget(setup, default_run):
     trials = studies(out)
     assert set(trials) == {"more-search", "more-search.scoring"}
     scored = [t for t in trials["more-search.scoring"] if t.state == TrialState.COMPLETE]
-    assert {t.user_attrs["origin"] for t in scored} >= {"importance plan", "baseline qv", "baseline widest"}
+    assert {t.user_attrs["origin"] for t in scored} >= {"importance plan", "baseline qv", "baseline widest",
+                                                        "baseline mlp"}
     # On data this small the zero-cost proxy would cost more than its share: it is skipped.
     assert "proxy plan" not in {t.user_attrs["origin"] for t in scored}
     for t in scored + trials["more-search"]:
@@ -228,6 +229,18 @@ def test_uniform_lora_baselines(setup):
     assert "top" in v_top.placement and v_top.params <= per_rank(v_mods) - 1
     assert {layout.module(n).role for n in v_top.modules} == {"v"}
     assert max(layout.module(n).layer for n in v_top.modules) == layers[-1]
+    # The MLP (up and down here): every layer where rank 1 fits, else its top layers.
+    mlp_mods = [m for m in layout.modules if m.role in ("ffn_up", "ffn_down")]
+    assert mlp_mods and set(mlp_mods) != set(layout.modules)
+    mlp = uniform_lora(layout, 3000, "mlp")
+    assert mlp.placement == "MLP" and mlp.modules == tuple(m.name for m in mlp_mods)
+    assert mlp.rank == 3000 // per_rank(mlp_mods) and mlp.plan(layout).trainable_params == mlp.params
+    mlp_top = uniform_lora(layout, per_rank(mlp_mods) - 1, "mlp")
+    assert "top" in mlp_top.placement and {layout.module(n).role for n in mlp_top.modules} == {"ffn_up", "ffn_down"}
+    assert mlp_top.params <= per_rank(mlp_mods) - 1
+
+
+WIDEST_FIRST = ("baseline widest", "baseline mlp", "baseline qv")
 
 
 def test_a_searched_plan_must_beat_the_baselines_beyond_noise():
@@ -242,13 +255,13 @@ def test_a_searched_plan_must_beat_the_baselines_beyond_noise():
     close = trial("importance plan #0", rows - 0.002 + rng.normal(0, 0.05, 200))
     far = trial("sampled #4", rows - 0.08 + rng.normal(0, 0.05, 200))
     qv, wide = trial("baseline qv #2", rows), trial("baseline widest #3", rows + 0.01)
-    assert proven_best([close, qv, wide], 2.0) is qv  # a lead within noise: the baseline
-    assert proven_best([far, close, qv, wide], 2.0) is far  # a lead beyond noise: the plan
-    assert proven_best([qv, close], 2.0) is qv
-    assert proven_best([close, far], 2.0) is close  # no baseline among the finalists
+    assert proven_best([close, qv, wide], 2.0, WIDEST_FIRST) is qv  # a lead within noise: the baseline
+    assert proven_best([far, close, qv, wide], 2.0, WIDEST_FIRST) is far  # a lead beyond noise: the plan
+    assert proven_best([qv, close], 2.0, WIDEST_FIRST) is qv
+    assert proven_best([close, far], 2.0, WIDEST_FIRST) is close  # no baseline among the finalists
 
 
-def test_the_widest_baseline_is_preferred_unless_beaten_beyond_noise():
+def test_the_preferred_baseline_is_kept_unless_beaten_beyond_noise():
     import numpy as np
     from types import SimpleNamespace
 
@@ -260,11 +273,14 @@ def test_the_widest_baseline_is_preferred_unless_beaten_beyond_noise():
     qv = trial("baseline qv #2", rows)
     wide = trial("baseline widest #3", rows + 0.001 + rng.normal(0, 0.05, 200))  # behind, within noise
     worse = trial("baseline widest #3", rows + 0.05 + rng.normal(0, 0.05, 200))  # behind beyond noise
-    assert best_baseline([qv, wide], 2.0) is wide
-    assert best_baseline([qv, worse], 2.0) is qv
+    assert best_baseline([qv, wide], 2.0, WIDEST_FIRST) is wide
+    assert best_baseline([qv, worse], 2.0, WIDEST_FIRST) is qv
     close = trial("importance plan #0", rows - 0.002 + rng.normal(0, 0.05, 200))
-    assert proven_best([close, qv, wide], 2.0) is wide
-    assert best_baseline([close], 2.0) is None
+    assert proven_best([close, qv, wide], 2.0, WIDEST_FIRST) is wide
+    assert best_baseline([close], 2.0, WIDEST_FIRST) is None
+    mlp = trial("baseline mlp #4", rows + 0.001 + rng.normal(0, 0.05, 200))  # behind, within noise
+    assert best_baseline([qv, wide, mlp], 2.0, WIDEST_FIRST) is wide
+    assert best_baseline([qv, wide, mlp], 2.0, ("baseline mlp", "baseline widest", "baseline qv")) is mlp
 
 
 def test_without_signal_the_widest_baseline_returns_even_if_the_noise_cut_it(monkeypatch):
@@ -284,20 +300,22 @@ def test_without_signal_the_widest_baseline_returns_even_if_the_noise_cut_it(mon
     cfg = SimpleNamespace(min_progress=0.05, device="cpu", batch_size=8)
     search = SimpleNamespace(cfg=cfg, base=torch.nn.Linear(1, 1), trial_data=None)
     no_scoring = SimpleNamespace(get_trials=lambda deepcopy, states: [])
-    fallback, lines = finalists.without_signal(search, study, no_scoring, plan, None)
+    fallback, lines = finalists.without_signal(search, study, no_scoring, plan, None, WIDEST_FIRST)
     assert fallback is wide0 and "No signal" in "".join(lines)  # 0.69 -> 0.678: 1.7% < 5%
     # Only q,v reached the finalists: the widest as scored on the shared weights, not q,v.
     scored_wide = trial(7, "baseline widest #3", None, 0.6802)
     scoring = SimpleNamespace(get_trials=lambda deepcopy, states: [scored_wide])
     only_qv = SimpleNamespace(get_trials=lambda deepcopy, states: [plan, qv1])
-    assert finalists.without_signal(search, only_qv, scoring, plan, None)[0] is scored_wide
+    assert finalists.without_signal(search, only_qv, scoring, plan, None, WIDEST_FIRST)[0] is scored_wide
+    # q,v preferred: the trained q,v, not the widest
+    assert finalists.without_signal(search, study, no_scoring, plan, None, ("baseline qv",))[0] is qv1
     cfg.min_progress = 0.01
-    assert finalists.without_signal(search, study, None, plan, None)[0] is None  # 1.7% >= 1%
+    assert finalists.without_signal(search, study, None, plan, None, WIDEST_FIRST)[0] is None  # 1.7% >= 1%
     cfg.min_progress = 0.0
-    assert finalists.without_signal(search, study, None, plan, None) == (None, [])  # no check
+    assert finalists.without_signal(search, study, None, plan, None, WIDEST_FIRST) == (None, [])  # no check
 
 
-def test_finalists_put_the_widest_baseline_before_query_value():
+def test_finalists_put_the_baselines_in_the_preferred_order():
     from types import SimpleNamespace
 
     from nas.search.finalists import pick_finalists
@@ -306,16 +324,32 @@ def test_finalists_put_the_widest_baseline_before_query_value():
     trial = lambda n, origin, v: SimpleNamespace(  # noqa: E731
         number=n, value=v, user_attrs={"origin": origin, "plan_hash": str(n), "plan": plan})
     scored = [trial(0, "importance plan", 0.60), trial(1, "baseline qv", 0.61),
-              trial(2, "baseline widest", 0.62), trial(3, "sampled", 0.63)]
+              trial(2, "baseline widest", 0.62), trial(3, "sampled", 0.63), trial(4, "baseline mlp", 0.64)]
     scoring = SimpleNamespace(get_trials=lambda deepcopy, states: scored)
-    order = [f.origin for f in pick_finalists(scoring, 2, (1e-3, 5e-4), limit=5)]
-    assert order == ["importance plan #0", "baseline widest #2", "baseline qv #1", "sampled #3",
-                     "importance plan #0"]
-    assert [f.origin for f in pick_finalists(scoring, 2, (1e-3,), limit=2)] == [
-        "importance plan #0", "baseline widest #2"]  # a small budget trains the widest
+    order = [f.origin for f in pick_finalists(scoring, 2, (1e-3, 5e-4), limit=6, order=WIDEST_FIRST)]
+    assert order == ["importance plan #0", "baseline widest #2", "baseline mlp #4", "baseline qv #1",
+                     "sampled #3", "importance plan #0"]
+    assert [f.origin for f in pick_finalists(scoring, 2, (1e-3,), limit=2, order=WIDEST_FIRST)] == [
+        "importance plan #0", "baseline widest #2"]  # a small budget trains the preferred one
+    mlp_first = ("baseline mlp", "baseline widest", "baseline qv")
+    assert [f.origin for f in pick_finalists(scoring, 2, (1e-3,), limit=3, order=mlp_first)] == [
+        "importance plan #0", "baseline mlp #4", "baseline widest #2"]
 
 
-def test_a_search_whose_trials_did_not_take_off_returns_the_widest_baseline(setup, tmp_path):
+def test_the_mlp_is_preferred_where_it_spans_half_the_layers():
+    from nas.baselines import preferred
+
+    layout = minilm_layout()
+    at = lambda size: preferred({p: uniform_lora(layout, size, p) for p in PLACEMENTS  # noqa: E731
+                                 if uniform_lora(layout, size, p) is not None}, layout)
+    assert at(22_713) == ("mlp", "widest", "qv")  # 0.1% of MiniLM: the MLP on 5 of 6 layers
+    assert at(3 * 3_840) == ("mlp", "widest", "qv")  # on 3 of 6: half
+    assert at(3 * 3_840 - 1) == ("widest", "mlp", "qv")  # on 2 of 6
+    assert at(4_542) == ("widest", "mlp", "qv")  # 0.02%: the MLP on 1 layer, value r1 on 5
+    assert at(3_000) == ("widest", "qv")  # not one layer's MLP fits
+
+
+def test_a_search_whose_trials_did_not_take_off_returns_the_preferred_baseline(setup, tmp_path):
     layout = discover(load_model(str(setup / "model"), num_labels=2))
     runs = {}
     for min_progress in (0.0, 1.0):  # 0: no check; 1: no trial can lower the loss by 100%
@@ -323,10 +357,12 @@ def test_a_search_whose_trials_did_not_take_off_returns_the_widest_baseline(setu
         runs[min_progress] = (run_search(config(setup, out, min_progress=min_progress)).plan,
                               (out / "report.md").read_text())
     plan, report = runs[1.0]
-    widest = uniform_lora(layout, plan.budget["params"], "widest")
-    assert plan.provenance["origin"].startswith("baseline widest") and "No signal" in report
-    assert set(plan.modules) == set(widest.modules)
-    assert {c["rank"] for c in plan.modules.values()} == {widest.rank}
+    bases = {p: b for p in PLACEMENTS if (b := uniform_lora(layout, plan.budget["params"], p)) is not None}
+    first = preferred(bases, layout)[0]
+    assert first == "mlp"  # 3k parameters: rank 1 fits on every layer's MLP of the tiny BERT
+    assert plan.provenance["origin"].startswith(f"baseline {first}") and "No signal" in report
+    assert set(plan.modules) == set(bases[first].modules)
+    assert {c["rank"] for c in plan.modules.values()} == {bases[first].rank}
     plan, report = runs[0.0]
     assert not plan.provenance["origin"].startswith("baseline") and "No signal" not in report
 
