@@ -39,7 +39,7 @@ from _glue_methods import plan_spec  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 TASKS = {"sst2": "SST-2", "mrpc": "MRPC"}  # issue #15's tasks
 # lr per budget: 2e-3 beats 5e-4 for every method on this model; small adapters also get 5e-3.
-LRS = {"0.1%": (2e-3,), "0.02%": (2e-3, 5e-3)}
+LRS = {"0.1%": (2e-3,), "0.05%": (2e-3,), "0.02%": (2e-3, 5e-3)}
 CURVE_STEPS, CURVE_EVERY = 150, 25  # --curves: the first 30% of a search split's 400-step run
 SEEDS = (0, 1, 2)
 ALL, ATTN = range(6), ("q", "k", "v", "o")
@@ -63,6 +63,11 @@ PLANS = {
         "(IA)^3 on k, v and FFN down (input), every layer": [(("k", "v"), ALL, IA3), (("ffn_down",), ALL, IA3_IN)],
         "q, v r1 + (IA)^3 on k and FFN down (input)": [(("q", "v"), ALL, LORA(1)), (("k",), ALL, IA3),
                                                        (("ffn_down",), ALL, IA3_IN)],
+    },
+    # Where the MLP spans less than half the layers, the search prefers the widest placement.
+    "0.05%": {
+        "uniform q,v r1 (the widest that fits)": [(("q", "v"), ALL, LORA(1))],
+        "FFN up + down r1 on layers 4-5": [(("ffn_up", "ffn_down"), (4, 5), LORA(1))],
     },
     "0.02%": {
         "uniform q,v r1 on layers 4-5 (the most that fits)": [(("q", "v"), (4, 5), LORA(1))],

@@ -98,8 +98,9 @@ def preferred(baselines: dict[str, UniformLoRA], layout: ModelLayout) -> tuple[s
     the widest first; query,value last.  The MLP: moving uniform LoRA there from query,value at
     the same size gained 1.6 points in PEFT's method comparison, and at 0.1% of MiniLM (MLP r=1
     on 5 of 6 layers) it beat attention r=1 on MRPC by 3.0 points over 10 seeds, paired (8 of
-    10), and tied it on SST-2; on one layer of 6 it trailed value r=1 on five by 10 points on
-    SST-2 (benchmarks/results/placement_ceiling_mrpc.md, issue15_cpu.md)."""
+    10), and tied it on SST-2; on 2 of 6 layers it trailed q,v r=1 by 4 points on MRPC, and on
+    one by 10 points behind value r=1 on SST-2 (benchmarks/results/placement_ceiling_mrpc.md,
+    issue15_cpu.md)."""
     mlp = baselines.get("mlp")
     spread = mlp is not None and 2 * len({layout.module(n).layer for n in mlp.modules}) >= layout.num_layers
     order = ("mlp", "widest", "qv") if spread else ("widest", "mlp", "qv")
