@@ -293,6 +293,9 @@ def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
     def finite(*gs):
         return [g for g in gs if g and math.isfinite(g["mean"])]
 
+    def diff(x, y):
+        return f"{(x['mean'] - y['mean']) * 100:+.1f}" if len(finite(x, y)) == 2 else "-"
+
     for t in tasks:
         for b in [m.name.split("@", 1)[1] for m in bench.methods_for(t) if m.name.startswith("new-search@")]:
             new, a, w, mlp, old = (groups.get((t, f"{k}@{b}")) for k in (
@@ -301,8 +304,6 @@ def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
             spec = bench.spec(t, bench.method(f"new-search@{b}"), build=False)
             if spec is not None and spec.info.get("strategy_applied") is False:
                 missing.append(f"{t} {b}")
-            diff = (lambda x, y: f"{(x['mean'] - y['mean']) * 100:+.1f}" if x and y and
-                    math.isfinite(x["mean"]) and math.isfinite(y["mean"]) else "-")
             best = max(finite(a, w), key=lambda g: g["mean"], default=None)
             best_all = max(finite(a, w, mlp), key=lambda g: g["mean"], default=None)
             for into, ref in ((gaps, best), (gaps_all, best_all)):

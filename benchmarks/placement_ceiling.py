@@ -168,11 +168,13 @@ def summarize(rows: list[dict], table: dict) -> list[dict]:
             row = {"budget": budget, "lr": lr, "plan": name, "params": params, "n": len(mine),
                    "mean": statistics.fmean(mine.values()) if mine else float("nan"),
                    "std": statistics.stdev(mine.values()) if len(mine) > 1 else float("nan")}
-            for key, ref in (("vs_ref", plans[0][0]), ("vs_best_uniform", best_uniform), ("vs_widest", widest)):
-                d = [mine[s] - a for s, a in seeds_of(ref).items() if s in mine] if ref else []
+            diffs = {key: [mine[s] - a for s, a in seeds_of(ref).items() if s in mine] if ref else []
+                     for key, ref in (("vs_ref", plans[0][0]), ("vs_best_uniform", best_uniform),
+                                      ("vs_widest", widest))}
+            for key, d in diffs.items():
                 row[key] = (statistics.fmean(d) if d else float("nan"),
                             statistics.stdev(d) if len(d) > 1 else float("nan"))
-            row["p_vs_widest"] = paired_p(d)
+            row["p_vs_widest"] = paired_p(diffs["vs_widest"])
             row["best_uniform"] = best_uniform
             out.append(row)
     return out

@@ -92,6 +92,11 @@ def uniform_lora(layout: ModelLayout, size: int, placement: str = "qv") -> Unifo
     return UniformLoRA(label, tuple(m.name for m in top), 1, used) if top else None
 
 
+def baselines_at(layout: ModelLayout, size: int) -> dict[str, UniformLoRA]:
+    """Every placement's uniform LoRA of at most ``size`` parameters, where one fits."""
+    return {p: b for p in PLACEMENTS if (b := uniform_lora(layout, size, p)) is not None}
+
+
 def preferred(baselines: dict[str, UniformLoRA], layout: ModelLayout) -> tuple[str, ...]:
     """The placements of ``baselines`` in the order a search prefers them without evidence
     either way: the MLP first where rank 1 fits on the MLP of at least half the layers, else

@@ -53,7 +53,7 @@ def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int,
         origin = f"{t.user_attrs['origin']} #{t.number}"
         return Finalist(f"{origin}@{lr:g}", origin, Plan.from_dict(t.user_attrs[PLAN_ATTR]), float(lr), t.value)
 
-    baselines.sort(key=lambda t: preference(t, order))  # the preferred first: a small budget trains it
+    baselines.sort(key=preference(order))  # the preferred first: a small budget trains it
     queue = [fin(t, lr) for lr in lr_grid for t in plans[:1] + baselines + plans[1:]]
     return queue[:limit]
 
@@ -111,11 +111,12 @@ def is_baseline(t) -> bool:
     return t.user_attrs["origin"].startswith("baseline")
 
 
-def preference(t, order: tuple[str, ...]) -> int:
-    """The rank of a trial's origin in ``order`` (origins such as "baseline mlp", most preferred
-    first: nas.baselines.preferred); anything else after them."""
-    origin = t.user_attrs["origin"]
-    return next((i for i, p in enumerate(order) if origin.startswith(p)), len(order))
+def preference(order: tuple[str, ...]):
+    """A sort key: the rank of a trial's origin in ``order`` (origins such as "baseline mlp",
+    most preferred first: nas.baselines.preferred); anything else after them."""
+    def rank(t) -> int:
+        return next((i for i, p in enumerate(order) if t.user_attrs["origin"].startswith(p)), len(order))
+    return rank
 
 
 def best_baseline(ranked: list, z: float, order: tuple[str, ...]):
@@ -123,7 +124,7 @@ def best_baseline(ranked: list, z: float, order: tuple[str, ...]):
     bases = [t for t in ranked if is_baseline(t)]
     if not bases:
         return None
-    pref = min(bases, key=lambda t: preference(t, order))  # stable: the lowest loss of the most preferred
+    pref = min(bases, key=preference(order))  # stable: the lowest loss of the most preferred placement
     return bases[0] if worse_beyond_noise(pref.user_attrs["rows"], bases[0].user_attrs["rows"], z) else pref
 
 
@@ -181,7 +182,7 @@ def without_signal(search, study, scoring, best, rows, order: tuple[str, ...]):
     if not pool:
         return None, lines + ["- the trials ended before training took off, and no uniform-LoRA baseline fits "
                               "the budget: the plan stands, with little evidence behind it", ""]
-    fallback = min(pool, key=lambda t: preference(t, order))
+    fallback = min(pool, key=preference(order))
     return fallback, lines + [
         f"- **No signal**: the trials stopped before training took off, so their order is noise. "
         f"The search returns the preferred uniform LoRA that fits ({fallback.user_attrs['origin']}). A larger "
@@ -248,14 +249,14 @@ def check_config(cfg) -> None:
 def weight_sharing_search(search):
     """Super-network -> importance -> cheap scoring -> finalists, each stage sized from
     ``cfg.cost_budget``.  Returns (finalist study, best trial, stage sizes, report lines)."""
-    from ..baselines import PLACEMENTS, uniform_lora
+    from ..baselines import baselines_at
     from .cost import size_stages
     from .supernet import SharedWeights, score_plans
 
     cfg = search.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, name = search.open_storage(), cfg.study or "more-search"
-    n_base = sum(uniform_lora(search.layout, search.budget, p) is not None for p in PLACEMENTS)
+    n_base = len(baselines_at(search.layout, search.budget))
     ev = search.trial_data.eval
     rows = ev.select(range(min(cfg.scoring_rows, len(ev))))
     search.n_score_rows = len(rows)

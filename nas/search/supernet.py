@@ -23,7 +23,7 @@ from search_spaces.space import kind_of
 from search_spaces.supernet import (PlanSampler, Selection, activate, attach_supernet,
                                     plan_state_dict, shortcut_choices, train_supernet_steps)
 
-from ..baselines import PLACEMENTS, preferred, uniform_lora
+from ..baselines import baselines_at, preferred
 from ..io import atomic_write_bytes, atomic_write_text, pause_for_test
 from ..plan import Plan
 from ..train.precision import resolve_device
@@ -65,14 +65,18 @@ def _batches(data, batch_size: int, seed: int):
             yield collate([{c: part[c][j] for c in cols} for j in range(size)])
 
 
+def baseline_origin(placement: str) -> str:
+    """The origin of a uniform-LoRA baseline's trials ("baseline mlp"; finalists append " #<n>")."""
+    return f"baseline {placement}"
+
+
 class SharedWeights:
     """The super-network of a search: build, train (or reload), importance, warm starts."""
 
     def __init__(self, search):
         self.s, cfg = search, search.cfg
-        self.baselines = {p: b for p in PLACEMENTS
-                          if (b := uniform_lora(search.layout, search.budget, p)) is not None}
-        self.preferred = tuple(f"baseline {p}" for p in preferred(self.baselines, search.layout))
+        self.baselines = baselines_at(search.layout, search.budget)
+        self.preferred = tuple(baseline_origin(p) for p in preferred(self.baselines, search.layout))
         extra = [c for b in self.baselines.values() for c in b.candidates(search.layout)]
         known = {c.key for c in search.candidates}
         # The baselines' choices join the super-network so they are trained and warm-started
@@ -101,7 +105,7 @@ class SharedWeights:
 
     def baseline_plan(self, placement: str) -> Plan:
         plan = self.baselines[placement].plan(self.s.layout, **copy.deepcopy(self.s.plan_fields()))
-        plan.provenance["origin"] = f"baseline {placement}"
+        plan.provenance["origin"] = baseline_origin(placement)
         return plan
 
     # -- train or reload --
@@ -221,7 +225,7 @@ def score_plans(search, shared: SharedWeights, sizes: StageSizes, storage, name:
              ("importance plan, kind medians equal", search._allocate(shared.meta["importance"]))]
     if search.proxy_plan is not None:
         fixed.append(("proxy plan", search.proxy_plan))
-    fixed += [(f"baseline {p}", shared.baseline_plan(p)) for p in shared.baselines]
+    fixed += [(baseline_origin(p), shared.baseline_plan(p)) for p in shared.baselines]
     done = {t.user_attrs.get("origin"): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     seen = {t.user_attrs["plan_hash"]: t.value for t in done.values()}
 

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from nas import Plan, discover
-from nas.baselines import PLACEMENTS, preferred, uniform_lora
+from nas.baselines import baselines_at, preferred, uniform_lora
 from nas.models import load_model
 from nas.search import SearchConfig, run_search
 from nas.search.cost import size_stages
@@ -337,11 +337,8 @@ def test_finalists_put_the_baselines_in_the_preferred_order():
 
 
 def test_the_mlp_is_preferred_where_it_spans_half_the_layers():
-    from nas.baselines import preferred
-
     layout = minilm_layout()
-    at = lambda size: preferred({p: uniform_lora(layout, size, p) for p in PLACEMENTS  # noqa: E731
-                                 if uniform_lora(layout, size, p) is not None}, layout)
+    at = lambda size: preferred(baselines_at(layout, size), layout)  # noqa: E731
     assert at(22_713) == ("mlp", "widest", "qv")  # 0.1% of MiniLM: the MLP on 5 of 6 layers
     assert at(3 * 3_840) == ("mlp", "widest", "qv")  # on 3 of 6: half
     assert at(3 * 3_840 - 1) == ("widest", "mlp", "qv")  # on 2 of 6
@@ -357,7 +354,7 @@ def test_a_search_whose_trials_did_not_take_off_returns_the_preferred_baseline(s
         runs[min_progress] = (run_search(config(setup, out, min_progress=min_progress)).plan,
                               (out / "report.md").read_text())
     plan, report = runs[1.0]
-    bases = {p: b for p in PLACEMENTS if (b := uniform_lora(layout, plan.budget["params"], p)) is not None}
+    bases = baselines_at(layout, plan.budget["params"])
     first = preferred(bases, layout)[0]
     assert first == "mlp"  # 3k parameters: rank 1 fits on every layer's MLP of the tiny BERT
     assert plan.provenance["origin"].startswith(f"baseline {first}") and "No signal" in report
