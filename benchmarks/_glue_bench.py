@@ -225,10 +225,13 @@ class Bench:
                     continue
                 for (v, lr), rec in sel["runs"].items() if own else ():
                     rows.append(_row(rec, m, v, (v, lr) == (sel["variant"], sel["lr"])))
+                # A run is keyed by the plan's content, so a rerun search that returned the same
+                # plan reuses it: its search time and cost are the current search's, not the run's.
+                info = self.spec(task, m, sel["variant"]).info
                 for seed in self.proto.seeds:
                     rec, _, _ = self.final(task, m, seed, run_missing=False)
                     if rec:
-                        rows.append(_row(rec, m, sel["variant"], True, sel["score"]))
+                        rows.append(_row(rec, m, sel["variant"], True, sel["score"], info))
         return rows
 
 
@@ -245,16 +248,17 @@ def pick_best(runs: dict[tuple[str, float], dict]) -> tuple[str, float]:
 CSV_FIELDS = ["phase", "task", "method", "family", "variant", "spec", "seed", "lr", "picked",
               "holdout_score", "trainable_params", "adapter_params", "main_metric", "score",
               "accuracy", "f1", "mcc", "loss", "steps", "train_time_s", "step_time_s", "wall_s",
-              "search_time_s", "peak_memory_bytes", "peak_memory_kind", "step_tensor_peak_bytes",
+              "search_time_s", "search_multiple", "peak_memory_bytes", "peak_memory_kind", "step_tensor_peak_bytes",
               "status", "n_train", "n_eval", "device", "threads", "finished"]
 
 
-def _row(rec: dict, m: Method, variant: str, picked: bool, holdout: float | None = None) -> dict:
+def _row(rec: dict, m: Method, variant: str, picked: bool, holdout: float | None = None,
+         info: dict | None = None) -> dict:
     met = rec.get("metrics") or {}
-    info = rec.get("spec_info") or {}
+    info = info if info is not None else rec.get("spec_info") or {}
     row = {k: rec.get(k) for k in CSV_FIELDS if k in rec}
     row.update(method=m.name, family=m.family, variant=variant, picked=picked,
                holdout_score=holdout if rec["phase"] == "final" else rec["score"],
-               search_time_s=info.get("search_time_s"),
+               search_time_s=info.get("search_time_s"), search_multiple=info.get("search_multiple"),
                **{k: met.get(k) for k in ("accuracy", "f1", "mcc", "loss")})
     return row

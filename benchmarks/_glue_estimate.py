@@ -48,12 +48,15 @@ def estimate(bench: Bench, step_time) -> dict[str, dict[str, float]]:
         n_evals = steps // spe + (1 if steps % spe else 0)
         dev = math.ceil(len(ctx.data.eval) / bs) * EVAL_FRACTION * t
         held = math.ceil(len(ctx.sel.eval) / bs) * EVAL_FRACTION * t
+        sel_steps = p.select_steps or math.ceil(p.epochs_for(task) * math.ceil(len(ctx.sel.train) / bs))
+        if not p.select_steps:  # a full-length selection run is scored once per epoch
+            held *= math.ceil(p.epochs_for(task))
         row = {"search": 0.0, "select": 0.0, "final": 0.0}
         n = {"search": 0, "select": 0, "final": 0}  # optimizer steps
         for m in bench.methods_for(task):
             if p.selection_task(task) == task:
-                row["select"] += len(m.variants) * len(p.lr_grid) * (m.cost * p.select_steps * t + held + PREP_S)
-                n["select"] += len(m.variants) * len(p.lr_grid) * p.select_steps
+                row["select"] += len(m.variants) * len(p.lr_grid) * (m.cost * sel_steps * t + held + PREP_S)
+                n["select"] += len(m.variants) * len(p.lr_grid) * sel_steps
             if task in p.tasks:
                 row["final"] += len(p.seeds) * (m.cost * steps * t + n_evals * dev + PREP_S) + 4 * t_long + 2
                 n["final"] += len(p.seeds) * steps

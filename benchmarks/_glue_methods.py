@@ -61,7 +61,9 @@ class Protocol:
     max_length: int
     train_rows: dict[str, int | None]  # task -> fixed training subset (data_seed 0); None: all
     holdout: float  # part of TRAIN held out for lr selection (and by the search)
-    select_steps: int  # optimizer steps of an lr-selection run
+    # Optimizer steps of an lr-selection run; None: as long as a final run (its epochs, on the
+    # part of train not held out), so an lr that only pays off late, or stalls late, is seen.
+    select_steps: int | None
     select_eval_rows: int  # held-out rows that score it
     budgets: tuple[str, ...]
     search_trials: int
@@ -86,6 +88,9 @@ class Protocol:
     def selection_task(self, task: str) -> str:
         return self.select_task or task
 
+    def select_length(self) -> str:
+        return f"{self.select_steps} steps" if self.select_steps else "a final run's length"
+
     def data_settings(self, task: str) -> dict[str, Any]:
         return {"task": task, "rows": self.train_rows.get(task), "max_length": self.max_length,
                 "eval_rows": self.eval_rows}
@@ -96,7 +101,8 @@ class Protocol:
                   "group_by_length": self.group_by_length}
         if phase == "select":
             return {**common, "holdout": self.holdout, "steps": self.select_steps,
-                    "holdout_rows": self.select_eval_rows}
+                    "holdout_rows": self.select_eval_rows,
+                    **({} if self.select_steps else {"epochs": self.epochs_for(task)})}
         return {**common, "epochs": self.epochs_for(task), "max_steps": self.final_max_steps}
 
     def search_settings(self, task: str) -> dict[str, Any]:

@@ -70,7 +70,8 @@ def summarize(rows: list[dict]) -> dict[tuple[str, str], dict]:
                  acc=[r.get("accuracy") for r in runs],
                  train_time=statistics.fmean(r["train_time_s"] for r in runs if r.get("train_time_s") is not None)
                  if any(r.get("train_time_s") is not None for r in runs) else None,
-                 search_time=first.get("search_time_s"), spec=first["spec"],
+                 search_time=first.get("search_time_s"), search_multiple=first.get("search_multiple"),
+                 spec=first["spec"],
                  memory=(max(cuda) if cuda else (mem[0] if mem else None)),
                  memory_kind="CUDA allocator peak" if cuda else "step tensor peak")
         sc = [s for s in g["scores"] if s is not None and math.isfinite(s)]
@@ -152,7 +153,7 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
         "- learning rate: picked per method"
         + (f" on {TASK_LABEL.get(p.select_task, p.select_task)} and used for every task"
            if p.select_task else " and task")
-        + f" from {{{', '.join(f'{x:g}' for x in p.lr_grid)}}} on held-out TRAIN: {p.holdout:.0%} of the training rows held out (seed 0), one run of {p.select_steps} steps per lr "
+        + f" from {{{', '.join(f'{x:g}' for x in p.lr_grid)}}} on held-out TRAIN: {p.holdout:.0%} of the training rows held out (seed 0), one run of {p.select_length()} per lr "
         f"(seed {p.seeds[0]}) on the other {1 - p.holdout:.0%}, scored on <= {p.select_eval_rows} held-out rows by "
         f"the main metric (ties: lower held-out loss). SURM's kind (circulant / kronecker r8 / toeplitz / ldr r1) is "
         f"picked together with the lr the same way. Dev never chooses anything.",
@@ -277,14 +278,18 @@ def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
     def cell(g):
         return f"{_ms(g['scores'])} ({_fmt_params(g['params'])})" if g else "-"
 
-    def cost(g):  # search seconds / the plan's final-run train seconds (same device)
-        return f"{g['search_time'] / g['train_time']:.2f}x" if g and g["search_time"] and g["train_time"] else "-"
+    def cost(g):  # search seconds / the plan's final-run train seconds (same device); the search's own
+        if not (g and g["search_time"] and g["train_time"]):
+            return "-"
+        own = g.get("search_multiple")
+        return f"{g['search_time'] / g['train_time']:.2f}x" + (f" ({own:.2f}x)" if own else "")
 
     lines = ["", "## Issue #15: the new search's plan vs uniform LoRA at its size", "",
              "Dev score mean ± std (trainable parameters, head included). gap = new − the better of (a), (b) "
              "in points of the mean; cost = search seconds / one final training of that plan (same device; "
              "where searches and finals ran as parallel processes sharing it, both are slowed, so the ratio "
-             "is approximate).", "",
+             "is approximate), and in brackets the search's own estimate (its stages' time over the full "
+             "run's steps x the plan's step time in its trials, one process, so steadier on a shared machine).", "",
              "| task | budget | new plan | (a) PEFT q,v | (b) widest LoRA | gap vs max(a,b) | (b') MLP LoRA "
              "| gap vs max(a,b,b') | (c) today's search | new − (c) | PEFT r8 q,v | new − r8 | new cost | (c) cost |",
              "|" + "---|" * 14]

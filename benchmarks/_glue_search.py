@@ -101,7 +101,8 @@ def more_search(budget: str, strategy: str | None = None) -> Callable[[TaskCtx, 
         plan = Plan.from_dict(rec["plan"])
         kinds = sorted({c["type"] for c in plan.modules.values()} | ({"shortcut"} if plan.shortcuts else set()))
         label = f"search-{budget_tag(budget)}" if strategy is None else f"search-{strategy}-{budget_tag(budget)}"
-        return spec_from_plan(label, plan, search_time_s=rec["search_time_s"],
+        multiple = ((plan.provenance or {}).get("search_cost") or {}).get("multiple")
+        return spec_from_plan(label, plan, search_time_s=rec["search_time_s"], search_multiple=multiple,
                               best_holdout=rec["best_holdout"], kinds=kinds,
                               search_dir=str(ctx.runs_dir / search_name(budget, strategy)),
                               strategy=strategy, strategy_applied=rec.get("strategy_applied"))

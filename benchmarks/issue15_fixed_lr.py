@@ -1,7 +1,8 @@
 """Issue #15's methods trained at one fixed learning rate: a check of the protocol's lr selection.
 
-On MRPC every 150-step selection run of the CPU protocol sat at the majority class, so the picked
-lr carried no information; this trains the named methods' final runs (full train set, the
+On MRPC every 150-step selection run of the CPU protocol's first versions sat at the majority
+class, so the picked lr carried no information (the protocol now selects with runs as long as a
+final); this trains the named methods' final runs (full train set, the
 protocol's epochs, 3 seeds) at one lr for all, in the same runs folder as benchmarks/glue.py
 (a run that exists there at that lr is reused), plus any plan files given with --plan.
 

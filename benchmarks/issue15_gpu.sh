@@ -16,13 +16,14 @@
 #
 # Size (glue.py --protocol issue15 --estimate-only prints the step counts): 6 searches (today's
 # engine: <= 10 trials x 120 steps each; the new one should cost <= 0.5 training), 64 lr-selection
-# runs x 150 steps = 9,600 steps, 48 final runs = 27,420 steps (SST-2 500, MRPC 690 per run;
-# the peft-vo@0.1% diagnostic included).
+# runs as long as a final on 80% of train (SST-2 400, MRPC 552 steps) = 34,656 steps, 48 final
+# runs = 32,490 steps (SST-2 500, MRPC 690 per run; the peft-vo@0.1% diagnostic included).
 # A MiniLM step at batch 16 on an H200 is launch-bound (~15-25 ms with our adapters, ~10 ms PEFT):
-# serial, ~25-40 s per search, ~2 min of selection, ~6 min of finals; 8 processes on the one GPU
-# overlap ~3-4x, so: searches ~1.5-2 min (6 at once, start-up included), selection ~1 min, finals
-# ~2-2.5 min, reports ~20 s: ~5-6 min in all.  If it runs long, cut in this order: --procs 12,
-# then select_steps 150 -> 100 in glue.py's ISSUE15, then the 0.02% old search (its rows only).
+# serial, ~25-40 s per search, ~12 min of selection, ~11 min of finals; 8 processes on the one GPU
+# overlap ~3-4x, so: searches ~1.5-2 min (6 at once, start-up included), selection ~3-4 min,
+# finals ~3 min, reports ~20 s: ~9-10 min in all.  If it runs long, cut in this order: --procs 12,
+# then select_steps None -> 150 in glue.py's ISSUE15 (short selection runs: on MRPC they all sat at
+# the majority class and picked 5e-3 for (a) and (b)), then the 0.02% old search (its rows only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash benchmarks/issue15_gpu.sh OUT [--quick] [--device D] [--data-dir DIR] [--procs N] [--threads T] [--no-proxy]}

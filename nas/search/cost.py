@@ -23,7 +23,10 @@ PROXY_BATCH_COST = 1.0  # the proxy's forward/backward on one batch
 # an idle machine, at 0.12 s per plan step.
 PROXY_CANDIDATE_COST = 0.25
 PROXY_SHARE = 0.1  # the zero-cost prior runs by default only when it costs at most this share
-TRIAL_OVERHEAD = 6.0  # per finalist trial: the model copy, the plan's injection, the trainer
+# Per finalist trial: the model copy, the plan's injection, the Trainer's set-up and tear-down.
+# Measured in the issue-15 CPU searches (2026-11-30): 1.5-2 s outside the trial's steps and its
+# held-out batches, 10-13 steps of an SST-2 plan; 6 made the searches overrun 0.5x by ~15%.
+TRIAL_OVERHEAD = 12.0
 FORWARD_COST = 0.5  # one inference batch: with a frozen base, backward costs about a forward
 MIN_FINALIST_STEPS = 6  # a finalist's steps at the first rung: fewer tell nothing
 
@@ -121,7 +124,7 @@ def search_cost(search, best, sizes=None) -> dict[str, Any]:
            "multiple": measured_multiple(search.stage_seconds, step, F),
            "multiple_cpu": measured_multiple(search.stage_cpu, cpu, F),
            "note": "estimates: the stages' time (setup excluded) over (full-run steps x the "
-                   "plan's step time measured in its short trial), in CPU and in wall time"}
+                   "plan's step time measured in its short trial, first step excluded), in CPU and in wall time"}
     if sizes is not None:
         out["planned_multiple"] = sizes["planned_multiple"]
         out["stage_sizes"] = sizes

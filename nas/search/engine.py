@@ -238,11 +238,10 @@ class Search:
                 if best is None or gap_beyond_noise(metrics["loss"], best, se, cfg.noise_z):
                     raise optuna.TrialPruned(f"pruned at step {step}")
 
-        c0 = time.process_time()
         pause_for_test("trial", self.out)
         result = training.train(plan, tcfg, model=model, tokenizer=self._tokenizer,
                                 data=self.trial_data, on_eval=on_eval)
-        trial.set_user_attr("step_cpu_s", (time.process_time() - c0) / max(result.steps, 1))  # evals included
+        trial.set_user_attr("step_cpu_s", result.step_cpu_s)
         trial.set_user_attr("train_time_s", result.train_time_s)
         trial.set_user_attr("step_time_s", result.step_time_s)
         trial.set_user_attr("metrics", {k: v for k, v in result.metrics.items()

@@ -208,9 +208,7 @@ def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, 
         _, unexpected = model.load_state_dict(shared.warm_state(plan), strict=False)
         if unexpected:
             raise RuntimeError(f"warm start: the plan's model has no {unexpected[:3]}")
-        c0 = time.process_time()
         result = training.run(trainer)
-        cpu = (time.process_time() - c0) / max(result.steps, 1)
     except (training.NonFiniteLoss, RuntimeError, ValueError) as e:
         trial.set_user_attr("error", str(e)[:300])
         study.tell(trial, state=TrialState.FAIL)
@@ -220,7 +218,7 @@ def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, 
     trial.set_user_attr("rows", ho.rows)
     trial.set_user_attr("train_time_s", result.train_time_s)
     trial.set_user_attr("step_time_s", result.step_time_s)
-    trial.set_user_attr("step_cpu_s", cpu)
+    trial.set_user_attr("step_cpu_s", result.step_cpu_s)
     study.tell(trial, ho.loss)
     return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
 

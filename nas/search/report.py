@@ -167,7 +167,7 @@ def write_report(facts: SearchFacts, study, res) -> list[dict]:
             f"{c['multiple']:.2f}x in wall time (estimates: {c['search_cpu_seconds']:.0f} CPU s / "
             f"{c['search_seconds']:.0f} s of search, setup excluded, over {c['full_run_steps']} steps x "
             f"{c['plan_step_cpu_s']:.3f} CPU s / {c['plan_step_time_s']:.3f} s per plan step measured "
-            f"in its short trial)"
+            f"in its short trial, first step excluded)"
             + (f"; planned at most {c['planned_multiple']:.2f}x" if "planned_multiple" in c else ""))
     lines += [
         "", "## Time per stage", "", "| stage | seconds | CPU seconds |", "|---|---:|---:|",

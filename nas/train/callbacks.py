@@ -73,13 +73,16 @@ class DynamicAllocation(TrainerCallback):
 
 class StepStats(TrainerCallback):
     """Mean optimizer-step time (forward + backward + update, evaluation excluded) and peak
-    memory: CUDA's allocator peak, or the process RSS sampled around each step on CPU."""
+    memory: CUDA's allocator peak, or the process RSS sampled around each step on CPU.  The first
+    step pays one-time costs (allocations, the optimizer's state, lazy initialisation): it is left
+    out of the mean when there are others, so a short trial's step time is that of a long run."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.device = device
         self.kind = "cuda_allocated" if self.cuda else "rss"
-        self.peak, self.total, self.count, self._t0 = 0, 0.0, 0, None
+        self.peak, self.count, self._t0 = 0, 0, None
+        self.total, self.first = [0.0, 0.0], [0.0, 0.0]  # seconds: [wall, this process's CPU]
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -88,7 +91,7 @@ class StepStats(TrainerCallback):
             self.peak = max(self.peak, rss_bytes())
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._t0 = time.perf_counter()
+        self._t0 = (time.perf_counter(), time.process_time())
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self._sample()
@@ -96,13 +99,26 @@ class StepStats(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self._sample()
         if self._t0 is not None:
-            self.total += time.perf_counter() - self._t0
+            took = (time.perf_counter() - self._t0[0], time.process_time() - self._t0[1])
+            for i in (0, 1):
+                self.total[i] += took[i]
+                if self.count == 0:
+                    self.first[i] = took[i]
             self.count += 1
             self._t0 = None
 
+    def _mean(self, i: int) -> float:
+        if self.count > 1:
+            return (self.total[i] - self.first[i]) / (self.count - 1)
+        return self.total[i] / max(self.count, 1)
+
     @property
     def step_time(self) -> float:
-        return self.total / max(self.count, 1)
+        return self._mean(0)
+
+    @property
+    def step_cpu(self) -> float:
+        return self._mean(1)
 
     def value(self) -> int:
         return int(torch.cuda.max_memory_allocated(self.device)) if self.cuda else int(self.peak)

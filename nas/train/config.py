@@ -240,6 +240,7 @@ class TrainResult:
     peak_memory_kind: str = "rss"  # "rss" (process resident set, CPU) or "cuda_allocated"
     merge_report: dict[str, Any] | None = None
     peft_dir: str | None = None
+    step_cpu_s: float = float("nan")  # as step_time_s, in this process's CPU seconds
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

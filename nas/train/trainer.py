@@ -401,6 +401,7 @@ def _result(trainer: AdapterTrainer, seconds: float, out: Path | None) -> TrainR
     return TrainResult(
         metrics=final, main_metric=main, score=float(final.get(main, float("nan"))), history=list(history),
         steps=trainer.state.global_step, train_time_s=seconds, step_time_s=trainer.stats.step_time,
+        step_cpu_s=trainer.stats.step_cpu,
         peak_memory_bytes=trainer.stats.value(), trainable_params=int(enabled_ad + head),
         output_dir=str(out) if out else None,
         enable_counts=dict(trainer.allocator.counts) if trainer.allocator is not None else None,

@@ -12,9 +12,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import glue  # noqa: E402
-from _glue_bench import pick_best  # noqa: E402
+from _glue_bench import _row, pick_best  # noqa: E402
 from _glue_estimate import ISSUE_STEP_S, issue_step_time  # noqa: E402
 from _glue_methods import SURM_CHOICES, Spec, match_peft_rank, peft_lora_params  # noqa: E402
+from _glue_train import train_config  # noqa: E402
 from _glue_report import _ms, issue15_summary  # noqa: E402
 from _glue_search import issue15_methods, make_methods, placement_lora  # noqa: E402
 from tests.factories import minilm_layout  # noqa: E402
@@ -48,6 +49,16 @@ def test_pick_best_ties_and_failures():
     assert pick_best(runs) == ("", 2e-3)  # tie on the metric: lower loss
     runs[("", 2e-3)]["metrics"]["loss"] = 0.5
     assert pick_best(runs) == ("", 5e-4)  # full tie: lower lr
+
+
+def test_a_reused_run_reports_the_current_searchs_cost():
+    """A final run is keyed by its plan's content: after a rerun search returns the same plan,
+    the row carries the new search's time and cost, not those saved with the old run."""
+    m = next(m for m in issue15_methods({"mrpc": ("0.1%",)}) if m.name == "new-search@0.1%")
+    rec = {"phase": "final", "score": 0.8, "spec_info": {"search_time_s": 57.0}, "metrics": {}}
+    assert _row(rec, m, "", True, 0.7)["search_time_s"] == 57.0
+    row = _row(rec, m, "", True, 0.7, {"search_time_s": 52.0, "search_multiple": 0.5})
+    assert (row["search_time_s"], row["search_multiple"], row["holdout_score"]) == (52.0, 0.5, 0.7)
 
 
 def test_method_table_and_protocols():
@@ -156,6 +167,10 @@ def test_issue15_summary_gaps_against_the_issues_baselines_and_the_best_simple_p
     row = next(line for line in text.splitlines() if line.startswith("| MRPC | 0.1% |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[5] == "+1.0" and cells[7] == "-2.0"  # vs widest (77), vs the MLP (80)
+    assert cells[12] == "-"  # no search time recorded: no cost
+    groups[("mrpc", "new-search@0.1%")].update(search_time=50.0, train_time=100.0, search_multiple=0.42)
+    row = next(line for line in issue15_summary(bench, groups, ["mrpc"]) if line.startswith("| MRPC | 0.1% |"))
+    assert [c.strip() for c in row.strip("|").split("|")][12] == "0.50x (0.42x)"
     assert "over the better of (a), (b): +1.00 points" in text
     assert "best simple placement: -2.00 points" in text
     del groups[("mrpc", "mlp-lora@0.1%")]  # not run: the best simple placement is max(a, b)
@@ -189,6 +204,15 @@ def test_issue15_job_list_budgets_epochs_and_phases(tmp_path):
     assert proto.phase_settings("sst2", "final")["epochs"] == 1.0
     assert proto.search_settings("mrpc")["epochs"] == 3.0
     assert glue.FULL.phase_settings("mrpc", "final")["epochs"] == glue.FULL.epochs
+    # lr selection as long as a final (its task's epochs, no step cap); FULL's stays step-capped
+    assert proto.phase_settings("mrpc", "select")["epochs"] == 3.0
+    assert proto.phase_settings("sst2", "select")["epochs"] == 1.0
+    assert "epochs" not in glue.FULL.phase_settings("mrpc", "select")
+    spec = Spec("peft", "x", {"rank": 1, "targets": ["query"]})
+    cfg = train_config(spec, proto, task="mrpc", lr=1e-3, seed=0, select=True, device=None)
+    assert cfg.num_train_epochs == 3.0 and cfg.max_steps in (None, -1) and not cfg.eval_steps
+    capped = train_config(spec, glue.FULL, task="mrpc", lr=1e-3, seed=0, select=True, device=None)
+    assert capped.max_steps == capped.eval_steps == glue.FULL.select_steps
     # a phase waits for the one before it; its shards split its jobs exactly
     with pytest.raises(SystemExit, match="--phase select"):
         glue.select_jobs(bench, "select", "0/2", lambda msg: (_ for _ in ()).throw(SystemExit(msg)))
@@ -200,7 +224,7 @@ def test_issue15_job_list_budgets_epochs_and_phases(tmp_path):
 def test_issue15_quick_is_the_same_comparison_smaller():
     q = glue.ISSUE15_QUICK
     assert q.tasks == glue.ISSUE15.tasks and q.task_epochs == glue.ISSUE15.task_epochs
-    assert len(q.seeds) == 1 and q.final_max_steps and q.select_steps < glue.ISSUE15.select_steps
+    assert len(q.seeds) == 1 and q.final_max_steps and q.select_steps < (glue.ISSUE15.select_steps or float("inf"))
     assert glue.protocol_methods(q)[0].name == glue.protocol_methods(glue.ISSUE15)[0].name
 
 
