@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import time
 
+from nas.search.cost import full_run_steps
+
 from _glue_bench import Bench, is_search
 from _glue_methods import uniform
 from _glue_train import build_trainer, train_config
@@ -48,7 +50,7 @@ def estimate(bench: Bench, step_time) -> dict[str, dict[str, float]]:
         n_evals = steps // spe + (1 if steps % spe else 0)
         dev = math.ceil(len(ctx.data.eval) / bs) * EVAL_FRACTION * t
         held = math.ceil(len(ctx.sel.eval) / bs) * EVAL_FRACTION * t
-        sel_steps = p.select_steps or math.ceil(p.epochs_for(task) * math.ceil(len(ctx.sel.train) / bs))
+        sel_steps = p.select_steps or full_run_steps(len(ctx.sel.train), bs, p.epochs_for(task))
         if not p.select_steps:  # a full-length selection run is scored once per epoch
             held *= math.ceil(p.epochs_for(task))
         row = {"search": 0.0, "select": 0.0, "final": 0.0}

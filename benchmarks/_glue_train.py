@@ -48,7 +48,7 @@ def train_config(spec: Spec, proto: Protocol, *, task: str, lr: float, seed: int
     return TrainConfig(
         num_train_epochs=proto.epochs_for(task), learning_rate=lr, per_device_train_batch_size=proto.batch_size,
         max_length=proto.max_length, seed=seed, max_steps=proto.select_steps if select else proto.final_max_steps,
-        eval_steps=(proto.select_steps or None) if select else None, warmup_ratio=proto.warmup_ratio,
+        eval_steps=proto.select_steps if select else None, warmup_ratio=proto.warmup_ratio,
         weight_decay=proto.weight_decay, lr_scheduler_type=proto.scheduler,
         allocation=spec.payload.get("allocation", "static"),
         dynamic_proxy=spec.payload.get("dynamic_proxy"), progress=False, device=device,
