@@ -8,7 +8,7 @@ import math
 import time
 from pathlib import Path
 
-from _glue_methods import Method, Protocol, Spec, TaskCtx, head_params
+from _glue_methods import Method, NotApplicable, Protocol, Spec, TaskCtx, head_params
 from _glue_train import build_trainer, finite, step_tensor_peak, train_config, trainable_count
 
 DATA_DIR = "/work/shared/data/glue"
@@ -26,6 +26,7 @@ class Bench:
         self.device, self.data_dir, self.threads = device, data_dir, threads
         self._ctx: dict[str, TaskCtx] = {}
         self._specs: dict[tuple, Spec] = {}
+        self.inapplicable: dict[tuple, str] = {}  # (task, method name) -> why it has no runs
         self._tok = self._template = None
         self.ran = self.skipped = 0
 
@@ -58,12 +59,27 @@ class Bench:
         return [m for m in self.methods if m.runs_on(task)]
 
     def spec(self, task: str, m: Method, variant: str = "", build: bool = True) -> Spec | None:
+        """What ``m`` trains on ``task``; None while the search it depends on has not run (with
+        ``build`` False) or where it does not apply (``inapplicable`` says why)."""
         key = (task, m.name, variant)
         if key not in self._specs:
             if not build and m.searched and not self._search_done(task, m):
                 return None
-            self._specs[key] = m.build(self.ctx(task), variant)
+            try:
+                self._specs[key] = m.build(self.ctx(task), variant)
+            except NotApplicable as e:
+                self._specs[key], self.inapplicable[(task, m.name)] = None, str(e)
         return self._specs[key]
+
+    def why_not(self, task: str, m: Method) -> str | None:
+        """Why ``m`` has no runs on ``task`` (or its selection task), or None where it applies or
+        cannot be known yet (its search has not run)."""
+        for t in dict.fromkeys((self.proto.selection_task(task), task)):
+            for v in m.variants:
+                self.spec(t, m, v, build=False)
+            if (t, m.name) in self.inapplicable:
+                return self.inapplicable[(t, m.name)]
+        return None
 
     def _search_done(self, task: str, m: Method) -> bool:
         return (self.runs_dir / task / m.search / "glue_search.json").is_file()
@@ -171,6 +187,8 @@ class Bench:
         m = self.method(name)
         if phase == "search":
             return self._search_done(task, m)
+        if self.why_not(task, m):
+            return True
         if phase == "select":
             spec = self.spec(task, m, variant, build=False)
             return spec is not None and self.run(task, "select", spec, lr, seed, False)[0] is not None
@@ -190,6 +208,9 @@ class Bench:
             return (f"search {task:5s} {name:22s} plan {info['plan_params']:,} params "
                     f"({', '.join(info['kinds'])}), held-out {info['best_holdout']:.4f}, "
                     f"search {info['search_time_s']:.0f}s")
+        if why := self.why_not(task, m):
+            self.skipped += 1
+            return f"{phase:6s} {task:5s} {name:30s} does not apply: {why}"
         if phase == "select":
             rec, cached = self.run(task, "select", self.spec(task, m, variant), lr, seed)
             pick = ""

@@ -130,6 +130,10 @@ class TaskCtx:
     data_dir: str | None = None
 
 
+class NotApplicable(ValueError):
+    """A method that has no run on this task: a baseline sized to a plan too small for it."""
+
+
 @dataclass
 class Spec:
     kind: str  # head | peft | plan
@@ -191,6 +195,22 @@ def plan_spec(label: str, modules: dict, shortcuts: dict | None = None, budget: 
     if dynamic_proxy:
         payload["dynamic_proxy"] = dynamic_proxy
     return Spec("plan", label, payload, info)
+
+
+def lora_ranks(spec: Spec | None) -> dict[str, int] | None:
+    """{module: rank} of a spec that trains plain LoRA (alpha = 2 x rank) and nothing else, so a
+    plan and a PEFT baseline with the same adapters compare equal; else None."""
+    if spec is None:
+        return None
+    if spec.kind == "peft":
+        cfg = spec.payload
+        return {t: cfg["rank"] for t in cfg["targets"]} if cfg["alpha"] == 2 * cfg["rank"] else None
+    plan = spec.payload.get("plan") or {}
+    mods = plan.get("modules") or {}
+    if spec.kind != "plan" or plan.get("shortcuts") or not mods or any(
+            c.get("type") != "lora" or c.get("alpha") not in (None, 2 * c.get("rank", 0)) for c in mods.values()):
+        return None
+    return {name: c["rank"] for name, c in mods.items()}
 
 
 def spec_from_plan(label: str, plan: Plan, **info) -> Spec:

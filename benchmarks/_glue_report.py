@@ -16,7 +16,7 @@ from pathlib import Path
 from nas.search import SearchConfig
 
 from _glue_bench import CSV_FIELDS, Bench
-from _glue_methods import head_params
+from _glue_methods import head_params, lora_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_NOTES = {  # method-name prefix -> its line in the protocol
@@ -29,8 +29,10 @@ METHOD_NOTES = {  # method-name prefix -> its line in the protocol
                   "method, PEFT included, trains in nas.train's loop.",
     "new-search@": "- new-search@B: SearchConfig(strategy='supernet'), old-search@B: strategy='trials' "
                    "(today's engine), same budget and settings; (a) peft-qv@B: PEFT LoRA on query,value, "
-                   "the rank whose size is closest to the new plan's; (b) widest-lora@B: PEFT LoRA on the "
-                   "widest placement where rank 1 fits within the new plan's size (all linear layers, else "
+                   "the largest rank that fits the new plan's size (rank 1 on the top layers where it does "
+                   "not fit on every layer; peft-qv-all@B: the rank closest to the plan's size on every "
+                   "layer); (b) widest-lora@B: PEFT LoRA on the widest placement where rank 1 fits within "
+                   "the new plan's size (all linear layers, else "
                    "all attention projections, else query,value, else value, else value on the top layers), at "
                    "the largest rank that fits (never above the plan's size); (b') mlp-lora@B: the same on "
                    "the MLP's projections (the top layers where rank 1 does not fit on all). alpha = 2 x rank. "
@@ -66,7 +68,8 @@ def summarize(rows: list[dict]) -> dict[tuple[str, str], dict]:
         g.update(family=first["family"], variant=first["variant"], lr=first["lr"],
                  holdout=first["holdout_score"], params=first["trainable_params"],
                  adapter_params=first["adapter_params"], main_metric=first["main_metric"],
-                 scores=[r["score"] for r in runs], f1=[r.get("f1") for r in runs],
+                 scores=[r["score"] for r in runs], by_seed={r["seed"]: r["score"] for r in runs},
+                 f1=[r.get("f1") for r in runs],
                  acc=[r.get("accuracy") for r in runs],
                  train_time=statistics.fmean(r["train_time_s"] for r in runs if r.get("train_time_s") is not None)
                  if any(r.get("train_time_s") is not None for r in runs) else None,
@@ -223,7 +226,8 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
 FAMILY_STYLE = {"baseline": ("tab:gray", "x"), "peft": ("tab:blue", "s"), "ours": ("tab:green", "o"),
                 "heterolora": ("tab:purple", "D"), "search": ("tab:red", "*"),
                 "peft-matched": ("tab:cyan", "s"), "search-new": ("tab:orange", "*"),
-                "peft-widest": ("tab:olive", "s"), "peft-mlp": ("tab:brown", "s")}
+                "peft-widest": ("tab:olive", "s"), "peft-mlp": ("tab:brown", "s"),
+                "peft-qv": ("tab:pink", "s")}
 
 
 def plot_pareto(groups: dict, tasks: list[str], names: list[str], path: Path) -> None:
@@ -272,11 +276,33 @@ def plot_pareto(groups: dict, tasks: list[str], names: list[str], path: Path) ->
     plt.close(fig)
 
 
+def paired(x: dict, y: dict) -> list[float]:
+    """Per-seed differences x − y (points), over the seeds both ran with a finite score."""
+    xs, ys = x.get("by_seed", {}), y.get("by_seed", {})
+    return [(xs[s] - ys[s]) * 100 for s in sorted(set(xs) & set(ys)) if math.isfinite(xs[s]) and math.isfinite(ys[s])]
+
+
+def _p(d: list[float]) -> str:  # a two-sided one-sample t-test of the differences
+    if len(d) < 2 or statistics.stdev(d) == 0:
+        return ""
+    from scipy.stats import ttest_1samp
+
+    return f" (p = {ttest_1samp(d, 0.0).pvalue:.2f})"
+
+
 def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
     """Issue #15's reading: per task and budget, the new plan against the better of (a) and (b),
     today's search and PEFT LoRA r=8, and each search's cost in trainings of its own plan."""
-    def cell(g):
-        return f"{_ms(g['scores'])} ({_fmt_params(g['params'])})" if g else "-"
+    def cell(g, same=""):
+        return f"{_ms(g['scores'])} ({_fmt_params(g['params'])}){same}" if g else "-"
+
+    def same_as(t, b):  # the baselines whose adapters are the plan's: a gap to them is seed noise
+        def ranks(k):
+            return lora_ranks(bench.spec(t, bench.method(f"{k}@{b}"), build=False))
+        plan = ranks("new-search")
+        hits = [tag for tag, k in (("(a)", "peft-qv"), ("(b)", "widest-lora"), ("(b')", "mlp-lora"))
+                if plan is not None and ranks(k) == plan]
+        return f"; = {', '.join(hits)}" if hits else ""
 
     def cost(g):  # search seconds / the plan's final-run train seconds (same device); the search's own
         if not (g and g["search_time"] and g["train_time"]):
@@ -285,7 +311,8 @@ def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
         return f"{g['search_time'] / g['train_time']:.2f}x" + (f" ({own:.2f}x)" if own else "")
 
     lines = ["", "## Issue #15: the new search's plan vs uniform LoRA at its size", "",
-             "Dev score mean ± std (trainable parameters, head included). gap = new − the better of (a), (b) "
+             "Dev score mean ± std (trainable parameters, head included; '= (b)': the plan's adapters are that "
+             "baseline's, so the gap to it is seed noise). gap = new − the better of (a), (b) "
              "in points of the mean; cost = search seconds / one final training of that plan (same device; "
              "where searches and finals ran as parallel processes sharing it, both are slowed, so the ratio "
              "is approximate), and in brackets the search's own estimate (its stages' time over the full "
@@ -293,7 +320,7 @@ def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
              "| task | budget | new plan | (a) PEFT q,v | (b) widest LoRA | gap vs max(a,b) | (b') MLP LoRA "
              "| gap vs max(a,b,b') | (c) today's search | new − (c) | PEFT r8 q,v | new − r8 | new cost | (c) cost |",
              "|" + "---|" * 14]
-    gaps, gaps_all, missing = [], [], []
+    gaps, gaps_all, gaps_qv_all, missing, pairs = [], [], [], [], []
 
     def finite(*gs):
         return [g for g in gs if g and math.isfinite(g["mean"])]
@@ -311,18 +338,35 @@ def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
                 missing.append(f"{t} {b}")
             best = max(finite(a, w), key=lambda g: g["mean"], default=None)
             best_all = max(finite(a, w, mlp), key=lambda g: g["mean"], default=None)
-            for into, ref in ((gaps, best), (gaps_all, best_all)):
+            best_qv_all = max(finite(groups.get((t, f"peft-qv-all@{b}")), w), key=lambda g: g["mean"],
+                              default=None)
+            for into, ref in ((gaps, best), (gaps_all, best_all), (gaps_qv_all, best_qv_all)):
                 if finite(new) and ref:
                     into.append((new["mean"] - ref["mean"]) * 100)
-            lines.append(f"| {TASK_LABEL.get(t, t)} | {b} | {cell(new)} | {cell(a)} | {cell(w)} | {diff(new, best)} | "
-                         f"{cell(mlp)} | {diff(new, best_all)} | {cell(old)} | {diff(new, old)} | {cell(r8)} | "
+            if finite(new) and best and (d := paired(new, best)):
+                pairs.append((f"{TASK_LABEL.get(t, t)} {b}", d))
+            lines.append(f"| {TASK_LABEL.get(t, t)} | {b} | {cell(new, same_as(t, b))} | {cell(a)} | {cell(w)} | "
+                         f"{diff(new, best)} | {cell(mlp)} | {diff(new, best_all)} | {cell(old)} | {diff(new, old)} | {cell(r8)} | "
                          f"{diff(new, r8)} | {cost(new)} | {cost(old)} |")
     if gaps:
         lines += ["", f"Mean gap of the new plan over the better of (a), (b): {statistics.fmean(gaps):+.2f} points "
                       f"over {len(gaps)} task x budget cell(s) (the issue's goal: >= +1.0)."]
+    if pairs:
+        se = math.sqrt(sum(statistics.stdev(d) ** 2 / len(d) if len(d) > 1 else float("nan")
+                           for _, d in pairs)) / len(pairs)
+        lines += [f"Paired by seed (same head init, data order and dropout), new − the better of (a), (b): "
+                  + "; ".join(f"{name} {statistics.fmean(d):+.1f} ± {statistics.stdev(d) if len(d) > 1 else 0:.1f} "
+                              f"over {len(d)} seeds{_p(d)}" for name, d in pairs)
+                  + f". The mean gap's standard error: {se:.2f} points."]
+    if gaps_qv_all and gaps_qv_all != gaps:
+        lines += [f"With (a) on every layer at the rank closest to the plan's size (peft-qv-all: above the "
+                  f"plan's size where rank 1 on every layer is): {statistics.fmean(gaps_qv_all):+.2f} points."]
     if gaps_all:
         lines += [f"Over the best of (a), (b), (b'), the best simple placement: {statistics.fmean(gaps_all):+.2f} "
                   f"points over {len(gaps_all)} cell(s)."]
+    if bench.inapplicable:
+        lines += ["", "Not run ('-'): " + "; ".join(f"{name} on {TASK_LABEL.get(t, t)}: {why}"
+                                                  for (t, name), why in sorted(bench.inapplicable.items())) + "."]
     if missing:
         lines += ["", f"**SearchConfig has no `strategy` field in this checkout: the 'new' search ran today's "
                       f"engine** ({', '.join(missing)}); these rows do not measure the super-network search."]

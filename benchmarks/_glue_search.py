@@ -12,7 +12,7 @@ from nas import Plan
 from nas.baselines import uniform_lora
 from nas.io import atomic_write_text
 
-from _glue_methods import (MATCHED_WHERES, PEFT_MAX_RANK, SURM_CHOICES, Method, Spec,
+from _glue_methods import (MATCHED_WHERES, PEFT_MAX_RANK, SURM_CHOICES, Method, NotApplicable, Spec,
                            TaskCtx, fresh_model, head_only, heterolora_dynamic, heterolora_static,
                            match_peft_rank, peft_lora, peft_spec, spec_from_plan, surm, uniform)
 
@@ -131,7 +131,7 @@ def placement_lora(ctx: TaskCtx, params: int, placement: str = "widest") -> tupl
     as many of the top layers as fit ('v-top<k>', 'mlp-top<k>'); at the largest rank that fits."""
     b = uniform_lora(ctx.layout, params, placement)  # the widest's last resort is narrower than any "qv"
     if b is None:
-        raise ValueError(f"no uniform LoRA on the {placement} placement fits in {params:,} parameters "
+        raise NotApplicable(f"no uniform LoRA on the {placement} placement fits in {params:,} parameters "
                          f"(rank 1 on one layer needs more); give a larger budget")
     base, _, top = b.placement.partition(", top ")
     where = WHERE[base] + (f"-top{top.split()[0]}" if top else "")
@@ -172,19 +172,23 @@ DIAGNOSTIC_BUDGET = "0.1%"
 
 def issue15_methods(task_budgets: dict[str, tuple[str, ...]]) -> list[Method]:
     """Per budget (on the tasks that have it): the new search's plan, (a) PEFT LoRA on
-    query,value at its size, (b) PEFT LoRA on the widest placement that fits its size, (b')
-    on the MLP (the placement PEFT's method comparison favoured), (c) today's search; and PEFT
-    LoRA r=8 on query,value on every task."""
+    query,value at its size (never above it: the top layers where rank 1 does not fit on all),
+    (b) PEFT LoRA on the widest placement that fits its size, (b') on the MLP (the placement
+    PEFT's method comparison favoured), (c) today's search; and PEFT LoRA r=8 on query,value on
+    every task."""
     out = []
     for b in dict.fromkeys(b for bs in task_budgets.values() for b in bs):
         tasks = tuple(t for t, bs in task_budgets.items() if b in bs)
         new = dict(searched=True, search=search_name(b, NEW), tasks=tasks)
         out += [Method(f"new-search@{b}", "search-new", more_search(b, NEW), cost=1.1, **new),
-                Method(f"peft-qv@{b}", "peft-matched", peft_matched(b, NEW, ("qv",)), **new),
+                Method(f"peft-qv@{b}", "peft-qv", peft_placement(b, NEW, "qv"), **new),
                 Method(f"widest-lora@{b}", "peft-widest", peft_placement(b, NEW), **new),
                 Method(f"mlp-lora@{b}", "peft-mlp", peft_placement(b, NEW, "mlp"), **new),
                 Method(f"old-search@{b}", "search", more_search(b, OLD), cost=1.1, searched=True,
                        search=search_name(b, OLD), tasks=tasks)]
+        # Not (a) where rank 1 on every layer's query,value is above the plan's size (0.02%), but
+        # what a user would try first: the rank closest to the plan's size, on every layer.
+        out.append(Method(f"peft-qv-all@{b}", "peft-matched", peft_matched(b, NEW, ("qv",)), **new))
         if b == DIAGNOSTIC_BUDGET:  # not a baseline a user would pick: is there a better uniform
             # placement at the plan's size (value,output), i.e. room for a search to win?
             out.append(Method(f"peft-vo@{b}", "peft-matched", peft_matched(b, NEW, ("vo",)), **new))

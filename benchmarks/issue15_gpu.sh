@@ -5,30 +5,32 @@
 # reports; (5) proxy_quality with the trained importance (CPU, reduced; skipped with --no-proxy).
 #
 #   bash benchmarks/issue15_gpu.sh OUT [--quick] [--device cuda|cpu] [--data-dir DIR]
-#                                      [--procs N] [--threads T] [--no-proxy]
+#                                      [--procs N] [--threads T] [--seeds 0,1,2] [--no-proxy]
 #
 # OUT gets runs/ (every run's JSON, resumable: rerun the same command after a failure),
 # logs/, issue15.{md,csv}, issue15_pareto.png and proxy_quality*.  Defaults: --device cuda,
 # --data-dir .dev/glue (the carried GLUE folders SST-2/ and MRPC/), 8 processes x 1 torch
 # thread (GPU steps are launch-bound: one Python thread each), proxy_quality on 6 CPU threads
-# with a time limit of PQ_LIMIT seconds (default 420).
+# with a time limit of PQ_LIMIT seconds (default 420), the protocol's 5 seeds (--seeds: fewer).
 # --quick: the whole pipeline at a tiny scale (1 seed, a few steps per run) for a CPU check.
 #
 # Size (glue.py --protocol issue15 --estimate-only prints the step counts): 6 searches (today's
-# engine: <= 10 trials x 120 steps each; the new one should cost <= 0.5 training), 64 lr-selection
-# runs as long as a final on 80% of train (SST-2 400, MRPC 552 steps) = 34,656 steps, 48 final
-# runs = 32,490 steps (SST-2 500, MRPC 690 per run; the peft-vo@0.1% diagnostic included).
+# engine: <= 10 trials x 120 steps each; the new one should cost <= 0.5 training), 80 distinct
+# lr-selection runs as long as a final on 80% of train (SST-2 400, MRPC 552 steps) = 36,256 steps,
+# 100 distinct final runs at 5 seeds = 56,650 steps (SST-2 500, MRPC 690 per run; the diagnostics
+# peft-vo@0.1% and peft-qv-all@0.02% included; peft-qv-all@0.1% is peft-qv@0.1%'s runs).
 # A MiniLM step at batch 16 on an H200 is launch-bound (~15-25 ms with our adapters, ~10 ms PEFT):
-# serial, ~25-40 s per search, ~12 min of selection, ~11 min of finals; 8 processes on the one GPU
-# overlap ~3-4x, so: searches ~1.5-2 min (6 at once, start-up included), selection ~3-4 min,
-# finals ~3 min, reports ~20 s: ~9-10 min in all.  If it runs long, cut in this order: --procs 12,
-# then select_steps None -> 150 in glue.py's ISSUE15 (short selection runs: on MRPC they all sat at
-# the majority class and picked 5e-3 for (a) and (b)), then the 0.02% old search (its rows only).
+# serial, ~25-40 s per search, ~13 min of selection, ~20 min of finals; 8 processes on the one GPU
+# overlap ~3-4x, so: searches ~1.5-2 min (6 at once, start-up included), selection ~4 min,
+# finals ~5-6 min, reports ~20 s: ~11-12 min in all.  On a 15-minute lease pass --seeds 0,1,2
+# (finals ~3.5 min).  If it still runs long, cut in this order: --procs 12, then select_steps None
+# -> 150 in glue.py's ISSUE15 (short selection runs: on MRPC they all sat at the majority class and
+# picked 5e-3 for (a) and (b)), then the 0.02% old search (its rows only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: bash benchmarks/issue15_gpu.sh OUT [--quick] [--device D] [--data-dir DIR] [--procs N] [--threads T] [--no-proxy]}
+OUT=${1:?usage: bash benchmarks/issue15_gpu.sh OUT [--quick] [--device D] [--data-dir DIR] [--procs N] [--threads T] [--seeds 0,1,2] [--no-proxy]}
 shift
-DEVICE=cuda DATA=.dev/glue PROCS=8 THREADS=1 QUICK=() PROXY=1 PQ_LIMIT=${PQ_LIMIT:-420}
+DEVICE=cuda DATA=.dev/glue PROCS=8 THREADS=1 QUICK=() SEEDS=() PROXY=1 PQ_LIMIT=${PQ_LIMIT:-420}
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=(--quick) ;;
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
     --data-dir) DATA=$2; shift ;;
     --procs) PROCS=$2; shift ;;
     --threads) THREADS=$2; shift ;;
+    --seeds) IFS=, read -r -a SEEDS <<< "$2"; SEEDS=(--seeds "${SEEDS[@]}"); shift ;;
     --no-proxy) PROXY=0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -44,7 +47,7 @@ done
 [ -d "$DATA/SST-2" ] && [ -d "$DATA/MRPC" ] || { echo "--data-dir $DATA has no SST-2/ and MRPC/ folders" >&2; exit 2; }
 mkdir -p "$OUT/logs"
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-GLUE=(python benchmarks/glue.py --protocol issue15 "${QUICK[@]}" --device "$DEVICE" --data-dir "$DATA"
+GLUE=(python benchmarks/glue.py --protocol issue15 "${QUICK[@]}" "${SEEDS[@]}" --device "$DEVICE" --data-dir "$DATA"
       --runs-dir "$OUT/runs" --out "$OUT/issue15" --threads "$THREADS" --no-calibrate)
 T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
@@ -56,7 +59,7 @@ parallel() {
   local pids=() names=() fail=0 next=0 name line
   finish() {  # wait for process $1 (an index)
     if wait "${pids[$1]}"; then
-      say "  done ${names[$1]}: $(grep -cE '^(search|select|final) ' "$OUT/logs/${names[$1]}.log") new run(s)"
+      say "  done ${names[$1]}: $(grep -E '^(search|select|final) ' "$OUT/logs/${names[$1]}.log" | grep -vc 'does not apply') new run(s)"
     else
       fail=1; say "  FAILED ${names[$1]} (log: $OUT/logs/${names[$1]}.log):"; tail -n 15 "$OUT/logs/${names[$1]}.log"
     fi

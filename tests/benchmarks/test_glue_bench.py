@@ -14,7 +14,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import glue  # noqa: E402
 from _glue_bench import _row, pick_best  # noqa: E402
 from _glue_estimate import ISSUE_STEP_S, issue_step_time  # noqa: E402
-from _glue_methods import SURM_CHOICES, Spec, match_peft_rank, peft_lora_params  # noqa: E402
+from _glue_methods import (SURM_CHOICES, Method, NotApplicable, Spec, lora_ranks, match_peft_rank,  # noqa: E402
+                           peft_lora_params, plan_spec)
 from _glue_train import train_config  # noqa: E402
 from _glue_report import _ms, issue15_summary  # noqa: E402
 from _glue_search import issue15_methods, make_methods, placement_lora  # noqa: E402
@@ -159,6 +160,7 @@ def test_issue15_summary_gaps_against_the_issues_baselines_and_the_best_simple_p
 
     def g(mean):
         return {"mean": mean, "scores": [mean - 0.01, mean + 0.01], "params": 19_202,
+                "by_seed": {0: mean - 0.01, 1: mean + 0.01, 2: float("nan")},
                 "search_time": None, "train_time": None}
 
     groups = {("mrpc", "new-search@0.1%"): g(0.78), ("mrpc", "peft-qv@0.1%"): g(0.75),
@@ -173,12 +175,45 @@ def test_issue15_summary_gaps_against_the_issues_baselines_and_the_best_simple_p
     assert [c.strip() for c in row.strip("|").split("|")][12] == "0.50x (0.42x)"
     assert "over the better of (a), (b): +1.00 points" in text
     assert "best simple placement: -2.00 points" in text
+    assert "(a) on every layer" not in text  # no peft-qv-all run: no second reading
+    assert "MRPC 0.1% +1.0 ± 0.0 over 2 seeds." in text  # seed 2 failed: left out of the pairs
+    groups[("mrpc", "new-search@0.1%")]["by_seed"] = {0: 0.79, 1: 0.78, 2: 0.80}
+    groups[("mrpc", "widest-lora@0.1%")]["by_seed"] = {0: 0.76, 1: 0.78, 2: 0.77}
+    text = "\n".join(issue15_summary(bench, groups, ["mrpc"]))  # diffs +3, 0, +3: mean 2, std 1.73
+    assert "MRPC 0.1% +2.0 ± 1.7 over 3 seeds (p = 0.18)" in text and "standard error: 1.00 points" in text
+    groups[("mrpc", "peft-qv-all@0.1%")] = g(0.79)
+    assert "every layer is): -1.00 points" in "\n".join(issue15_summary(bench, groups, ["mrpc"]))
+    # the plan's adapters are the MLP baseline's: its cell says so
+    mlp = ["l5.ffn_up", "l5.ffn_down"]
+    bench._specs[("mrpc", "new-search@0.1%", "")] = plan_spec("new", {t: {"type": "lora", "rank": 1} for t in mlp})
+    for name, targets in (("mlp-lora@0.1%", mlp), ("peft-qv@0.1%", ["l5.q", "l5.v"]), ("widest-lora@0.1%", mlp[:1])):
+        bench._specs[("mrpc", name, "")] = Spec("peft", name, {"rank": 1, "alpha": 2, "dropout": 0.0,
+                                                               "targets": targets})
+    row = next(line for line in issue15_summary(bench, groups, ["mrpc"]) if line.startswith("| MRPC | 0.1% |"))
+    assert [c.strip() for c in row.strip("|").split("|")][2].endswith("(19.2k); = (b')")
     del groups[("mrpc", "mlp-lora@0.1%")]  # not run: the best simple placement is max(a, b)
     assert "best simple placement: +1.00 points" in "\n".join(issue15_summary(bench, groups, ["mrpc"]))
 
 
+def test_lora_ranks_equal_for_a_plan_and_a_peft_baseline_with_the_same_adapters():
+    targets = ["l4.v", "l5.v"]
+    peft = Spec("peft", "p", {"rank": 1, "alpha": 2, "dropout": 0.0, "targets": targets})
+    plan = plan_spec("new", {t: {"type": "lora", "rank": 1} for t in targets})
+    assert lora_ranks(peft) == lora_ranks(plan) == {"l4.v": 1, "l5.v": 1}
+    assert lora_ranks(plan_spec("n", {"l5.v": {"type": "lora", "rank": 1}})) != lora_ranks(peft)
+    assert lora_ranks(Spec("peft", "p", {"rank": 1, "alpha": 8, "dropout": 0.0, "targets": targets})) is None
+    assert lora_ranks(plan_spec("n", {"l5.v": {"type": "circulant"}})) is None
+    assert lora_ranks(plan_spec("n", {"l5.v": {"type": "lora", "rank": 1}}, {"l5": {"on": True}})) is None
+    assert lora_ranks(None) is None
+
+
 def test_peft_qv_matching_stays_on_query_value():
     ctx = _ctx()
+    # (a) at the plan's size: where rank 1 on every layer's q,v (9,216) is above it, the top layers
+    rank, where, targets = placement_lora(ctx, 3_840, "qv")  # SST-2 0.02%: value r1 on 5 layers
+    assert (rank, where) == (1, "qv-top2") and _adapter_params(ctx, rank, targets) == 3_072
+    assert placement_lora(ctx, 19_200, "qv")[:2] == (2, "qv")  # 0.1%: as the closest rank
+    assert match_peft_rank(ctx, 3_840, ("qv",)) == (1, "qv")  # peft-qv-all: 2.4x the plan's size
     assert match_peft_rank(ctx, 9_216 * 70, ("qv",)) == (64, "qv")  # capped, never all-attention
     assert match_peft_rank(ctx, 22_656, ("qv",)) == (2, "qv")
     assert match_peft_rank(ctx, 22_656, ("vo",)) == (2, "vo")  # the value,output diagnostic
@@ -194,10 +229,11 @@ def test_issue15_job_list_budgets_epochs_and_phases(tmp_path):
                         for k in ("new", "old")}  # 6: 0.02% on SST-2 only
     finals = [j for j in jobs if j[0] == "final"]
     per_task = {t: {j[2] for j in finals if j[1] == t} for t in proto.tasks}
-    assert len(per_task["sst2"]) == 12 and len(per_task["mrpc"]) == 7  # peft-vo@0.1%: a diagnostic
+    # per budget: new, (a), (a) on every layer, (b), (b'), (c); peft-vo@0.1% a diagnostic; r8
+    assert len(per_task["sst2"]) == 14 and len(per_task["mrpc"]) == 8
     assert not any("0.02%" in n for n in per_task["mrpc"]) and "peft-lora-r8" in per_task["mrpc"]
-    assert len(finals) == 3 * 19 and {j[5] for j in finals} == {0, 1, 2}
-    assert len([j for j in jobs if j[0] == "select"]) == 19 * 4 and min(proto.lr_grid) == 5e-4
+    assert len(finals) == 5 * 22 and {j[5] for j in finals} == {0, 1, 2, 3, 4}
+    assert len([j for j in jobs if j[0] == "select"]) == 22 * 4 and min(proto.lr_grid) == 5e-4
     assert max(proto.lr_grid) == 5e-3
     # per-task epochs reach the run keys and the search; other protocols' keys are unchanged
     assert proto.phase_settings("mrpc", "final")["epochs"] == 3.0
@@ -251,3 +287,22 @@ def test_search_is_sized_from_the_task_epochs(tmp_path, monkeypatch):
     settings = glue.ISSUE15.search_settings("mrpc")
     assert (cfg.n_trials, cfg.trial_steps, cfg.trial_eval_samples) == (
         settings["trials"], settings["steps"], settings["holdout_rows"])
+
+
+def test_a_baseline_that_does_not_fit_the_plan_is_left_out_not_a_crash(tmp_path):
+    """A plan smaller than one layer's MLP has no MLP baseline: its jobs are skipped and done (the
+    next phase does not wait on them), it has no row, and the report says why."""
+    def build(ctx, variant):
+        raise NotApplicable("no uniform LoRA on the mlp placement fits in 3,072 parameters")
+
+    m = Method("mlp-lora@0.02%", "peft-mlp", build, tasks=("sst2",))
+    bench = glue.Bench(glue.ISSUE15, [m], tmp_path)
+    jobs = bench.jobs()
+    assert {j[0] for j in jobs} == {"select", "final"} and all(bench.done(j) for j in jobs)
+    line = bench.execute(jobs[0])
+    assert "does not apply: no uniform LoRA on the mlp placement fits in 3,072" in line
+    assert bench.rows() == [] and bench.skipped == 1
+    text = "\n".join(issue15_summary(bench, {}, ["sst2"]))
+    assert "Not run ('-'): mlp-lora@0.02% on SST-2: no uniform LoRA on the mlp placement" in text
+    with pytest.raises(ValueError, match="no uniform LoRA on the mlp placement fits"):
+        placement_lora(_ctx(), 3_072, "mlp")  # what raises it on MiniLM (0.02%: q,v on two layers)
