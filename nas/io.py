@@ -1,8 +1,11 @@
-"""File-system helpers: atomic writes (a file is its old content or its new one, never half-written),
+"""File-system helpers: atomic writes (a file is its old content or its new one, never half-written;
+a writer killed before its rename leaves a hidden temporary file that the next write removes),
 whether a folder can take a run's outputs, and the crash drills' test hook."""
 from __future__ import annotations
 
+import glob
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -46,10 +49,40 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def _temp_prefix(path: Path) -> str:  # names the writer, so a later write can tell a dead one's file
+    return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # POSIX only: on Windows signal 0 is CTRL_C_EVENT
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """The hidden temporary files of ``path`` that a writer killed before its rename (kill -9)
+    left behind, removed: those of this host whose process is gone (POSIX only)."""
+    if os.name != "posix":
+        return []
+    head = f".{path.name}.{socket.gethostname()}-"
+    gone = []
+    for tmp in path.parent.glob(glob.escape(head) + "*.tmp"):
+        pid = tmp.name[len(head):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

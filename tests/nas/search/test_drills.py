@@ -135,6 +135,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_plan(data, clean, tmp_path, 
         args = args + ["--resume"]
     assert search_main(args) == 0
     _untorn(out, ref)
+    assert not list(out.glob(".*.tmp"))  # a write killed before its rename: its temporary file is gone
     assert _key(Plan.load(out / "plan.json")) == ref
     after = _finished(out)
     assert {k: after.get(k) for k in finished} == finished  # no finished trial lost

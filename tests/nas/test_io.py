@@ -1,0 +1,29 @@
+"""nas.io: atomic writes, and the temporary files a killed writer leaves behind."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from nas.io import atomic_write_text, remove_stale_temps
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a writer's liveness is checked with POSIX kill(pid, 0)")
+def test_the_next_write_removes_a_dead_writers_temporary_file_only(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a process that has exited
+    host = socket.gethostname()
+    stale = tmp_path / f".plan.json.{host}-{dead}.abc123.tmp"  # as a kill -9 before the rename leaves it
+    live = tmp_path / f".plan.json.{host}-{os.getppid()}.def456.tmp"  # a writer still running
+    other_host = tmp_path / f".plan.json.elsewhere-{dead}.ghi789.tmp"  # a shared folder: not ours to judge
+    other_file = tmp_path / f".report.md.{host}-{dead}.jkl012.tmp"  # another file's: its own write clears it
+    for f in (stale, live, other_host, other_file):
+        f.write_text("half")
+    atomic_write_text(tmp_path / "plan.json", "{}")
+    assert (tmp_path / "plan.json").read_text() == "{}"
+    assert not stale.exists() and live.exists() and other_host.exists() and other_file.exists()
+    assert sorted(p.name for p in tmp_path.glob(".plan.json.*.tmp")) == sorted([live.name, other_host.name])
+    assert remove_stale_temps(tmp_path / "report.md") == [other_file]
