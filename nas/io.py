@@ -45,6 +45,28 @@ def folder_problem(out: Path) -> tuple[str, Path] | None:
     return None
 
 
+def fsync_tree(root: Path) -> None:
+    """Every file and folder under ``root`` (and ``root``) flushed to disk, so that a rename that
+    publishes it, and the removals after it, never get to disk before its content (power loss)."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(folder))
+
+
+def fsync_dir(folder: Path) -> None:
+    """A folder's entries (a rename into it, a removal) flushed to disk; not on Windows, where a
+    folder cannot be opened."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..errors import UserError
-from ..io import folder_problem
+from ..io import folder_problem, fsync_dir, fsync_tree
 from .callbacks import RESUME_STATE
 from .outputs import OUTPUT_DIRS, OUTPUT_FILES
 
@@ -153,9 +153,11 @@ class AtomicCheckpoints:
             print(f"test hook: pausing {pause} s inside the write of {name}", file=sys.stderr, flush=True)
             time.sleep(pause)
         final = run_dir / name
+        fsync_tree(tmp / name)  # on disk before it is published and older ones are rotated out
         if final.exists():  # a step saved twice (e.g. after a resume): the new one wins
             shutil.rmtree(final)
         os.replace(tmp / name, final)
+        fsync_dir(run_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         rotate_checkpoints(
             output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,

@@ -27,3 +27,19 @@ def test_the_next_write_removes_a_dead_writers_temporary_file_only(tmp_path):
     assert not stale.exists() and live.exists() and other_host.exists() and other_file.exists()
     assert sorted(p.name for p in tmp_path.glob(".plan.json.*.tmp")) == sorted([live.name, other_host.name])
     assert remove_stale_temps(tmp_path / "report.md") == [other_file]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="folders are fsynced on POSIX only")
+def test_fsync_tree_flushes_every_file_and_folder(tmp_path, monkeypatch):
+    import nas.io
+
+    root = tmp_path / "checkpoint-4"
+    (root / "sub").mkdir(parents=True)
+    for rel in ("adapters.safetensors", "trainer_state.json", "sub/rng_state.pth"):
+        (root / rel).write_bytes(b"x")
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(nas.io.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real(fd)))
+    nas.io.fsync_tree(root)
+    want = {p.stat().st_ino for p in [root, *root.rglob("*")]}
+    assert set(synced) == want and len(synced) == len(want)  # 3 files, 2 folders, each once

@@ -52,7 +52,12 @@ def test_save_pretrained_then_load_gives_identical_logits(tiny_bert, layout, tmp
     assert all(torch.equal(b[k], saved[k]) for k in saved)
 
 
-def test_trainer_checkpoint_holds_only_trained_tensors(tiny_bert, layout, sentiment, tmp_path):
+def test_trainer_checkpoint_holds_only_trained_tensors(tiny_bert, layout, sentiment, tmp_path, monkeypatch):
+    from nas.train import outdir
+
+    synced = []  # each checkpoint is flushed to disk in its temp folder, whole, before it is published
+    monkeypatch.setattr(outdir, "fsync_tree", lambda root: synced.append(
+        (root.parent.name, sorted(p.name for p in root.iterdir()))))
     plan = mixed_plan(tiny_bert, layout)
     out = tmp_path / "run"
     model = load_model(str(tiny_bert), num_labels=2)
@@ -60,6 +65,8 @@ def test_trainer_checkpoint_holds_only_trained_tensors(tiny_bert, layout, sentim
           model=model)
     ckpts = sorted(out.glob("checkpoint-*"))
     assert [c.name for c in ckpts] == ["checkpoint-4"]  # rotation kept the last one
+    assert [d for d, _ in synced] == [".tmp-checkpoint-2", ".tmp-checkpoint-4"]
+    assert synced[-1][1] == sorted(p.name for p in ckpts[0].iterdir())
     weights = list(ckpts[0].glob("*.safetensors"))
     assert [w.name for w in weights] == ["adapters.safetensors"]  # no model.safetensors
     assert not list(ckpts[0].glob("pytorch_model*")) and not list(ckpts[0].glob("model*"))
