@@ -85,16 +85,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# A write lives for milliseconds; an older temp file whose process is gone was left by a kill (the
+# age also spares a live writer in another PID namespace that shares this host name).
+STALE_TEMP_S = 60.0
+
+
 def remove_stale_temps(path: Path) -> list[Path]:
     """The hidden temporary files of ``path`` that a writer killed before its rename (kill -9)
-    left behind, removed: those of this host whose process is gone (POSIX only)."""
+    left behind, removed: those of this host whose process is gone, older than STALE_TEMP_S
+    (POSIX only)."""
     if os.name != "posix":
         return []
     head = f".{path.name}.{socket.gethostname()}-"
     gone = []
     for tmp in path.parent.glob(glob.escape(head) + "*.tmp"):
         pid = tmp.name[len(head):].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        try:
+            old = time.time() - tmp.stat().st_mtime > STALE_TEMP_S
+        except FileNotFoundError:  # renamed or removed meanwhile
+            continue
+        if old and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
             gone.append(tmp)
     return gone

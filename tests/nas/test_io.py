@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -20,12 +21,17 @@ def test_the_next_write_removes_a_dead_writers_temporary_file_only(tmp_path):
     live = tmp_path / f".plan.json.{host}-{os.getppid()}.def456.tmp"  # a writer still running
     other_host = tmp_path / f".plan.json.elsewhere-{dead}.ghi789.tmp"  # a shared folder: not ours to judge
     other_file = tmp_path / f".report.md.{host}-{dead}.jkl012.tmp"  # another file's: its own write clears it
-    for f in (stale, live, other_host, other_file):
+    recent = tmp_path / f".plan.json.{host}-{dead}.mno345.tmp"  # too young to judge: kept this time
+    hour_ago = time.time() - 3600
+    for f in (stale, live, other_host, other_file, recent):
         f.write_text("half")
+        if f is not recent:
+            os.utime(f, (hour_ago, hour_ago))
     atomic_write_text(tmp_path / "plan.json", "{}")
     assert (tmp_path / "plan.json").read_text() == "{}"
     assert not stale.exists() and live.exists() and other_host.exists() and other_file.exists()
-    assert sorted(p.name for p in tmp_path.glob(".plan.json.*.tmp")) == sorted([live.name, other_host.name])
+    kept = sorted(p.name for p in tmp_path.glob(".plan.json.*.tmp"))
+    assert kept == sorted([live.name, other_host.name, recent.name])
     assert remove_stale_temps(tmp_path / "report.md") == [other_file]
 
 
