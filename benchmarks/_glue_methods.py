@@ -200,14 +200,14 @@ def plan_spec(label: str, modules: dict, shortcuts: dict | None = None, budget: 
 def lora_ranks(spec: Spec | None) -> dict[str, int] | None:
     """{module: rank} of a spec that trains plain LoRA (alpha = 2 x rank) and nothing else, so a
     plan and a PEFT baseline with the same adapters compare equal; else None."""
-    if spec is None:
+    if spec is None or spec.kind not in ("peft", "plan"):
         return None
     if spec.kind == "peft":
         cfg = spec.payload
         return {t: cfg["rank"] for t in cfg["targets"]} if cfg["alpha"] == 2 * cfg["rank"] else None
-    plan = spec.payload.get("plan") or {}
+    plan = spec.payload["plan"]
     mods = plan.get("modules") or {}
-    if spec.kind != "plan" or plan.get("shortcuts") or not mods or any(
+    if plan.get("shortcuts") or not mods or any(
             c.get("type") != "lora" or c.get("alpha") not in (None, 2 * c.get("rank", 0)) for c in mods.values()):
         return None
     return {name: c["rank"] for name, c in mods.items()}

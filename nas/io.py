@@ -71,8 +71,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
-def _temp_prefix(path: Path) -> str:  # names the writer, so a later write can tell a dead one's file
-    return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
+def _temp_head(path: Path) -> str:  # + "<pid>.": names the writer, so a later write can tell a dead one's file
+    return f".{path.name}.{socket.gethostname()}-"
 
 
 def _alive(pid: int) -> bool:
@@ -96,7 +96,7 @@ def remove_stale_temps(path: Path) -> list[Path]:
     (POSIX only)."""
     if os.name != "posix":
         return []
-    head = f".{path.name}.{socket.gethostname()}-"
+    head = _temp_head(path)
     gone = []
     for tmp in path.parent.glob(glob.escape(head) + "*.tmp"):
         pid = tmp.name[len(head):].split(".", 1)[0]
@@ -104,7 +104,7 @@ def remove_stale_temps(path: Path) -> list[Path]:
             old = time.time() - tmp.stat().st_mtime > STALE_TEMP_S
         except FileNotFoundError:  # renamed or removed meanwhile
             continue
-        if old and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if old and pid.isdigit() and not _alive(int(pid)):  # this process counts as alive
             tmp.unlink(missing_ok=True)
             gone.append(tmp)
     return gone
@@ -114,7 +114,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_temp_head(path)}{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

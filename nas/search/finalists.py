@@ -187,7 +187,7 @@ def without_signal(search, study, scoring, best, rows, order: tuple[str, ...]):
         f"- **No signal**: the trials stopped before training took off, so their order is noise. "
         f"The search returns the preferred uniform LoRA that fits ({fallback.user_attrs['origin']}). A larger "
         f"`--cost-budget` (or more training data) gives the trials the steps to get past the start. "
-        f"Its learning rate ({fallback.user_attrs.get('lr', cfg.lr_grid[0]):g}) is untested too: train it at "
+        f"Its learning rate ({fallback.user_attrs[PLAN_ATTR]['training']['lr']:g}) is untested too: train it at "
         f"two or three (`more-train --plan ... --lr`) and keep the lowest held-out loss.", ""]
 
 

@@ -293,16 +293,16 @@ def test_without_signal_the_widest_baseline_returns_even_if_the_noise_cut_it(mon
     monkeypatch.setattr(finalists, "heldout", lambda *a, **k: SimpleNamespace(loss=0.69))  # the start
     monkeypatch.setattr(finalists, "constant_loss", lambda *a: None)
     trial = lambda n, origin, rung, v: SimpleNamespace(  # noqa: E731
-        number=n, value=v, user_attrs={"origin": origin, "rung": rung})
+        number=n, value=v, user_attrs={"origin": origin, "rung": rung, "plan": {"training": {"lr": 1e-3}}})
     plan, qv1 = trial(0, "importance plan #0", 1, 0.674), trial(1, "baseline qv #2", 1, 0.678)
     wide0, qv0 = trial(2, "baseline widest #3", 0, 0.6795), trial(3, "baseline qv #2", 0, 0.6794)
     study = SimpleNamespace(get_trials=lambda deepcopy, states: [plan, qv1, wide0, qv0])
-    cfg = SimpleNamespace(min_progress=0.05, device="cpu", batch_size=8, lr_grid=(1e-3, 5e-4))
+    cfg = SimpleNamespace(min_progress=0.05, device="cpu", batch_size=8)
     search = SimpleNamespace(cfg=cfg, base=torch.nn.Linear(1, 1), trial_data=None)
     no_scoring = SimpleNamespace(get_trials=lambda deepcopy, states: [])
     fallback, lines = finalists.without_signal(search, study, no_scoring, plan, None, WIDEST_FIRST)
     assert fallback is wide0 and "No signal" in "".join(lines)  # 0.69 -> 0.678: 1.7% < 5%
-    assert "learning rate (0.001) is untested" in "".join(lines)  # no lr recorded: the grid's first
+    assert "learning rate (0.001) is untested" in "".join(lines)  # the plan's own
     # Only q,v reached the finalists: the widest as scored on the shared weights, not q,v.
     scored_wide = trial(7, "baseline widest #3", None, 0.6802)
     scoring = SimpleNamespace(get_trials=lambda deepcopy, states: [scored_wide])
