@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+from nas.data import row_lengths
 from nas.search.cost import full_run_steps
 
 from _glue_bench import Bench, is_search
@@ -28,7 +29,7 @@ def mean_padded_length(data, batch_size: int, grouped: bool, seed: int = 0) -> f
 
     from nas.train import group_by_length
 
-    lens = np.array([len(x) for x in data.train["input_ids"]])
+    lens = np.array(row_lengths(data.train))
     perm = np.random.default_rng(seed).permutation(len(lens))
     if grouped:
         perm = np.array(group_by_length(perm.tolist(), lens.tolist(), batch_size))
@@ -43,7 +44,7 @@ def estimate(bench: Bench, step_time) -> dict[str, dict[str, float]]:
     for task in dict.fromkeys([*p.tasks, *([p.select_task] if p.select_task else [])]):
         ctx = bench.ctx(task)
         t = step_time(mean_padded_length(ctx.data, p.batch_size, p.group_by_length))
-        t_long = step_time(min(p.max_length, max(len(x) for x in ctx.data.train["input_ids"])))
+        t_long = step_time(min(p.max_length, max(row_lengths(ctx.data.train))))
         bs = p.batch_size
         spe = math.ceil(len(ctx.data.train) / bs)
         steps = p.final_max_steps or math.ceil(p.epochs_for(task) * spe)

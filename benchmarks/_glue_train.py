@@ -8,6 +8,7 @@ import json
 import math
 
 from nas import Plan
+from nas.data import row_lengths
 from search_spaces.anatomy import HEAD_NAMES
 
 from _glue_methods import Protocol, Spec, TaskCtx, fresh_model
@@ -68,7 +69,7 @@ def train_step(trainer, rows: list[int]) -> None:
 
 
 def longest_rows(data, k: int) -> list[int]:
-    lens = [len(x) for x in data.train["input_ids"]]
+    lens = row_lengths(data.train)
     return sorted(range(len(lens)), key=lambda i: -lens[i])[:k]
 
 

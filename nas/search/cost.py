@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 # Costs in plan steps.  A super-network step: 1.5 in benchmarks/results/supernet_overhead.md (an
-# idle machine), 2.3 in the demo search on a loaded one.  A proxy batch scores every candidate
-# of the space at once: 11.6 plan steps in the demo search (MiniLM, 383 candidates, fisher).
-SUPERNET_STEP_COST = 2.0
+# idle machine), 2.3 in the demo search on a loaded one, 2.0 / 2.45 in full-SST-2 searches at
+# 0.02% / 0.1% (benchmarks/results/search_signal.md; at 2.0 the 0.1% one overran to 0.53x).
+# A proxy batch scores every candidate of the space at once: 11.6 plan steps in the demo search
+# (MiniLM, 383 candidates, fisher).
+SUPERNET_STEP_COST = 2.5
 PROXY_BATCH_COST = 1.0  # the proxy's forward/backward on one batch
 # Its joint signals for every candidate: 10.7 s for MiniLM's 383 candidates in the demo search on
 # an idle machine, at 0.12 s per plan step.
@@ -25,7 +27,9 @@ PROXY_CANDIDATE_COST = 0.25
 PROXY_SHARE = 0.1  # the zero-cost prior runs by default only when it costs at most this share
 # Per finalist trial: the model copy, the plan's injection, the Trainer's set-up and tear-down.
 # Measured in the issue-15 CPU searches (2026-11-30): 1.5-2 s outside the trial's steps and its
-# held-out batches, 10-13 steps of an SST-2 plan; 6 made the searches overrun 0.5x by ~15%.
+# held-out batches, 10-13 steps of an SST-2 plan; 6 made the searches overrun 0.5x by ~15%.  It
+# holds for any training-set size since the Trainer reads row lengths and labels as arrow columns
+# (row by row it took 9 s more per trial on SST-2's 54k rows).
 TRIAL_OVERHEAD = 12.0
 FORWARD_COST = 0.5  # one inference batch: with a frozen base, backward costs about a forward
 MIN_FINALIST_STEPS = 6  # a finalist's steps at the first rung: fewer tell nothing

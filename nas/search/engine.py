@@ -65,6 +65,7 @@ class Search:
         self._model, self._tokenizer, self._data = model, tokenizer, data
         self.stage_seconds: dict[str, float] = {}  # wall time
         self.stage_cpu: dict[str, float] = {}  # this process's CPU time: robust to a shared machine
+        self.signal: dict | None = None  # did the finalists' training take off (weight-sharing search)
 
     # -- setup --
     def prepare(self) -> None:
@@ -357,6 +358,8 @@ class Search:
             space=self.space.name, allocation=self.cfg.allocation, strategy=self.cfg.strategy,
             proxy_scores_file=str(self.out / "proxy_scores.json"),
         )
+        if self.signal is not None:
+            plan.provenance["signal"] = self.signal
         plan.training["allocation"] = self.cfg.allocation
         plan.validate(self.layout)
         assert plan.count_params(self.layout) <= self.budget

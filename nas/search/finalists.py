@@ -170,6 +170,8 @@ def without_signal(search, study, scoring, best, rows, order: tuple[str, ...]):
                     key=lambda t: (-t.user_attrs["rung"], t.value, t.number))
     ref = ranked[0] if ranked and ranked[0].user_attrs["rung"] == last else best
     p = progress(start, ref.value)
+    search.signal = {"start_loss": start, "loss": ref.value, "progress": p, "min_progress": cfg.min_progress,
+                     "fallback": None}
     lines = [f"- start: held-out loss {start:.4f} (the lower of the untrained model's and the labels' "
              f"prior's); {'the best baseline of the last rung' if ref is not best else 'the chosen plan'}: "
              f"{ref.value:.4f}, a progress of {p:.1%} (`--min-progress` {cfg.min_progress:g})"]
@@ -183,6 +185,7 @@ def without_signal(search, study, scoring, best, rows, order: tuple[str, ...]):
         return None, lines + ["- the trials ended before training took off, and no uniform-LoRA baseline fits "
                               "the budget: the plan stands, with little evidence behind it", ""]
     fallback = min(pool, key=preference(order))
+    search.signal["fallback"] = fallback.user_attrs["origin"]
     return fallback, lines + [
         f"- **No signal**: the trials stopped before training took off, so their order is noise. "
         f"The search returns the preferred uniform LoRA that fits ({fallback.user_attrs['origin']}). A larger "

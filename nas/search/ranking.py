@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.taskdata import column, row_lengths
+
 
 @dataclass
 class HeldOut:
@@ -32,8 +34,8 @@ def _batches(split, collate, batch_size: int):
     rows, so every model is scored row by row in the same order."""
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels")
             if c in split.column_names]
-    order = sorted(range(len(split)), key=lambda i: (len(split[i]["input_ids"]), i)) \
-        if "input_ids" in cols else list(range(len(split)))
+    lengths = row_lengths(split) if "input_ids" in cols else [0] * len(split)
+    order = sorted(range(len(split)), key=lambda i: (lengths[i], i))
     for start in range(0, len(order), batch_size):
         part = split[order[start:start + batch_size]]
         yield collate([{c: part[c][i] for c in cols} for i in range(len(part[cols[0]]))])
@@ -104,7 +106,7 @@ def constant_loss(data, split) -> float | None:
     None for a causal LM, where no constant prediction is a fair start."""
     if data.task_type == "causal_lm" or "labels" not in data.train.column_names:
         return None
-    y, t = np.asarray(data.train["labels"]), np.asarray(split["labels"])
+    y, t = column(data.train, "labels"), column(split, "labels")
     if data.task_type == "regression":
         return float(np.mean((t - y.mean()) ** 2))
     p = np.bincount(y, minlength=int(max(y.max(), t.max())) + 1) / len(y)

@@ -30,6 +30,7 @@ from torch import nn
 from search_spaces.anatomy import HEAD_NAMES, discover
 from search_spaces.attach import adapters, shortcut_set
 
+from ..data.taskdata import row_lengths
 from ..errors import UserError
 from ..inject import apply_plan, save_adapted
 from ..io import atomic_write_text
@@ -62,7 +63,7 @@ def evaluate_model(model: nn.Module, data, batch_size: int, device, autocast=Non
     lengths pad little (every metric here is order-free: the order changes the cost only)."""
     split, collate = data.eval, data.collator()
     keys = forward_keys(model)
-    lengths = [len(x) for x in split["input_ids"]]
+    lengths = row_lengths(split)
     order = sorted(range(len(split)), key=lengths.__getitem__)
     was = model.training
     model.eval()
@@ -114,6 +115,15 @@ class AdapterTrainer(AtomicCheckpoints, transformers.Trainer):
             # ``num_items_in_batch`` transformers passes to any forward taking **kwargs; left
             # on, Trainer would not divide it by the accumulation steps (gradients k times too big).
             self.model_accepts_loss_kwargs = False
+
+    def _get_train_sampler(self, train_dataset=None):
+        # transformers measures every row in Python when the dataset has no length column
+        # (seconds on 50k rows, paid by each search trial); arrow reads the lengths at once.
+        ds = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in ds.column_names:
+            return super()._get_train_sampler(train_dataset)
+        return transformers.trainer_pt_utils.LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=row_lengths(ds))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if os.environ.get(STEP_PAUSE_ENV):

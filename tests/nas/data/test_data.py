@@ -194,6 +194,21 @@ def _write(path, text):
 
 
 # ---- holdout and subsampling -------------------------------------------------------------------
+def test_column_reads_follow_the_selected_rows(tok):
+    """row_lengths / column read arrow columns through a selection's index mapping: the values
+    of each selected row, in the selection's order, as a row-by-row read gives them."""
+    from nas.data import column, row_lengths
+
+    d = load_task(None, tok, max_length=32)
+    part = d.holdout(0.1, seed=3).subsample(300, seed=1)  # two selections stacked
+    rows = part.train.select([5, 0, 17, 3])  # and one out of order
+    for ds in (d.train, part.train, rows):
+        assert row_lengths(ds) == [len(r["input_ids"]) for r in ds]
+        assert column(ds, "labels").tolist() == [r["labels"] for r in ds]
+    assert len(set(row_lengths(part.train))) > 3  # lengths vary: the check can tell rows apart
+    assert d.fingerprint() != part.fingerprint()
+
+
 def test_holdout_and_subsample(tok):
     d = load_task(None, tok, max_length=32)
     h = d.holdout(0.1, seed=3)

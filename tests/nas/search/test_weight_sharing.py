@@ -362,8 +362,12 @@ def test_a_search_whose_trials_did_not_take_off_returns_the_preferred_baseline(s
     assert f"Its learning rate ({plan.training['lr']:g}) is untested" in report  # the plan's own
     assert set(plan.modules) == set(bases[first].modules)
     assert {c["rank"] for c in plan.modules.values()} == {bases[first].rank}
+    signal = plan.provenance["signal"]  # the check, for a script reading the plan
+    assert signal["fallback"] == plan.provenance["origin"] and signal["progress"] < signal["min_progress"] == 1.0
+    assert signal["progress"] == pytest.approx(1 - signal["loss"] / signal["start_loss"])
     plan, report = runs[0.0]
     assert not plan.provenance["origin"].startswith("baseline") and "No signal" not in report
+    assert "signal" not in plan.provenance  # no check made
 
 
 @pytest.mark.parametrize("n_train", [2000, 8000, 67000])
