@@ -120,7 +120,8 @@ class AdapterTrainer(AtomicCheckpoints, transformers.Trainer):
         # transformers measures every row in Python when the dataset has no length column
         # (seconds on 50k rows, paid by each search trial); arrow reads the lengths at once.
         ds = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in ds.column_names:
+        if self.args.train_sampling_strategy != "group_by_length" or \
+                "input_ids" not in (getattr(ds, "column_names", None) or ()):  # not a datasets.Dataset
             return super()._get_train_sampler(train_dataset)
         return transformers.trainer_pt_utils.LengthGroupedSampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=row_lengths(ds))
