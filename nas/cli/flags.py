@@ -23,7 +23,8 @@ def add_flags(group, cls, names: list[str], *, use_defaults: bool = True, unders
     ``use_defaults=False``: a flag not given is None (more-train: the plan's value, then the
     dataclass default, applies); the help still shows the dataclass default.
     ``underscores``: ``--field_name`` too, the spelling of transformers' TrainingArguments.
-    A bool field that defaults to True gets ``--no-...`` as well.
+    A bool field that defaults to True, or any bool with ``use_defaults=False`` (a plan's hint may
+    have set it), gets ``--no-...`` as well.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -37,7 +38,7 @@ def add_flags(group, cls, names: list[str], *, use_defaults: bool = True, unders
             help_text += f" (default {str(f.default).replace('%', '%%')})"
         kw: dict = {"dest": name, "help": help_text}
         if hints[name] is bool:
-            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+            kw["action"] = argparse.BooleanOptionalAction if f.default or not use_defaults else "store_true"
         else:
             kw["type"] = md.get("type") or _scalar_type(hints[name])
             if "choices" in md:

@@ -66,7 +66,7 @@ class SearchConfig(TaskSpec):
                                 "training run of the plan (epochs over the train set at the batch "
                                 "size); every stage is sized from it")
     supernet_share: float = option(0.2, "cost of the super-network stage, as a share of one full run "
-                                   "(a super-network step costs about 2.5 plan steps)")
+                                   "(a super-network step costs about 1.5 plan steps)")
     scoring_share: float = option(0.05, "cost of scoring plans on the shared weights, as a share of "
                                   "one full run")
     scoring_rows: int = option(128, "held-out rows that score a plan (on the shared weights and in "

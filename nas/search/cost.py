@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-# Costs in plan steps.  A super-network step: 1.5 in benchmarks/results/supernet_overhead.md (an
-# idle machine), 2.3 in the demo search on a loaded one, 2.0 / 2.45 in full-SST-2 searches at
-# 0.02% / 0.1% (benchmarks/results/search_signal.md; at 2.0 the 0.1% one overran to 0.53x).
+# Costs in plan steps.  A super-network step: 1.47 on SST-2's 8,000 rows at 0.1% against the
+# returned plan's full run (benchmarks/results/search_signal.md), 1.5 in
+# benchmarks/results/supernet_overhead.md.  It cost 2.0-2.9 while its batches were random rows
+# (padded to the longest of 16) and the plan's grouped by length.
 # A proxy batch scores every candidate of the space at once: 11.6 plan steps in the demo search
 # (MiniLM, 383 candidates, fisher).
-SUPERNET_STEP_COST = 2.5
+SUPERNET_STEP_COST = 1.5
 PROXY_BATCH_COST = 1.0  # the proxy's forward/backward on one batch
 # Its joint signals for every candidate: 10.7 s for MiniLM's 383 candidates in the demo search on
 # an idle machine, at 0.12 s per plan step.

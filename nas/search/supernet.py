@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import statistics
 import time
@@ -24,9 +25,11 @@ from search_spaces.supernet import (PlanSampler, Selection, activate, attach_sup
                                     plan_state_dict, shortcut_choices, train_supernet_steps)
 
 from ..baselines import baselines_at, preferred
+from ..data import row_lengths
 from ..io import atomic_write_bytes, atomic_write_text, pause_for_test
 from ..plan import Plan
 from ..train.precision import resolve_device
+from ..train.support import length_grouped_order
 from .config import PLAN_ATTR
 from .cost import StageSizes
 from .ranking import heldout
@@ -53,13 +56,17 @@ class FixedCycle:
         return self.sampler.random()
 
 
-def _batches(data, batch_size: int, seed: int):
-    """Training batches for ever: a fresh seeded permutation per pass, full batches only."""
+def _batches(data, batch_size: int, seed: int, steps: int | None = None, grouped: bool = False):
+    """Training batches for ever: a fresh seeded order per pass, full batches only; ``grouped``:
+    rows of similar lengths together, as the trials batch them (transformers' rule, mega-batches
+    sized for ``steps``), so a super-network step pads as little as a plan's."""
     collate, train = data.collator(), data.train
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in train.column_names]
     g, size = np.random.default_rng(seed), min(batch_size, len(train))
-    while True:
-        perm = g.permutation(len(train)).tolist()
+    lengths = row_lengths(train) if grouped and "input_ids" in cols else None
+    for n in itertools.count():
+        perm = g.permutation(len(train)).tolist() if lengths is None else \
+            length_grouped_order(lengths, size, steps, seed + n)
         for i in range(0, len(perm) - size + 1, size):
             part = train[perm[i:i + size]]
             yield collate([{c: part[c][j] for c in cols} for j in range(size)])
@@ -84,7 +91,7 @@ class SharedWeights:
         self.net_candidates = list(search.candidates) + [c for c in extra if c.key not in known]
         self.fingerprint = hashlib.sha1(json.dumps(
             [sorted(c.key for c in self.net_candidates), search.budget, cfg.seed, cfg.supernet_lr,
-             cfg.batch_size, cfg.max_length, search.sizes.supernet_steps], sort_keys=True
+             cfg.batch_size, cfg.max_length, search.sizes.supernet_steps, cfg.group_by_length], sort_keys=True
         ).encode()).hexdigest()[:16]
         self.model = self._build()
 
@@ -149,7 +156,8 @@ class SharedWeights:
 
         torch.manual_seed(cfg.seed)
         dev = next(self.model.parameters()).device
-        it = ({k: v.to(dev) for k, v in b.items()} for b in _batches(s.trial_data, cfg.batch_size, cfg.seed))
+        it = ({k: v.to(dev) for k, v in b.items()}
+              for b in _batches(s.trial_data, cfg.batch_size, cfg.seed, steps, cfg.group_by_length))
         # Mixed precision as the trials train (the frozen base in fp32, autocast as transformers does).
         dtype = torch.bfloat16 if cfg.bf16 else torch.float16
         amp = torch.autocast(dev.type, dtype=dtype, enabled=cfg.bf16 or cfg.fp16)

@@ -9,7 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 from torch import nn
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from search_spaces.attach import adapters, shortcut_set
 
@@ -109,6 +111,38 @@ def group_by_length(perm: list[int], lengths: list[int], batch_size: int) -> lis
     mega = batch_size * max(1, min(50, len(perm) // (batch_size * 4)))
     return [i for k in range(0, len(perm), mega)
             for i in sorted(perm[k:k + mega], key=lambda i: -lengths[i])]
+
+
+def length_grouped_indices(lengths: list[int], batch_size: int, steps: int | None, generator=None) -> list[int]:
+    """transformers' length-grouped order (random mega-batches of up to 50 batches, each sorted
+    longest first).  A run of ``steps`` batches that ends within its first 4 mega-batches would
+    train on the longest rows of each only (and time its slowest steps), so for such a short run
+    the full batches, still grouped, are shuffled; the longest stays first, a partial one last."""
+    order = get_length_grouped_indices(lengths, batch_size, generator=generator)
+    mega = max(1, min(50, len(lengths) // (batch_size * 4)))  # transformers' mega-batch, in batches
+    if not steps or steps <= 0 or steps >= 4 * mega:
+        return order
+    full = len(order) // batch_size
+    batches = [order[k * batch_size:(k + 1) * batch_size] for k in range(full)]
+    rest = torch.randperm(full - 1, generator=generator).tolist() if full > 1 else []
+    return [i for b in batches[:1] + [batches[k + 1] for k in rest] for i in b] + order[full * batch_size:]
+
+
+def length_grouped_order(lengths, batch_size: int, steps: int | None, seed: int) -> list[int]:
+    """A seeded pass over the rows in length-grouped order for a run of ``steps`` batches."""
+    return length_grouped_indices(list(lengths), batch_size, steps, torch.Generator().manual_seed(seed))
+
+
+class GroupedSampler(LengthGroupedSampler):
+    """transformers' LengthGroupedSampler, given the lengths (never measured row by row), its
+    order suited to a run of ``steps`` batches (length_grouped_indices)."""
+
+    def __init__(self, batch_size: int, lengths: list[int], steps: int | None):
+        super().__init__(batch_size, lengths=lengths)
+        self.steps = steps
+
+    def __iter__(self):
+        return iter(length_grouped_indices(self.lengths, self.batch_size, self.steps, self.generator))
 
 
 def is_causal_lm(model: nn.Module) -> bool:

@@ -43,8 +43,8 @@ from .outdir import (AtomicCheckpoints, Claim, check_output_dir, last_complete_c
                      run_contents)
 from .outputs import CONFIG_NAME, remove_outputs, write_outputs
 from .precision import check_precision, frozen_base_to, resolve_device, restore_frozen_base
-from .support import (close_logger, enabled_adapter_params, forward_keys, is_causal_lm, open_log_file,
-                      run_logger, warn_over_budget)
+from .support import (GroupedSampler, close_logger, enabled_adapter_params, forward_keys, is_causal_lm,
+                      open_log_file, run_logger, warn_over_budget)
 
 # Test hook for the crash drills (tests/nas/train/test_drills.py), off unless set: seconds to
 # sleep before each training step, so a signal lands mid-epoch (and nas.train.outdir.SAVE_PAUSE_ENV).
@@ -123,8 +123,8 @@ class AdapterTrainer(AtomicCheckpoints, transformers.Trainer):
         if self.args.train_sampling_strategy != "group_by_length" or \
                 "input_ids" not in (getattr(ds, "column_names", None) or ()):  # not a datasets.Dataset
             return super()._get_train_sampler(train_dataset)
-        return transformers.trainer_pt_utils.LengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=row_lengths(ds))
+        return GroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                              row_lengths(ds), self.args.max_steps)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if os.environ.get(STEP_PAUSE_ENV):

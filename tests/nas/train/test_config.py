@@ -44,3 +44,6 @@ def test_every_field_has_help_and_the_cli_takes_both_spellings():
     assert vars(new) == vars(old)
     assert new.learning_rate == 1e-3 and new.per_device_train_batch_size == 8 and new.bf16 is True
     assert p.parse_args(["--plan", "p"]).bf16 is None  # not given: the plan's hint or the default
+    # a plan's hint can turn a switch on, so each switch can also be turned off
+    assert p.parse_args(["--plan", "p", "--no-group_by_length"]).group_by_length is False
+    assert p.parse_args(["--plan", "p", "--group-by-length"]).group_by_length is True
