@@ -58,8 +58,8 @@ class FixedCycle:
 
 def _batches(data, batch_size: int, seed: int, steps: int | None = None, grouped: bool = False):
     """Training batches for ever: a fresh seeded order per pass, full batches only; ``grouped``:
-    rows of similar lengths together, as the trials batch them (transformers' rule, mega-batches
-    sized for ``steps``), so a super-network step pads as little as a plan's."""
+    rows of similar lengths together, as the trials batch them (length_grouped_order for a run of
+    ``steps``), so a super-network step pads as little as a plan's."""
     collate, train = data.collator(), data.train
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in train.column_names]
     g, size = np.random.default_rng(seed), min(batch_size, len(train))

@@ -104,11 +104,16 @@ def forward_keys(model: nn.Module) -> set[str] | None:
     return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
+def mega_batches(n_rows: int, batch_size: int) -> int:
+    """Batches per mega-batch in transformers' length grouping: 50, or 4 mega-batches on small data."""
+    return max(1, min(50, n_rows // (batch_size * 4)))
+
+
 def group_by_length(perm: list[int], lengths: list[int], batch_size: int) -> list[int]:
     """transformers' LengthGroupedSampler rule: cut the shuffled rows into mega-batches of up
     to 50 batches and sort each by length, longest first, so a batch pads little while the
     data order stays random at the mega-batch scale."""
-    mega = batch_size * max(1, min(50, len(perm) // (batch_size * 4)))
+    mega = batch_size * mega_batches(len(perm), batch_size)
     return [i for k in range(0, len(perm), mega)
             for i in sorted(perm[k:k + mega], key=lambda i: -lengths[i])]
 
@@ -119,8 +124,7 @@ def length_grouped_indices(lengths: list[int], batch_size: int, steps: int | Non
     train on the longest rows of each only (and time its slowest steps), so for such a short run
     the full batches, still grouped, are shuffled; the longest stays first, a partial one last."""
     order = get_length_grouped_indices(lengths, batch_size, generator=generator)
-    mega = max(1, min(50, len(lengths) // (batch_size * 4)))  # transformers' mega-batch, in batches
-    if not steps or steps <= 0 or steps >= 4 * mega:
+    if not steps or steps <= 0 or steps >= 4 * mega_batches(len(lengths), batch_size):
         return order
     full = len(order) // batch_size
     batches = [order[k * batch_size:(k + 1) * batch_size] for k in range(full)]
