@@ -300,8 +300,9 @@ def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
         def ranks(k):
             return lora_ranks(bench.spec(t, bench.method(f"{k}@{b}"), build=False))
         plan = ranks("new-search")
+        ran = {m.name for m in bench.methods}  # --methods may leave a baseline out
         hits = [tag for tag, k in (("(a)", "peft-qv"), ("(b)", "widest-lora"), ("(b')", "mlp-lora"))
-                if plan is not None and ranks(k) == plan]
+                if plan is not None and f"{k}@{b}" in ran and ranks(k) == plan]
         return f"; = {', '.join(hits)}" if hits else ""
 
     def cost(g):  # search seconds / the plan's final-run train seconds (same device); the search's own

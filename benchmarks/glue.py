@@ -74,6 +74,7 @@ from _glue_bench import DATA_DIR, Bench  # noqa: E402
 from _glue_estimate import calibrate, print_estimate  # noqa: E402
 from _glue_methods import Protocol  # noqa: E402
 from _glue_report import write_reports  # noqa: E402
+from nas.options import float_list  # noqa: E402
 from _glue_search import BUDGETS, issue15_methods, make_methods  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -204,6 +205,9 @@ def main(argv=None) -> int:
     ap.add_argument("--full", action="store_true", help="the full SST-2 training set (for a GPU run)")
     ap.add_argument("--device", default=None, help="TrainConfig.device: cpu, cuda (at least 3 seeds by default)")
     ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--lr-grid", type=float_list, metavar="LR,LR,...",
+                    help="the lr grid of the selection instead of the protocol's (e.g. to test past its "
+                         "edge when a method picks the largest rate); use its own --runs-dir and --out")
     ap.add_argument("--tasks", nargs="+", help="a subset of the protocol's tasks")
     ap.add_argument("--methods", nargs="+", help="a subset of the methods (names as in the table)")
     ap.add_argument("--data-dir", default=DATA_DIR)
@@ -241,6 +245,8 @@ def main(argv=None) -> int:
         proto = replace(proto, name=f"{proto.name}-cuda", seeds=proto.seeds if args.quick or len(proto.seeds) >= 3 else (0, 1, 2))
     if args.seeds:
         proto = replace(proto, seeds=tuple(args.seeds))
+    if args.lr_grid:
+        proto = replace(proto, lr_grid=args.lr_grid)
     if args.tasks:
         bad = set(args.tasks) - set(proto.tasks)
         if bad:

@@ -193,6 +193,10 @@ def test_issue15_summary_gaps_against_the_issues_baselines_and_the_best_simple_p
     assert [c.strip() for c in row.strip("|").split("|")][2].endswith("(19.2k); = (b')")
     del groups[("mrpc", "mlp-lora@0.1%")]  # not run: the best simple placement is max(a, b)
     assert "best simple placement: +1.00 points" in "\n".join(issue15_summary(bench, groups, ["mrpc"]))
+    # a --methods subset without the MLP baseline: the plan is compared with the baselines it ran
+    bench.methods = [m for m in bench.methods if not m.name.startswith("mlp-lora")]
+    row = next(line for line in issue15_summary(bench, groups, ["mrpc"]) if line.startswith("| MRPC | 0.1% |"))
+    assert [c.strip() for c in row.strip("|").split("|")][2].endswith("(19.2k)")
 
 
 def test_lora_ranks_equal_for_a_plan_and_a_peft_baseline_with_the_same_adapters():
@@ -306,3 +310,16 @@ def test_a_baseline_that_does_not_fit_the_plan_is_left_out_not_a_crash(tmp_path)
     assert "Not run ('-'): mlp-lora@0.02% on SST-2: no uniform LoRA on the mlp placement" in text
     with pytest.raises(ValueError, match="no uniform LoRA on the mlp placement fits"):
         placement_lora(_ctx(), 3_072, "mlp")  # what raises it on MiniLM (0.02%: q,v on two layers)
+
+
+def test_lr_grid_flag_replaces_the_protocols_grid(tmp_path, capsys):
+    argv = ["--protocol", "issue15", "--tasks", "sst2", "--methods", "peft-lora-r8", "--runs-dir",
+            str(tmp_path), "--threads", "1", "--ms-per-token", "0.01", "--estimate-only"]
+    assert glue.main(argv + ["--lr-grid", "5e-3,1e-2"]) == 0
+    out = capsys.readouterr().out
+    assert "lr grid [0.005, 0.01]" in out and "select 800," in out  # 2 lrs x 400 steps
+    assert glue.main(argv) == 0
+    assert "select 1,600," in capsys.readouterr().out  # the protocol's 4 lrs
+    with pytest.raises(SystemExit):
+        glue.main(argv + ["--lr-grid", "fast"])
+    assert "--lr-grid" in capsys.readouterr().err
