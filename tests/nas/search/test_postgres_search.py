@@ -111,7 +111,9 @@ def test_killed_worker_trial_retried_once_with_the_same_plan(files, postgres_url
 def test_resume_on_a_shared_study_never_fails_a_live_workers_trial(files, tmp_path, request, kind):
     url = request.getfixturevalue("postgres_url") if kind == "postgres" else f"journal:{tmp_path / 'shared.journal'}"
     study = f"s-{uuid.uuid4().hex[:8]}"
-    live = more_search(files, tmp_path / "a", url, study, 1, 1000)
+    # 3000 steps (~20 s): the live trial must outlast the resumed worker's start-up (~6 s on 2
+    # busy cores; with 1000 steps, ~7.5 s, it sometimes finished first and the worker had nothing to do)
+    live = more_search(files, tmp_path / "a", url, study, 1, 3000)
     running = wait_for_running(url, study, live.pid)
     resumed = more_search(files, tmp_path / "b", url, study, 1, 4, "--resume")
     finish(resumed)
