@@ -44,6 +44,7 @@ def run_cell(cell, steps_grid, lrs, seeds, done: dict, data_dir: Path, save) -> 
     from nas.baselines import baselines_at, preferred
     from nas.search.config import SearchConfig
     from nas.search.engine import Search
+    from nas.search.finalists import trial_config
     from nas.search.ranking import heldout
 
     task, rows_n, budget = cell
@@ -69,10 +70,7 @@ def run_cell(cell, steps_grid, lrs, seeds, done: dict, data_dir: Path, save) -> 
         plan = copy.deepcopy(base_plan)
         plan.training["lr"] = lr
         model = copy.deepcopy(s.base)
-        tcfg = training.TrainConfig.from_plan(
-            plan, max_steps=steps, eval_every=steps, seed=seed, lr=lr, batch_size=cfg.batch_size,
-            max_length=cfg.max_length, allocation="static", output_dir=None, progress=False,
-            group_by_length=cfg.group_by_length, device=cfg.device)
+        tcfg = trial_config(cfg, plan, steps, lr, seed)  # exactly as a finalist trains
         t0 = time.perf_counter()
         training.run(training.prepare(plan, tcfg, model=model, tokenizer=s._tokenizer, data=data))
         with torch.no_grad():

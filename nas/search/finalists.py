@@ -194,6 +194,15 @@ def without_signal(search, study, scoring, best, rows, order: tuple[str, ...]):
         f"two or three (`more-train --plan ... --lr`) and keep the lowest held-out loss.", ""]
 
 
+def trial_config(cfg, plan: Plan, steps: int, lr: float, seed: int) -> training.TrainConfig:
+    """How a finalist trains: ``steps`` steps of ``plan`` at ``lr`` (a schedule over the trial),
+    the search's batching and precision, nothing written."""
+    return training.TrainConfig.from_plan(
+        plan, max_steps=steps, eval_every=steps, seed=seed, lr=lr, batch_size=cfg.batch_size,
+        max_length=cfg.max_length, allocation="static", output_dir=None, progress=False,
+        group_by_length=cfg.group_by_length, device=cfg.device, bf16=cfg.bf16, fp16=cfg.fp16)
+
+
 def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, rows):
     cfg = search.cfg
     trial = ask_tagged(study)
@@ -204,10 +213,7 @@ def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, 
                  PLAN_ATTR: plan.to_dict()}.items():
         trial.set_user_attr(k, v)
     model = copy.deepcopy(search.base)
-    tcfg = training.TrainConfig.from_plan(
-        plan, max_steps=steps, eval_every=steps, seed=cfg.seed, lr=f.lr, batch_size=cfg.batch_size,
-        max_length=cfg.max_length, allocation="static", output_dir=None, progress=False,
-        group_by_length=cfg.group_by_length, device=cfg.device, bf16=cfg.bf16, fp16=cfg.fp16)
+    tcfg = trial_config(cfg, plan, steps, f.lr, cfg.seed)
     try:
         trainer = training.prepare(plan, tcfg, model=model, tokenizer=search._tokenizer, data=data)
         _, unexpected = model.load_state_dict(shared.warm_state(plan), strict=False)
