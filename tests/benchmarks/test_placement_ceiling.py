@@ -58,3 +58,18 @@ def test_summary_tests_each_plan_against_the_widest_paired_by_seed():
     assert math.isclose(out["MLP"]["vs_widest"][0], sum(d) / 5)
     assert math.isclose(out["MLP"]["p_vs_widest"], stats.ttest_rel(mlp, wide).pvalue)
     assert math.isnan(out["uniform q,v"]["p_vs_widest"])  # identical per seed: no test
+
+
+def test_each_plan_is_compared_at_its_own_best_lr_paired_by_seed():
+    table = {"0.02%": [("uniform v (the widest that fits)", None, 1), ("MoRe v", None, 1)]}
+    acc = {("uniform v (the widest that fits)", 5e-3): (0.82, 0.83, 0.83),
+           ("uniform v (the widest that fits)", 2e-2): (0.76, 0.51, 0.51),
+           ("MoRe v", 5e-3): (0.81, 0.81, 0.80), ("MoRe v", 2e-2): (0.83, 0.81, 0.83),
+           ("MoRe v", 5e-2): (0.90,)}  # one seed only: never the best lr over three-seed ones
+    rows = [{"budget": "0.02%", "lr": lr, "plan": n, "seed": s, "accuracy": a}
+            for (n, lr), accs in acc.items() for s, a in enumerate(accs)]
+    best = {r["plan"]: r for r in pc.at_best_lr(pc.summarize(rows, table), rows)}
+    assert best["MoRe v"]["lr"] == 2e-2 and best["uniform v (the widest that fits)"]["lr"] == 5e-3
+    mean, sd = best["MoRe v"]["vs_widest"]  # per seed: +1, -2, 0 points
+    assert math.isclose(mean, -1 / 3) and math.isclose(sd, math.sqrt(7 / 3))
+    assert "| 0.02% | MoRe v | 1 | 0.02 |" in "\n".join(pc.best_lr_lines(pc.summarize(rows, table), rows))
