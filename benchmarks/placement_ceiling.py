@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from glue import ISSUE15  # noqa: E402
 from _glue_bench import Bench  # noqa: E402
 from _glue_methods import plan_spec  # noqa: E402
+from search_spaces.shortcuts import SHORTCUT_KINDS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TASKS = {"sst2": "SST-2", "mrpc": "MRPC"}  # issue #15's tasks
@@ -80,6 +81,13 @@ PLANS = {
         # MoRe's block rank 1 costs LoRA r1's parameters at rank N (its paper's selling point).
         "MoRe N4 r1 on value, layers 1-5": [(("v",), range(1, 6), MORE(4, 1))],
         "MoRe N8 r1 on value, layers 1-5": [(("v",), range(1, 6), MORE(8, 1))],
+        # The SURM kinds at the same 768 parameters per module (unrestricted rank).
+        "Toeplitz on value, layers 1-5": [(("v",), range(1, 6), {"type": "toeplitz"})],
+        "Kronecker r8 on value, layers 1-5": [(("v",), range(1, 6), {"type": "kronecker", "rank": 8})],
+        "LDR r1 on value, layers 1-5": [(("v",), range(1, 6), {"type": "ldr", "rank": 1})],
+        # HeteroLoRA's shortcuts at rank 1 (768 parameters each), alpha 4 as in the paper.
+        "shortcut s_res2 r1 on layers 1-5": [(("s_res2",), range(1, 6), {"rank": 1, "alpha": 4.0})],
+        "shortcut s_in r1 on layers 1-5": [(("s_in",), range(1, 6), {"rank": 1, "alpha": 4.0})],
     },
 }
 
@@ -115,7 +123,9 @@ def specs(bench: Bench, task: str, extra: dict[str, Path], budgets, only: str = 
                 continue
             pick = rules_plan(rules)
             mods = {m.name: pick(m) for m in ctx.layout.modules if pick(m)}
-            spec = plan_spec(slug(name), mods)
+            cuts = {f"{layer}.{kind}": c for roles, layers, c in rules for kind in roles
+                    if kind in SHORTCUT_KINDS for layer in layers}  # HeteroLoRA shortcuts
+            spec = plan_spec(slug(name), mods, cuts)
             rows.append((name, spec, Plan.from_dict(spec.payload["plan"]).count_params(ctx.layout)))
         out[budget] = rows
     for name, path in extra.items():

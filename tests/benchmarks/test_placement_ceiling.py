@@ -11,9 +11,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import placement_ceiling as pc  # noqa: E402
 from search_spaces import count_params  # noqa: E402
+from search_spaces.shortcuts import SHORTCUT_KINDS, shortcut_params  # noqa: E402
 from tests.factories import minilm_layout  # noqa: E402
 
 MINILM_PARAMS = 22_713_216  # base parameters without the task head
+HIDDEN = 384  # MiniLM's residual width: a shortcut's d
 
 
 def test_every_hand_plan_fits_its_budget_and_uniform_plans_are_uniform():
@@ -25,6 +27,8 @@ def test_every_hand_plan_fits_its_budget_and_uniform_plans_are_uniform():
             chosen = [(m, pick(m)) for m in layout.modules if pick(m)]
             size = sum(count_params(c["type"], m.d_in, m.d_out, **{k: v for k, v in c.items() if k != "type"})
                        for m, c in chosen)
+            size += sum(shortcut_params(HIDDEN, **c) * len(layers) for roles, layers, c in rules
+                        for kind in roles if kind in SHORTCUT_KINDS)
             assert 0 < size <= limit, (budget, name, size)
             if name.startswith("uniform"):
                 assert len({str(c) for _, c in chosen}) == 1, name
