@@ -3,9 +3,10 @@ the same seeds (issue #15's SST-2 or MRPC setting, packaged MiniLM), at fixed le
 
 A search can only pay for itself if some plan of its space beats the best uniform LoRA at the same
 size by more than the seed noise.  This trains, in full, a few plans an engineer would try (other
-placements, depth profiles, MoRe, SURM kinds, the FFN) and the uniform placements, at 2e-3 (on
-this model it beats 5e-4 for every method) and, at the small budget, also 5e-3 (which small
-adapters prefer), plus any plan files given with --plan (e.g. a search's).
+placements, depth profiles, MoRe, SURM kinds, (IA)^3, HeteroLoRA shortcuts, the FFN) and the uniform
+placements, at 2e-3 (on this model it beats 5e-4 for every method) and, at the small budget, also
+5e-3 (which small adapters prefer), plus any plan files given with --plan (e.g. a search's).  With
+several --lrs, the report also sets every plan at its own best lr.
 Per seed, every plan starts from the same head and data order, so differences are paired by seed.
 
     python benchmarks/placement_ceiling.py --curves 0.1%@2e-3     # both budgets, 3 seeds, curves
