@@ -11,7 +11,6 @@ the trained tensors, and a resume that refuses other settings or data.  Outputs:
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -22,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import transformers
 from torch import nn
@@ -39,6 +37,7 @@ from ..plan import Plan
 from .callbacks import DynamicAllocation, EvaluateAtEnd, OnEval, ResumeState, StepStats
 from .config import NonFiniteLoss, TrainConfig, TrainResult
 from .dynamic import DynamicAllocator
+from .evaluate import evaluate_model
 from .outdir import (AtomicCheckpoints, Claim, check_output_dir, last_complete_checkpoint, remove_incomplete,
                      run_contents)
 from .outputs import CONFIG_NAME, remove_outputs, write_outputs
@@ -55,48 +54,6 @@ RESUME_KEYS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size
                "gradient_accumulation_steps", "max_length", "seed", "allocation", "max_steps", "eval_steps",
                "warmup_ratio", "weight_decay", "lr_scheduler_type", "dynamic_every", "dynamic_batches",
                "dynamic_proxy", "max_grad_norm", "bf16", "bf16_frozen_base", "fp16")
-
-
-@torch.no_grad()
-def evaluate_model(model: nn.Module, data, batch_size: int, device, autocast=None) -> dict[str, float]:
-    """The task's metrics on ``data.eval``.  Rows go sorted by length, so batches of similar
-    lengths pad little (every metric here is order-free: the order changes the cost only)."""
-    split, collate = data.eval, data.collator()
-    keys = forward_keys(model)
-    lengths = row_lengths(split)
-    order = sorted(range(len(split)), key=lengths.__getitem__)
-    was = model.training
-    model.eval()
-    preds, labels, loss_sum, loss_n, tok_loss, tok_correct, tok_total = [], [], 0.0, 0, 0.0, 0, 0
-    try:
-        for start in range(0, len(split), batch_size):
-            cols = split[order[start:start + batch_size]]
-            rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
-            batch = {k: v.to(device) for k, v in collate(rows).items() if keys is None or k in keys}
-            with (autocast or contextlib.nullcontext()):
-                out = model(**batch)
-            if data.task_type == "causal_lm":
-                logits, target = out.logits[:, :-1].float(), batch["labels"][:, 1:]
-                mask = target != -100
-                tok_loss += float(torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"))
-                tok_total += int(mask.sum())
-                tok_correct += int(((logits.argmax(-1) == target) & mask).sum())
-                continue
-            loss_sum += float(out.loss) * len(batch["labels"])
-            loss_n += len(batch["labels"])
-            logits = out.logits.float()
-            preds.append((logits.reshape(-1) if data.task_type == "regression" else logits.argmax(-1)).cpu().numpy())
-            labels.append(batch["labels"].cpu().numpy())
-    finally:
-        model.train(was)
-    if data.task_type == "causal_lm":
-        loss = tok_loss / max(tok_total, 1)
-        return {"token_accuracy": tok_correct / max(tok_total, 1), "loss": loss,
-                "perplexity": math.exp(min(loss, 50.0))}
-    metrics = data.compute_metrics(np.concatenate(preds), np.concatenate(labels))
-    metrics["loss"] = loss_sum / max(loss_n, 1)
-    return metrics
 
 
 class Interrupted(KeyboardInterrupt):
