@@ -68,9 +68,11 @@ def ms(v) -> str:
 
 
 def lines(rows: list[dict], command: str) -> list[str]:
-    out = [f"# Issue #15's table on more seeds", "", f"`{command}`: dev score x100, mean ± std over seeds; "
-           "gap = new − the better of (a), (b) by mean, paired by seed (mean ± std of the per-seed "
-           "differences, two-sided paired p).", "",
+    out = ["# Issue #15's table on more seeds", "", f"`{command}`: the CSV's final runs plus the runs "
+           "under --runs-dir that train the same spec at the same (held-out-selected) lr, i.e. "
+           "benchmarks/issue15_fixed_lr.py's extra seeds. Dev score x100, mean ± std over seeds; gap = new − "
+           "the better of (a), (b) by mean, paired by seed (mean ± std of the per-seed differences, "
+           "two-sided paired p).", "",
            "| task | budget | new plan | (a) PEFT q,v | (b) widest LoRA | gap vs max(a,b) (p) | PEFT r8 | new − r8 (p) |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
