@@ -146,6 +146,8 @@ SPACES: dict[str, SearchSpace] = {
     # The default mixes every family: LoRA ranks, MoRe blocks and ranks, the SURM types and
     # the four shortcuts, on every projection role.  LoRA rank 1: at 0.1% the best plans spread
     # rank 1 wide (benchmarks/results/placement_ceiling*.md), and nested ranks make it free.
+    # Every kind trains at the search's one rate; on MiniLM MoRe's best rate is ~4x LoRA's (it has
+    # no alpha), so its candidates are judged below their best (at their best they tie LoRA).
     "default": SearchSpace(
         name="default",
         choices=[
