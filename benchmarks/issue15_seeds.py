@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _glue_report import _ms  # noqa: E402
 from placement_ceiling import paired_p  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -64,7 +65,7 @@ def cells(table: dict, budgets: dict[str, tuple[str, ...]]) -> list[dict]:
 
 def ms(v) -> str:
     v = list(v)
-    return f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f} (n={len(v)})" if len(v) > 1 else "-"
+    return f"{_ms(v, scale=1.0)} (n={len(v)})" if len(v) > 1 else "-"
 
 
 def lines(rows: list[dict], command: str) -> list[str]:
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.csv.is_file():
         ap.error(f"--csv {args.csv}: no such file; give benchmarks/glue.py's runs CSV")
+    if missing := [str(d) for d in args.runs_dir if not d.is_dir()]:
+        ap.error(f"--runs-dir {', '.join(missing)}: no such folder; give issue15_fixed_lr.py's --runs-dir")
     runs = [json.loads(p.read_text()) for d in args.runs_dir for p in sorted(d.glob("*/final/*.json"))]
     with open(args.csv, newline="") as f:
         rows = cells(scores(list(csv.DictReader(f)), runs), ISSUE15_BUDGETS)

@@ -166,6 +166,15 @@ def paired_p(diffs: list[float]) -> float:
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
+def per_seed(acc: dict, budget: str, lr: float, plan: str) -> dict[int, float]:
+    """{seed: dev accuracy} of one plan at one lr, from summarize's (budget, lr, plan, seed) map."""
+    return {s: a for (b, r, n, s), a in acc.items() if (b, r, n) == (budget, lr, plan)}
+
+
+def mean_sd(d: list[float]) -> tuple[float, float]:
+    return (statistics.fmean(d) if d else float("nan"), statistics.stdev(d) if len(d) > 1 else float("nan"))
+
+
 def summarize(rows: list[dict], table: dict) -> list[dict]:
     """Per plan: mean ± std over seeds, and the paired difference to the budget's reference, to
     its best uniform plan and to the widest uniform plan (mean ± std of the per-seed differences,
@@ -174,7 +183,7 @@ def summarize(rows: list[dict], table: dict) -> list[dict]:
     out = []
     for (budget, plans), lr in ((bp, lr) for lr in dict.fromkeys(r["lr"] for r in rows) for bp in table.items()):
         def seeds_of(name):
-            return {s: a for (b, r, n, s), a in acc.items() if b == budget and r == lr and n == name}
+            return per_seed(acc, budget, lr, name)
 
         uniforms = [n for n, _, _ in plans if n.startswith("uniform") and seeds_of(n)]
         best_uniform = max(uniforms, key=lambda n: statistics.fmean(seeds_of(n).values()), default=None)
@@ -188,8 +197,7 @@ def summarize(rows: list[dict], table: dict) -> list[dict]:
                      for key, ref in (("vs_ref", plans[0][0]), ("vs_best_uniform", best_uniform),
                                       ("vs_widest", widest))}
             for key, d in diffs.items():
-                row[key] = (statistics.fmean(d) if d else float("nan"),
-                            statistics.stdev(d) if len(d) > 1 else float("nan"))
+                row[key] = mean_sd(d)
             row["p_vs_widest"] = paired_p(diffs["vs_widest"])
             row["best_uniform"] = best_uniform
             out.append(row)
@@ -209,19 +217,16 @@ def at_best_lr(summary: list[dict], rows: list[dict]) -> list[dict]:
     out = []
     for (budget, plan), r in best.items():
         wide = next((w for (b, n), w in best.items() if b == budget and "the widest" in n), None)
-        d = [] if wide is None else [acc[budget, r["lr"], plan, s] - acc[budget, wide["lr"], wide["plan"], s]
-                                     for (b, lr, n, s) in acc if (b, lr, n) == (budget, r["lr"], plan)
-                                     and (budget, wide["lr"], wide["plan"], s) in acc]
-        out.append({**r, "vs_widest": (statistics.fmean(d) if d else float("nan"),
-                                       statistics.stdev(d) if len(d) > 1 else float("nan")),
-                    "p_vs_widest": paired_p(d)})
+        ref = per_seed(acc, budget, wide["lr"], wide["plan"]) if wide else {}
+        d = [a - ref[s] for s, a in per_seed(acc, budget, r["lr"], plan).items() if s in ref]
+        out.append({**r, "vs_widest": mean_sd(d), "p_vs_widest": paired_p(d)})
     return out
 
 
 def best_lr_lines(summary: list[dict], rows: list[dict]) -> list[str]:
-    best = at_best_lr(summary, rows)
     if len({r["lr"] for r in summary}) < 2:
         return []
+    best = at_best_lr(summary, rows)
     lines = ["## Each plan at its best lr (picked on dev: a ceiling for every plan alike)", "",
              "| budget | plan | params | best lr | dev accuracy | vs the widest at its best lr (paired p) |",
              "|---|---|---:|---:|---|---:|"]

@@ -61,3 +61,13 @@ def test_main_reads_the_csv_and_the_runs_folders(tmp_path, capsys):
     (tmp_path / "r" / "sst2" / "final" / "x.json").write_text(json.dumps(_run("plan-x", 5e-3, 2, 0.85)))
     assert s15.main(["--csv", str(path), "--runs-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 0
     assert "84.0 ± 1.0 (n=3)" in (tmp_path / "o.md").read_text()
+
+
+def test_a_missing_runs_folder_is_an_error_not_an_empty_join(tmp_path, capsys):
+    import pytest
+
+    path = tmp_path / "runs.csv"
+    path.write_text(",".join(FIELDS) + "\n")
+    with pytest.raises(SystemExit) as e:
+        s15.main(["--csv", str(path), "--runs-dir", str(tmp_path / "nope")])
+    assert e.value.code == 2 and "no such folder" in capsys.readouterr().err
