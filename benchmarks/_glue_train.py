@@ -15,6 +15,11 @@ from _glue_methods import Protocol, Spec, TaskCtx, fresh_model
 
 
 # ---- a Spec -> a Trainer --------------------------------------------------------------------
+# Spec kinds a benchmark adds (kind -> builder(spec, ctx, data, cfg, model) -> trainer), e.g.
+# benchmarks/beyond_space.py's methods outside the search space.
+BUILDERS: dict = {}
+
+
 def build_trainer(spec: Spec, ctx: TaskCtx, data, cfg):
     """The model for ``spec`` (head initialised from ``cfg.seed``) in nas.train's AdapterTrainer."""
     from transformers import set_seed
@@ -39,6 +44,8 @@ def build_trainer(spec: Spec, ctx: TaskCtx, data, cfg):
         return trainer_for(model, data, cfg)
     if spec.kind == "plan":
         return prepare(Plan.from_dict(spec.payload["plan"]), cfg, model=model, data=data)
+    if spec.kind in BUILDERS:
+        return BUILDERS[spec.kind](spec, ctx, data, cfg, model)
     raise ValueError(f"unknown spec kind {spec.kind!r}")
 
 

@@ -237,7 +237,9 @@ def best_lr_lines(summary: list[dict], rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, command: str, extra_lines=()) -> None:
+def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, command: str, extra_lines=(), *,
+          title: str = "Placement ceiling: hand-built plans vs uniform LoRA at the same size",
+          script: str = "benchmarks/placement_ceiling.py") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,8 +252,7 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, comman
     pm = lambda mu_sd: f"{mu_sd[0]:+.1f} ± {mu_sd[1]:.1f}"  # noqa: E731
     name, p, n_rows = TASKS[task], ISSUE15, ISSUE15.train_rows.get(task)
     data = f"{name}'s {n_rows:,}-row subset" if n_rows else f"{name}'s full train set"
-    lines = [f"# Placement ceiling: hand-built plans vs uniform LoRA at the same size ({name})", "",
-             f"`python benchmarks/placement_ceiling.py {command}`: packaged MiniLM, {data} for "
+    lines = [f"# {title} ({name})", "", f"`python {script} {command}`: packaged MiniLM, {data} for "
              f"{p.epochs_for(task):g} epoch(s) ({rows[0]['steps']} steps), batch {p.batch_size}, max length "
              f"{p.max_length}, every plan at each lr, seeds {', '.join(map(str, sorted({r['seed'] for r in rows})))}; "
              f"dev accuracy ({rows[0]['dev_rows']} rows). Differences are paired by seed (same head init and "
@@ -261,8 +262,9 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, comman
         sub = [r for r in summary if (r["budget"], r["lr"]) == (budget, lr) and r["n"]]
         if not sub:
             continue
+        ref = next(r["plan"] for r in summary if r["budget"] == budget)  # the table's first plan
         lines += [f"## Budget {budget}, lr {lr:g}", "",
-                  f"| plan | params | dev accuracy | vs {sub[0]['plan'].split(' (')[0]} | vs best uniform "
+                  f"| plan | params | dev accuracy | vs {ref.split(' (')[0]} | vs best uniform "
                   f"| vs the widest (paired p) |", "|---|---:|---|---:|---:|---:|"]
         for r in sorted(sub, key=lambda r: -r["mean"]):
             p_w = f" ({r['p_vs_widest']:.3f})" if math.isfinite(r["p_vs_widest"]) else ""
