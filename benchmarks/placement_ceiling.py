@@ -272,29 +272,34 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, comman
                          f"| {pm(r['vs_ref'])} | {pm(r['vs_best_uniform'])} | {pm(r['vs_widest'])}{p_w} |")
         lines += ["", f"Best uniform: {sub[0]['best_uniform'] or 'none trained at this lr'}.", ""]
     Path(f"{prefix}.md").write_text("\n".join(lines + list(extra_lines)))
-    cells = [c for c in cells if any((r["budget"], r["lr"]) == c and r["n"] for r in summary)]
-    ncol = min(2, len(cells))
-    fig, axes = plt.subplots(-(-len(cells) // ncol), ncol, figsize=(7 * ncol, 4.5 * -(-len(cells) // ncol)),
+    # One panel per (budget, lr), and with several lrs one per budget of each plan at its best lr.
+    best = at_best_lr(summary, rows) if len({r["lr"] for r in summary}) > 1 else []
+    panels = [(f"budget {b}, each plan at its best lr", [r for r in best if r["budget"] == b])
+              for b in dict.fromkeys(r["budget"] for r in best)]
+    panels += [(f"budget {b}, lr {lr:g}", [r for r in summary if (r["budget"], r["lr"]) == (b, lr) and r["n"]])
+               for b, lr in cells]
+    panels = [(t, sorted(sub, key=lambda r: r["mean"])) for t, sub in panels if sub]
+    ncol = min(2, len(panels))
+    fig, axes = plt.subplots(-(-len(panels) // ncol), ncol, figsize=(7 * ncol, 4.5 * -(-len(panels) // ncol)),
                              squeeze=False)
-    for ax in axes.flat[len(cells):]:
+    for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, (budget, lr) in zip(axes.flat, cells):
-        sub = sorted([r for r in summary if (r["budget"], r["lr"]) == (budget, lr) and r["n"]],
-                     key=lambda r: r["mean"])
+    for ax, (title, sub) in zip(axes.flat, panels):
         ax.errorbar([r["mean"] for r in sub], range(len(sub)), xerr=[r["std"] for r in sub], fmt="o")
         for i, r in enumerate(sub):
-            pts = [100 * x["accuracy"] for x in rows
-                   if (x["budget"], x["lr"], x["plan"]) == (budget, lr, r["plan"])]
+            pts = [100 * x["accuracy"] for x in rows if (x["budget"], x["lr"], x["plan"]) == (r["budget"], r["lr"], r["plan"])]
             ax.scatter(pts, [i] * len(pts), s=8, alpha=0.5, color="gray")
-        ax.set_yticks(range(len(sub)), [r["plan"] for r in sub], fontsize=7)
+        ax.set_yticks(range(len(sub)), [r["plan"] + (f" ({r['lr']:g})" if title.endswith("best lr") else "")
+                                        for r in sub], fontsize=7)
         ax.set_xlabel(f"{name} dev accuracy (%)")
-        ax.set_title(f"budget {budget}, lr {lr:g}")
+        ax.set_title(title)
     fig.tight_layout()
     fig.savefig(f"{prefix}.png", dpi=120)
     print(Path(f"{prefix}.md").read_text())
 
 
-def curves(bench: Bench, task: str, table: dict, budget: str, lr: float, seed: int, path: Path) -> dict[str, list]:
+def curves(bench: Bench, task: str, table: dict, budget: str, lr: float, seed: int, path: Path,
+           run_missing: bool = True) -> dict[str, list]:
     """Per plan of ``budget``: held-out loss every CURVE_EVERY steps of the first CURVE_STEPS of a
     full run's schedule (cut short, as a search's short trial would be), trained on the protocol's
     80% of train and scored on its held-out rows, never dev.  Cached in ``path``."""
@@ -316,7 +321,7 @@ def curves(bench: Bench, task: str, table: dict, budget: str, lr: float, seed: i
 
     for name, spec, _ in table[budget]:
         key = f"{name} | lr {lr:g} | seed {seed}"
-        if key in done:
+        if key in done or not run_missing:  # --report-only: the cached curves only
             continue
         cfg = dataclasses.replace(train_config(spec, bench.proto, task=task, lr=lr, seed=seed, select=False,
                                                device=None), eval_steps=CURVE_EVERY)
@@ -387,7 +392,7 @@ def main(argv=None) -> int:
         budget, _, lr = args.curves.partition("@")
         if budget not in table or not lr:
             ap.error(f"--curves {args.curves}: expected BUDGET@LR with a budget of --budgets, e.g. 0.1%@2e-3")
-        curve = curves(bench, args.task, table, budget, float(lr), 0, Path(f"{out}_curves.json"))
+        curve = curves(bench, args.task, table, budget, float(lr), 0, Path(f"{out}_curves.json"), not args.report_only)
         extra_lines += curve_lines(curve, summary, budget, float(lr))
     argv = sys.argv[1:] if argv is None else argv
     command = " ".join(shlex.quote(a) for a in argv if a != "--report-only")  # how the runs were made
