@@ -223,6 +223,12 @@ def at_best_lr(summary: list[dict], rows: list[dict]) -> list[dict]:
     return out
 
 
+def pm(mu_sd: tuple[float, float]) -> str:
+    """A paired difference as "+m ± s", "—" where there is nothing to pair with."""
+    mu, sd = mu_sd
+    return "—" if math.isnan(mu) else f"{mu:+.1f}" + ("" if math.isnan(sd) else f" ± {sd:.1f}")
+
+
 def best_lr_lines(summary: list[dict], rows: list[dict]) -> list[str]:
     if len({r["lr"] for r in summary}) < 2:
         return []
@@ -233,7 +239,7 @@ def best_lr_lines(summary: list[dict], rows: list[dict]) -> list[str]:
     for r in sorted(best, key=lambda r: (-float(r["budget"][:-1]), -r["mean"])):
         p_w = f" ({r['p_vs_widest']:.3f})" if math.isfinite(r["p_vs_widest"]) else ""
         lines.append(f"| {r['budget']} | {r['plan']} | {r['params']:,} | {r['lr']:g} | {r['mean']:.1f} ± "
-                     f"{r['std']:.1f} (n={r['n']}) | {r['vs_widest'][0]:+.1f} ± {r['vs_widest'][1]:.1f}{p_w} |")
+                     f"{r['std']:.1f} (n={r['n']}) | {pm(r['vs_widest'])}{p_w} |")
     return lines + [""]
 
 
@@ -249,7 +255,6 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, comman
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    pm = lambda mu_sd: f"{mu_sd[0]:+.1f} ± {mu_sd[1]:.1f}"  # noqa: E731
     name, p, n_rows = TASKS[task], ISSUE15, ISSUE15.train_rows.get(task)
     data = f"{name}'s {n_rows:,}-row subset" if n_rows else f"{name}'s full train set"
     lines = [f"# {title} ({name})", "", f"`python {script} {command}`: packaged MiniLM, {data} for "

@@ -77,3 +77,10 @@ def test_each_plan_is_compared_at_its_own_best_lr_paired_by_seed():
     mean, sd = best["MoRe v"]["vs_widest"]  # per seed: +1, -2, 0 points
     assert math.isclose(mean, -1 / 3) and math.isclose(sd, math.sqrt(7 / 3))
     assert "| 0.02% | MoRe v | 1 | 0.02 |" in "\n".join(pc.best_lr_lines(pc.summarize(rows, table), rows))
+
+
+def test_a_difference_with_nothing_to_pair_with_reads_as_a_dash():
+    nan = float("nan")
+    assert pc.pm((nan, nan)) == "—"
+    assert pc.pm((1.0, nan)) == "+1.0"  # one seed: no spread to show
+    assert pc.pm((-0.3, 0.5)) == "-0.3 ± 0.5"
