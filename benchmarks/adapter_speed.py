@@ -310,7 +310,10 @@ def main(argv=None):
     threads = args.threads if args.threads is not None else (torch.get_num_threads()
                                                              if device.type == "cuda" else 1)
     torch.set_num_threads(threads)
-    dims = [int(s) for s in args.dims.split(",") if s.strip()]
+    try:
+        dims = [int(s) for s in args.dims.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--dims {args.dims!r}: expected comma-separated integers, e.g. 384,1024")
     info = machine_info(device, threads)
     for d in dims:
         assert count_params("more", d, d, nblocks=4, rank=8) == count_params("lora", d, d, rank=8)

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _glue_train  # noqa: E402
 import placement_ceiling as pc  # noqa: E402
 from _glue_methods import Spec  # noqa: E402
+from nas.options import int_list  # noqa: E402
 
 BUDGET, GRAD_BATCHES = "0.02%", 4
 REFERENCE = "uniform value r1 on layers 1-5 (the widest that fits)"  # placement_ceiling's plan
@@ -145,7 +146,7 @@ def params_of(payload: dict, ref_params: int, template) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", type=int_list, default=(0, 1, 2), help="comma-separated, e.g. 0,1,2")
     ap.add_argument("--only", default="", metavar="REGEX", help="only the methods whose name matches")
     ap.add_argument("--runs-dir", type=Path, default=pc.RESULTS / "placement_ceiling_runs")
     ap.add_argument("--out", type=Path, default=pc.RESULTS / "beyond_space", help="output prefix")
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(bench.threads)
     (name, ref, ref_params), = pc.specs(bench, "sst2", {}, [BUDGET], re.escape(REFERENCE))[BUDGET]
     tpl = bench.ctx("sst2").template
-    seeds, run = [int(s) for s in args.seeds.split(",")], not args.report_only
+    seeds, run = args.seeds, not args.report_only
     rows = pc.collect(bench, "sst2", {BUDGET: [(name, ref, ref_params)]}, seeds, {BUDGET: REFERENCE_LRS}, run)
     table = [(name, ref, ref_params)]
     for label, (payload, lrs) in METHODS.items():

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from glue import ISSUE15  # noqa: E402
 from _glue_bench import Bench  # noqa: E402
 from _glue_methods import plan_spec  # noqa: E402
+from nas.options import float_list, int_list  # noqa: E402
 from _ceiling_curves import curve_lines, curves  # noqa: E402
 from search_spaces.shortcuts import SHORTCUT_KINDS  # noqa: E402
 
@@ -310,8 +311,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", metavar="REGEX", help="only the hand-built plans whose name matches")
     ap.add_argument("--plan", action="append", default=[], metavar="NAME=PATH",
                     help="a plan file to train beside the hand-built ones (its budget's table)")
-    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    ap.add_argument("--lrs", help="comma-separated learning rates for every budget (default: "
+    ap.add_argument("--seeds", type=int_list, default=SEEDS, help="comma-separated, e.g. 0,1,2")
+    ap.add_argument("--lrs", type=float_list, help="comma-separated learning rates for every budget (default: "
                     + "; ".join(f"{b}: {', '.join(f'{x:g}' for x in v)}" for b, v in LRS.items()).replace("%", "%%") + ")")
     ap.add_argument("--runs-dir", type=Path, default=RESULTS / "placement_ceiling_runs")
     ap.add_argument("--out", type=Path, help="output prefix (default: results/placement_ceiling[_TASK])")
@@ -333,8 +334,8 @@ def main(argv=None) -> int:
     bench = Bench(ISSUE15, [], args.runs_dir, threads=1)
     torch.set_num_threads(bench.threads)  # the count each run records
     table = specs(bench, args.task, extra, budgets, args.only)
-    lrs = {b: [float(x) for x in args.lrs.split(",")] if args.lrs else LRS[b] for b in budgets}
-    rows = collect(bench, args.task, table, [int(s) for s in args.seeds.split(",")], lrs, not args.report_only)
+    lrs = {b: args.lrs or LRS[b] for b in budgets}
+    rows = collect(bench, args.task, table, args.seeds, lrs, not args.report_only)
     if not rows:
         print("no runs yet")
         return 1

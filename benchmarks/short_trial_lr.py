@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from nas.options import float_list  # noqa: E402
+from nas.options import float_list, int_list  # noqa: E402
 from search_signal import EPOCHS, GLUE, parse_cells  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -111,9 +111,9 @@ def write_md(done: dict, path: Path) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", default=CELLS, help="task:train rows (or all):budget, comma-separated")
-    ap.add_argument("--steps", type=float_list, default=(20, 40, 80), help="trial lengths, e.g. 20,40,80")
+    ap.add_argument("--steps", type=int_list, default=(20, 40, 80), help="trial lengths, e.g. 20,40,80")
     ap.add_argument("--lrs", type=float_list, default=(1e-3, 2e-3, 5e-3), help="learning rates")
-    ap.add_argument("--seeds", type=float_list, default=(0, 1), help="seeds, e.g. 0,1")
+    ap.add_argument("--seeds", type=int_list, default=(0, 1), help="seeds, e.g. 0,1")
     ap.add_argument("--data-dir", type=Path, default=GLUE)
     ap.add_argument("--out", type=Path, default=RESULTS / "short_trial_lr")
     ap.add_argument("--threads", type=int, default=1)
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
             tmp.replace(store)
 
         for cell in parse_cells(args.cells):
-            run_cell(cell, [int(x) for x in args.steps], args.lrs, [int(x) for x in args.seeds], done,
+            run_cell(cell, args.steps, args.lrs, args.seeds, done,
                      args.data_dir, save)
     print(write_md(done, args.out.with_suffix(".md")))
 

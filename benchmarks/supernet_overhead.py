@@ -141,12 +141,15 @@ def measure(size: str, rounds: int, iters: int) -> list[tuple]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="tiny,minilm")
+    ap.add_argument("--sizes", default="tiny,minilm", help=f"comma-separated, of {', '.join(SIZES)}")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    unknown = [s for s in args.sizes.split(",") if s not in SIZES]
+    if unknown:
+        ap.error(f"--sizes {args.sizes}: unknown {', '.join(unknown)}; choose from {', '.join(SIZES)}")
     rows = []
     for size in args.sizes.split(","):
         rows += measure(size, args.rounds, args.iters)

@@ -84,3 +84,13 @@ def test_a_difference_with_nothing_to_pair_with_reads_as_a_dash():
     assert pc.pm((nan, nan)) == "—"
     assert pc.pm((1.0, nan)) == "+1.0"  # one seed: no spread to show
     assert pc.pm((-0.3, 0.5)) == "-0.3 ± 0.5"
+
+
+def test_a_malformed_seed_or_lr_list_is_a_usage_error_not_a_traceback(capsys):
+    import pytest
+
+    for flag, value, kind in (("--seeds", "0,x", "int_list"), ("--lrs", "2e-3,fast", "float_list")):
+        with pytest.raises(SystemExit) as exit_:
+            pc.main([flag, value, "--report-only"])
+        assert exit_.value.code == 2
+        assert f"argument {flag}: invalid {kind} value: '{value}'" in capsys.readouterr().err
