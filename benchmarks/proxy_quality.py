@@ -328,6 +328,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     if args.merge is not None:
         return write_tables([json.loads(Path(f).read_text()) for f in args.merge], out, args.note)
+    missing = [t for t in args.tasks if not (Path(args.data_dir) / t / "train.tsv").is_file()]
+    if missing:
+        ap.error(f"--tasks {' '.join(missing)}: no train.tsv under {args.data_dir}/<task>/ (set --data-dir)")
     if args.quick:
         args.layers, args.steps, args.n_val = [1, 4], 10, 64
         args.supernet_steps = min(args.supernet_steps, 20)
