@@ -47,6 +47,9 @@ METHODS = {
     "LayerNorm after the FFN, layers 1-5 (LN-tuning)": (
         {"unfreeze": [f"encoder.layer.{i}.output.LayerNorm.{w}" for i in range(1, 6) for w in ("weight", "bias")]},
         (2e-3, 5e-3, 2e-2)),
+    "LayerNorm scales of both LNs, layers 1-5 (LN-tuning, gamma only)": (
+        {"unfreeze": [f"encoder.layer.{i}.{ln}.LayerNorm.weight" for i in range(1, 6)
+                      for ln in ("attention.output", "output")]}, (2e-3, 5e-3, 2e-2)),
     # BitFit's two most useful biases (query, FFN up) where they fit.
     "FFN up bias on layers 4-5, query bias on layers 3-5 (BitFit)": (
         {"unfreeze": [f"encoder.layer.{i}.intermediate.dense.bias" for i in (4, 5)]

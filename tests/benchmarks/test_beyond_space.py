@@ -55,6 +55,7 @@ def test_each_method_fits_the_budget_on_a_minilm_shaped_model():
     sizes = {name: bs.params_of(payload, 3840, model) for name, (payload, _) in bs.METHODS.items()}
     assert all(0 < s <= limit for s in sizes.values()), sizes
     assert sizes["LayerNorm after the FFN, layers 1-5 (LN-tuning)"] == 5 * 2 * 384
+    assert sizes["LayerNorm scales of both LNs, layers 1-5 (LN-tuning, gamma only)"] == 5 * 2 * 384
     assert sizes["FFN up bias on layers 4-5, query bias on layers 3-5 (BitFit)"] == 2 * 1536 + 3 * 384
     assert sizes["VeRA r256 on value, every layer"] == 6 * (256 + 384)
     assert bs.named("bert.encoder.layer.1.output.LayerNorm.bias", ["encoder.layer.1.output.LayerNorm.bias"])
