@@ -48,6 +48,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nas.options import int_list  # noqa: E402
 from search_spaces import Adapter, count_params, make_adapter  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -291,7 +292,7 @@ def markdown(rows, info, args) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dims", default="384,768,1024", help="comma-separated square sizes d")
+    ap.add_argument("--dims", type=int_list, default=(384, 768, 1024), help="comma-separated square sizes d")
     ap.add_argument("--tokens", type=int, default=4096, help="rows per batch")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--iters", type=int, default=4, help="steps per method per round")
@@ -305,15 +306,12 @@ def main(argv=None):
     ap.add_argument("--out", default=str(RESULTS), help="folder for adapter_speed.{csv,md}")
     args = ap.parse_args(argv)
     if args.quick:
-        args.dims, args.tokens, args.repeats, args.iters, args.warmup = "384", 1024, 2, 2, 1
+        args.dims, args.tokens, args.repeats, args.iters, args.warmup = (384,), 1024, 2, 2, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threads = args.threads if args.threads is not None else (torch.get_num_threads()
                                                              if device.type == "cuda" else 1)
     torch.set_num_threads(threads)
-    try:
-        dims = [int(s) for s in args.dims.split(",") if s.strip()]
-    except ValueError:
-        ap.error(f"--dims {args.dims!r}: expected comma-separated integers, e.g. 384,1024")
+    dims = args.dims
     info = machine_info(device, threads)
     for d in dims:
         assert count_params("more", d, d, nblocks=4, rank=8) == count_params("lora", d, d, rank=8)

@@ -104,20 +104,22 @@ def full_gradients(trainer, loras: list) -> dict:
 
 # ---- a method -> a trainer ------------------------------------------------------------------
 def build(spec: Spec, ctx, data, cfg, model):
+    from nas import Plan
+    from nas.train import prepare
     from nas.train.trainer import trainer_for
     from search_spaces.anatomy import HEAD_NAMES
     from search_spaces.lora import LoRA
 
     pl = spec.payload
     if "init" in pl:
-        trainer = _glue_train.build_trainer(Spec("plan", spec.label, {"plan": pl["plan"], "allocation": "static"}),
-                                            ctx, data, cfg)
+        trainer = prepare(Plan.from_dict(pl["plan"]), cfg, model=model, data=data)
         loras = [m for m in trainer.model.modules() if isinstance(m, LoRA)]
-        grads = full_gradients(trainer, loras) if pl["init"] == "gradient" else {}
-        for m in loras:
-            if grads:
+        if pl["init"] == "gradient":
+            grads = full_gradients(trainer, loras)
+            for m in loras:
                 align_to_gradient(m, grads[m])
-            else:
+        else:
+            for m in loras:
                 pissa(m)
         return trainer
     if "unfreeze" in pl:
@@ -130,6 +132,9 @@ def build(spec: Spec, ctx, data, cfg, model):
     model = get_peft_model(model, VeraConfig(r=v["r"], target_modules=v["targets"], layers_to_transform=v["layers"],
                                              modules_to_save=list(HEAD_NAMES[:1]), task_type="SEQ_CLS"))
     return trainer_for(model, data, cfg)
+
+
+_glue_train.BUILDERS["beyond"] = build
 
 
 def named(name: str, suffixes) -> bool:
@@ -157,7 +162,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.runs_dir.is_dir() and args.report_only:
         ap.error(f"--runs-dir {args.runs_dir}: no such folder (nothing to report)")
-    _glue_train.BUILDERS["beyond"] = build
     bench = pc.Bench(pc.ISSUE15, [], args.runs_dir, threads=1)
     torch.set_num_threads(bench.threads)
     (name, ref, ref_params), = pc.specs(bench, "sst2", {}, [BUDGET], re.escape(REFERENCE))[BUDGET]

@@ -147,11 +147,11 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    unknown = [s for s in args.sizes.split(",") if s not in SIZES]
-    if unknown:
+    sizes = args.sizes.split(",")
+    if unknown := [s for s in sizes if s not in SIZES]:
         ap.error(f"--sizes {args.sizes}: unknown {', '.join(unknown)}; choose from {', '.join(SIZES)}")
     rows = []
-    for size in args.sizes.split(","):
+    for size in sizes:
         rows += measure(size, args.rounds, args.iters)
     lines = ["| model | method | budget | CPU ms/step | wall ms/step | × LoRA qv r8 (CPU) |",
              "|---|---|---|---|---|---|"]
