@@ -1,7 +1,9 @@
 """The benchmark of benchmarks/glue.py: one run (trained now or loaded from its JSON), the lr
-selection and final runs of a method, the job list the processes share, and the collected rows."""
+selection and final runs of a method, the job list the processes share, and the collected rows
+(and a report's CSV read back as them)."""
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import math
@@ -271,6 +273,23 @@ CSV_FIELDS = ["phase", "task", "method", "family", "variant", "spec", "seed", "l
               "accuracy", "f1", "mcc", "loss", "steps", "train_time_s", "step_time_s", "wall_s",
               "search_time_s", "search_multiple", "peak_memory_bytes", "peak_memory_kind", "step_tensor_peak_bytes",
               "status", "n_train", "n_eval", "device", "threads", "finished"]
+
+
+def _value(text: str):
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None if text == "" else text
+
+
+def csv_rows(path: Path) -> list[dict]:
+    """A report's CSV read back as its rows: numbers, booleans and None ('') as they were written."""
+    with open(path, newline="") as f:
+        return [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def _row(rec: dict, m: Method, variant: str, picked: bool, holdout: float | None = None,

@@ -13,15 +13,15 @@ from _glue_methods import uniform
 from _glue_train import build_trainer, train_config
 
 PHASES = ("search", "select", "final")
-ISSUE_STEP_S = 0.15  # the issue's "0.1-0.2 s per step of batch 16 / max_len 128 on 2 free cores"
+ASSUMED_STEP_S = 0.15  # the planned "0.1-0.2 s per step of batch 16 / max_len 128 on 2 free cores"
 EVAL_FRACTION = 0.41  # a forward-only batch / a training step (measured on MiniLM)
 PREP_S = 1.0  # copy the model, wrap it, build the optimizer
 SEARCH_SETUP_S = 8.0
 
 
-def issue_step_time(length: float) -> float:
-    """The issue's figure at 128 tokens, scaled to the mean padded batch length."""
-    return ISSUE_STEP_S * (0.2 + 0.8 * length / 128)
+def assumed_step_time(length: float) -> float:
+    """The planned figure at 128 tokens, scaled to the mean padded batch length."""
+    return ASSUMED_STEP_S * (0.2 + 0.8 * length / 128)
 
 
 def mean_padded_length(data, batch_size: int, grouped: bool, seed: int = 0) -> float:
@@ -105,7 +105,7 @@ def calibrate(bench: Bench, lengths=(32, 128)) -> tuple[float, float]:
 
 
 def print_estimate(bench: Bench, calibration: tuple[float, float] | None, source: str = "measured now") -> float:
-    models = {"issue's step time (0.15 s at 128 tokens, scaled by length)": issue_step_time}
+    models = {"assumed step time (0.15 s at 128 tokens, scaled by length)": assumed_step_time}
     if calibration:
         a, b = calibration
         models[f"{source} ({a:.3f} s + {b * 1000:.2f} ms/token per step)"] = lambda L: a + b * L

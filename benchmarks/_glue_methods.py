@@ -44,7 +44,8 @@ HETERO_FRACTION = 0.25  # budget = 25% of the pool's parameters
 HETERO_BATCHES = 4  # training batches for the static scoring
 PEFT_MAX_RANK = 64
 PEFT_TARGETS = {"qv": ("q", "v"), "attn": ("q", "k", "v", "o"), "vo": ("v", "o")}
-# The placements a size-matched PEFT baseline may take (value,output is a diagnostic of issue #15).
+# The placements a size-matched PEFT baseline may take (value,output: a diagnostic of the search vs
+# uniform LoRA baselines comparison).
 MATCHED_WHERES = ("qv", "attn")
 
 
@@ -125,7 +126,7 @@ class TaskCtx:
     layout: Any
     base_params: int
     proto: Protocol
-    runs_dir: Path  # glue_runs/<task>
+    runs_dir: Path  # <the runs folder>/<task>
     device: str | None = None
     data_dir: str | None = None
 

@@ -1,6 +1,6 @@
-"""The reports of benchmarks/glue.py: <prefix>.csv (every run), <prefix>.md (protocol, date,
-machine, mean ± std per task x method; issue #15's comparison when its methods are there) and
-<prefix>_pareto.png (trainable parameters vs dev score per task)."""
+"""The reports of benchmarks/glue.py: <prefix>.csv (every run), <prefix>.md (the command, protocol,
+date, machine, mean ± std per task x method; the search vs uniform LoRA baselines comparison when its
+methods are there) and <prefix>_pareto.png (trainable parameters vs dev score per task)."""
 from __future__ import annotations
 
 import csv
@@ -17,8 +17,8 @@ from nas.search import SearchConfig
 
 from _glue_bench import CSV_FIELDS, Bench
 from _glue_methods import head_params, lora_ranks
+from _runs_archive import where
 
-ROOT = Path(__file__).resolve().parents[1]
 METHOD_NOTES = {  # method-name prefix -> its line in the protocol
     "heterolora": "- HeteroLoRA: the pool is SPACES['heterolora'] (r=8 LoRA on every projection + the 4 "
                   "shortcuts); budget 25% of the pool's parameters. Static: proxy grad-norm on 4 training "
@@ -51,6 +51,13 @@ def _ms(values, scale=100.0) -> str:
         return "n/a"
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return f"{statistics.fmean(vals):.1f} ± {sd:.1f}" + ("" if len(vals) > 1 else " (n=1)")
+
+
+def kept_line(md: Path, start: str, line: str) -> str:
+    """The line of the report ``md`` that begins with ``start`` where there is one, else ``line``: a
+    report rewritten from saved runs keeps the date and machine they were made on."""
+    old = md.read_text().splitlines() if md.is_file() else []
+    return next((x for x in old if x.startswith(start)), line)
 
 
 def summarize(rows: list[dict]) -> dict[tuple[str, str], dict]:
@@ -99,7 +106,11 @@ def _machine(device) -> str:
     return f"{platform.node()}: {cpu}, {os.cpu_count()} CPU cores{gpu}; Python {platform.python_version()}"
 
 
-def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float | None = None) -> None:
+def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float | None = None, *,
+                  command: str = "python benchmarks/glue.py", rewrite: bool = False,
+                  from_csv: bool = False) -> None:
+    """The CSV (not when the rows were read ``from_csv``), md and plot; ``rewrite``: from saved runs,
+    keeping the md's date and machine line."""
     import peft
     import torch
     import transformers
@@ -107,11 +118,12 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
     from nas.io import atomic_write_text
 
     p = bench.proto
-    table = io.StringIO(newline="")
-    w = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(f"{prefix}.csv", table.getvalue())
+    if not from_csv:
+        table = io.StringIO(newline="")
+        w = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(f"{prefix}.csv", table.getvalue())
     groups = summarize(rows)
     names = [m.name for m in bench.methods]
     tasks = [t for t in p.tasks if any((t, n) in groups for n in names)]
@@ -120,17 +132,24 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
     wall = sum(r.get("wall_s") or 0 for r in unique)
     searches = {(r["task"], r["method"]): r["search_time_s"] for r in rows if r.get("search_time_s")}
     threads = sorted({r["threads"] for r in rows if r.get("threads")}) or [bench.threads]  # the runs', not ours
+    made = (f"- date: {datetime.date.today().isoformat()}; machine: {_machine(bench.device)}; torch {torch.__version__} "
+            f"({'/'.join(map(str, threads))} thread(s) per run), transformers {transformers.__version__}, "
+            f"peft {peft.__version__}; device {bench.device or 'auto'}")
+    csv_name = Path(f"{prefix}.csv").name
     lines = [
         "# GLUE on the packaged MiniLM: every method, one protocol"
         + {"quick": " (QUICK mode: a check of the script, not results)",
-           "search15": " (issue #5: a 15-minute more-search vs PEFT LoRA)",
-           "issue15": " (issue #15: the super-network search vs uniform LoRA at the plan's size)",
-           "issue15-quick": " (issue #15 QUICK mode: a check of the pipeline, not results)",
+           "search-15min": " (a 15-minute more-search vs PEFT LoRA)",
+           "search-vs-baselines": " (the search vs uniform LoRA baselines at the plan's size)",
+           "search-vs-baselines-quick": " (the search vs uniform LoRA baselines, QUICK mode: a check of the "
+                                        "pipeline, not results)",
            }.get(p.name.removesuffix("-cuda"), ""),
         "",
-        f"- date: {datetime.date.today().isoformat()}; machine: {_machine(bench.device)}; torch {torch.__version__} "
-        f"({'/'.join(map(str, threads))} thread(s) per run), transformers {transformers.__version__}, peft {peft.__version__}; "
-        f"device {bench.device or 'auto'}",
+        f"Made by `{command}`; "
+        + (f"its per-run records were not kept: add `--report-only --from-csv` to rewrite this report from {csv_name}."
+           if from_csv else "add `--report-only` to rewrite this report from its saved runs."),
+        "",
+        kept_line(Path(f"{prefix}.md"), "- date: ", made) if rewrite else made,
         f"- compute: {wall / 3600:.2f} h of training/evaluation runs and {sum(searches.values()) / 3600:.2f} h of "
         f"search in the saved runs ({len(unique)} runs: {sum(r['phase'] == 'select' for r in unique)} lr-selection, "
         f"{sum(r['phase'] == 'final' for r in unique)} final)",
@@ -188,7 +207,7 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
                 cells.append(_ms(g["f1"]) if g else "-")
         lines.append("| " + " | ".join(cells) + " |")
     if any(n.startswith("new-search@") for n in names):
-        lines += issue15_summary(bench, groups, tasks)
+        lines += comparison_summary(bench, groups, tasks)
     for t in tasks:
         ctx = bench.ctx(t)
         lines += ["", f"## {TASK_LABEL.get(t, t)} (train {len(ctx.data.train):,}, dev {len(ctx.data.eval):,}; "
@@ -213,9 +232,8 @@ def write_reports(bench: Bench, rows: list[dict], prefix: Path, started: float |
             for (t, s, lr), ns in shared.items() if len(ns) > 1]
     if dups:
         lines += ["", "Shared runs: " + "; ".join(dups) + "."]
-    lines += ["", f"Per-run records: {bench.runs_dir.relative_to(ROOT) if bench.runs_dir.is_relative_to(ROOT) else bench.runs_dir}/"
-                  f"<task>/<phase>/*.json; all runs (lr selection included): {Path(str(prefix) + '.csv').name}; "
-                  f"plot: {Path(str(prefix) + '_pareto.png').name}."]
+    lines += ["", f"Per-run records: {'not kept' if from_csv else where(bench.runs_dir)}; all runs (lr selection "
+                  f"included): {csv_name}; plot: {Path(str(prefix) + '_pareto.png').name}."]
     if started is not None:
         lines += [f"This invocation ran {bench.ran} run(s)/search(es) and reused {bench.skipped} in "
                   f"{(time.time() - started) / 60:.1f} min."]
@@ -272,7 +290,7 @@ def plot_pareto(groups: dict, tasks: list[str], names: list[str], path: Path) ->
                if f in used]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata={"Software": None})  # the same plot, the same bytes
     plt.close(fig)
 
 
@@ -290,9 +308,9 @@ def _p(d: list[float]) -> str:  # a two-sided one-sample t-test of the differenc
     return f" (p = {ttest_1samp(d, 0.0).pvalue:.2f})"
 
 
-def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
-    """Issue #15's reading: per task and budget, the new plan against the better of (a) and (b),
-    today's search and PEFT LoRA r=8, and each search's cost in trainings of its own plan."""
+def comparison_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
+    """The search vs uniform LoRA baselines: per task and budget, the new plan against the better of
+    (a) and (b), today's search and PEFT LoRA r=8, and each search's cost in trainings of its own plan."""
     def cell(g, same=""):
         return f"{_ms(g['scores'])} ({_fmt_params(g['params'])}){same}" if g else "-"
 
@@ -311,7 +329,7 @@ def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
         own = g.get("search_multiple")
         return f"{g['search_time'] / g['train_time']:.2f}x" + (f" ({own:.2f}x)" if own else "")
 
-    lines = ["", "## Issue #15: the new search's plan vs uniform LoRA at its size", "",
+    lines = ["", "## The new search's plan vs uniform LoRA at its size", "",
              "Dev score mean ± std (trainable parameters, head included; '= (b)': the plan's adapters are that "
              "baseline's, so the gap to it is seed noise). gap = new − the better of (a), (b) "
              "in points of the mean; cost = search seconds / one final training of that plan (same device; "
@@ -351,7 +369,7 @@ def issue15_summary(bench: Bench, groups: dict, tasks: list[str]) -> list[str]:
                          f"{diff(new, r8)} | {cost(new)} | {cost(old)} |")
     if gaps:
         lines += ["", f"Mean gap of the new plan over the better of (a), (b): {statistics.fmean(gaps):+.2f} points "
-                      f"over {len(gaps)} task x budget cell(s) (the issue's goal: >= +1.0)."]
+                      f"over {len(gaps)} task x budget cell(s) (the search's goal: >= +1.0)."]
     if pairs:
         se = math.sqrt(sum(statistics.stdev(d) ** 2 / len(d) if len(d) > 1 else float("nan")
                            for _, d in pairs)) / len(pairs)

@@ -1,6 +1,7 @@
 """The searched methods of benchmarks/glue.py (more-search plans and the baselines sized to
-them) and the method tables: ``make_methods`` (issue #6's GLUE table) and ``issue15_methods``
-(issue #15: the super-network search against uniform LoRA at the plan's size)."""
+them) and the method tables: ``make_methods`` (the full GLUE table) and ``comparison_methods``
+(the search vs uniform LoRA baselines: the super-network search against uniform LoRA at the plan's
+size)."""
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ def budget_tag(budget: str) -> str:
 
 
 def search_name(budget: str, strategy: str | None = None) -> str:
-    """The search's folder under runs/<task>/ (no strategy: issue #6's folders, unchanged)."""
+    """The search's folder under runs/<task>/ (no strategy: the full GLUE table's folders, unchanged)."""
     return f"search_{budget}" if strategy is None else f"search_{strategy}_{budget}"
 
 
@@ -170,7 +171,7 @@ NEW, OLD = "supernet", "trials"  # SearchConfig.strategy of the new and of today
 DIAGNOSTIC_BUDGET = "0.1%"
 
 
-def issue15_methods(task_budgets: dict[str, tuple[str, ...]]) -> list[Method]:
+def comparison_methods(task_budgets: dict[str, tuple[str, ...]]) -> list[Method]:
     """Per budget (on the tasks that have it): the new search's plan, (a) PEFT LoRA on
     query,value at its size (never above it: the top layers where rank 1 does not fit on all),
     (b) PEFT LoRA on the widest placement that fits its size, (b') on the MLP (the placement

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-DATA = Path("/work/shared/data/glue")
+from search_signal import GLUE as DATA  # ../shared/data/glue beside the repository (proxy_quality --data-dir)
 
 
 # ---- data ---------------------------------------------------------------------------------

@@ -27,16 +27,25 @@ allocated beyond what it held before the step (output, saved activations, tempor
 x.grad and the adapter's parameter gradients).  It is not process RSS (the allocator's cache
 and Python objects are not in it), but it is exact and the same measure for every method.
 
+Writes benchmarks/results/adapter_speed.csv (one row a method and size), adapter_speed.json (the
+command, date, machine and settings of the run) and adapter_speed.md, made from those two;
+--report-only writes the md again from them without measuring.  The default run takes about
+5 minutes on 2 shared CPU cores, 1 thread: 3 sizes x 10 methods x 15 steps (2 warm-up, 3 rounds
+x 4 timed, 1 for memory), and the kept md's medians of one step of every method sum to 2.0 s
+(d=384), 5.9 s (768) and 11.4 s (1024), i.e. ~290 s.
+
 Usage:  python benchmarks/adapter_speed.py [--dims 384,768,1024] [--tokens 4096]
-        [--repeats 3] [--iters 5] [--threads 1] [--quick]
+        [--repeats 3] [--iters 4] [--threads 1] [--quick] [--out DIR] [--report-only]
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import datetime as dt
+import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -204,15 +213,23 @@ def bench_dim(d: int, tokens: int, repeats: int, iters: int, warmup: int, device
             "cpu_ms": 1e3 * statistics.median(cs) if device.type == "cpu" else float("nan"),
             "peak_mb": peak_memory(layer, x, g, device) / 2**20,
         })
-    by = {r["method"]: r for r in rows}
-    base = by["base (frozen dense)"]
+    return add_relative(rows)
+
+
+def add_relative(rows: list[dict]) -> list[dict]:
+    """Each row's overheads over the frozen base and its ratios to our and PEFT's LoRA, from the
+    medians of its size d (the md computes them again from the CSV's medians: the rounded ratios
+    in the CSV would round a second time)."""
     nan = float("nan")
-    for r in rows:
-        r["overhead_ms"] = r["ms"] - base["ms"]
-        r["overhead_cpu_ms"] = r["cpu_ms"] - base["cpu_ms"]
-        for key, ref in (("ours_lora", "ours lora r8"), ("peft_lora", "peft lora r8")):
-            r[f"vs_{key}"] = r["ms"] / by[ref]["ms"] if ref in by else nan
-            r[f"cpu_vs_{key}"] = r["cpu_ms"] / by[ref]["cpu_ms"] if ref in by else nan
+    for d in dict.fromkeys(r["d"] for r in rows):
+        by = {r["method"]: r for r in rows if r["d"] == d}
+        base = by["base (frozen dense)"]
+        for r in by.values():
+            r["overhead_ms"] = r["ms"] - base["ms"]
+            r["overhead_cpu_ms"] = r["cpu_ms"] - base["cpu_ms"]
+            for key, ref in (("ours_lora", "ours lora r8"), ("peft_lora", "peft lora r8")):
+                r[f"vs_{key}"] = r["ms"] / by[ref]["ms"] if ref in by else nan
+                r[f"cpu_vs_{key}"] = r["cpu_ms"] / by[ref]["cpu_ms"] if ref in by else nan
     return rows
 
 
@@ -241,17 +258,32 @@ FIELDS = ["d", "method", "params", "ms", "ms_q1", "ms_q3", "ms_min", "cpu_ms", "
           "peak_mb"]
 
 
-def write_results(rows, info, args, out_dir: Path):
+def write_results(rows, meta, out_dir: Path):
+    """adapter_speed.csv and .json (what the md is made from), then the md from them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "adapter_speed.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         for r in rows:
             w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    (out_dir / "adapter_speed.md").write_text(markdown(rows, info, args))
+    (out_dir / "adapter_speed.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return write_report(out_dir)
 
 
-def markdown(rows, info, args) -> str:
+def write_report(out_dir: Path) -> str:
+    """adapter_speed.md from the kept adapter_speed.csv and .json (the same bytes every time)."""
+    meta = json.loads((out_dir / "adapter_speed.json").read_text())
+    with (out_dir / "adapter_speed.csv").open(newline="") as f:
+        rows = [{k: (v if k == "method" else int(v) if k in ("d", "params") else float(v)) for k, v in r.items()}
+                for r in csv.DictReader(f)]
+    md = markdown(add_relative(rows), meta)
+    (out_dir / "adapter_speed.md").write_text(md)
+    return md
+
+
+def markdown(rows, meta) -> str:
+    """The report: ``meta`` is adapter_speed.json's {command, command_note?, info, settings}."""
+    info, args = meta["info"], argparse.Namespace(**meta["settings"])
     mem_note = ("torch.cuda.max_memory_allocated during one step minus memory held before it"
                 if info["device"] != "cpu" else
                 "peak of torch's CPU allocator (torch.profiler profile_memory events) during one "
@@ -260,6 +292,7 @@ def markdown(rows, info, args) -> str:
     lines = [
         "# Adapter speed: one adapted d x d linear, forward + backward",
         "",
+        f"- command: `{meta['command']}`" + (f" ({meta['command_note']})" if meta.get("command_note") else ""),
         f"- date: {info['date']}",
         f"- machine: {info['cpu_count']} CPU cores ({info['cpu']}), device {info['device']}, "
         f"torch {info['torch']} ({info['torch_threads']} intra-op thread(s)), peft {info['peft']}, "
@@ -303,8 +336,15 @@ def main(argv=None):
                     help="smoke run: d=384, 1024 tokens, 2 rounds x 2 steps, not saved")
     ap.add_argument("--no-previous", action="store_true",
                     help="leave out the [previous] (generic-forward) LoRA and MoRe rows")
-    ap.add_argument("--out", default=str(RESULTS), help="folder for adapter_speed.{csv,md}")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for adapter_speed.{csv,json,md}")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write adapter_speed.md again from the kept .csv and .json, measuring nothing")
     args = ap.parse_args(argv)
+    if args.report_only:
+        if not (Path(args.out) / "adapter_speed.json").is_file():
+            ap.error(f"--report-only: no adapter_speed.json in {args.out} (measure first)")
+        print(write_report(Path(args.out)))
+        return None
     if args.quick:
         args.dims, args.tokens, args.repeats, args.iters, args.warmup = (384,), 1024, 2, 2, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -312,7 +352,11 @@ def main(argv=None):
                                                              if device.type == "cuda" else 1)
     torch.set_num_threads(threads)
     dims = args.dims
-    info = machine_info(device, threads)
+    argv = sys.argv[1:] if argv is None else argv
+    meta = {"command": shlex.join(["python", "benchmarks/adapter_speed.py", *argv]),
+            "info": machine_info(device, threads),
+            "settings": {"dims": list(dims), "tokens": args.tokens, "warmup": args.warmup, "repeats": args.repeats,
+                         "iters": args.iters, "previous": not args.no_previous}}
     for d in dims:
         assert count_params("more", d, d, nblocks=4, rank=8) == count_params("lora", d, d, rank=8)
     rows = []
@@ -321,11 +365,11 @@ def main(argv=None):
         rows += bench_dim(d, args.tokens, args.repeats, args.iters, args.warmup, device,
                           previous=not args.no_previous)
         print(f"d={d} done in {time.time() - t0:.0f}s", file=sys.stderr)
-    md = markdown(rows, info, args)
-    print(md)
-    if not args.quick:
-        write_results(rows, info, args, Path(args.out))
-        print(f"wrote {args.out}/adapter_speed.csv and .md", file=sys.stderr)
+    if args.quick:
+        print(markdown(rows, meta))
+    else:
+        print(write_results(rows, meta, Path(args.out)))
+        print(f"wrote {args.out}/adapter_speed.csv, .json and .md", file=sys.stderr)
     return rows
 
 

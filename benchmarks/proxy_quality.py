@@ -1,4 +1,4 @@
-"""How well does each proxy rank the modules that matter?  (issue 3)
+"""How well does each zero-cost proxy rank the modules that matter?
 
 On the real packaged MiniLM (BERT, 6 layers, hidden 384) and real MRPC / RTE training data:
 
@@ -17,14 +17,26 @@ On the real packaged MiniLM (BERT, 6 layers, hidden 384) and real MRPC / RTE tra
    are frozen and unchanged), dropout is off, and batches are length-bucketed.
 3. Spearman correlation (scipy) between each proxy's per-module scores and the importance,
    per task; the table goes to benchmarks/results/proxy_quality.{csv,md}.
-4. beside the zero-cost proxies, 'trained' (issue 15): the default space trained as one
-   super-network for --supernet-steps steps (a sub-plan within --supernet-budget per step),
+4. beside the zero-cost proxies, 'trained' (the importance the super-network search ranks
+   with): the default space trained as one super-network for --supernet-steps steps (a
+   sub-plan within --supernet-budget per step),
    each candidate scored by AdaLoRA's smoothed sensitivity on the trained weights, normalised
    within its kind (benchmarks/_proxy_trained.py); timed like the others.
 
-    python benchmarks/proxy_quality.py                      # the full run (~20-30 min)
+Writes, in --out (benchmarks/results): <name>_<task>.json per task (partial results, for
+--merge and --reuse), then <name>.json (every task's results, the notes, and the command, date
+and machine of each task's run: what the md is made from), <name>.csv and <name>.md; --name
+defaults to proxy_quality.  --report-only writes the csv and md again from <name>.json.
+
+    python benchmarks/proxy_quality.py                      # the full run (see below)
     python benchmarks/proxy_quality.py --quick              # a smoke run (minutes)
     python benchmarks/proxy_quality.py --supernet-steps 0   # the zero-cost proxies only
+    python benchmarks/proxy_quality.py --report-only        # the tables again, measuring nothing
+
+Running time on 2 shared CPU cores, 1 thread: planned 20-30 min a task; the kept
+proxy_quality.md measured 41 min (MRPC) and 48 min (RTE) as two parallel processes under load
+(~2300 s and ~2700 s, a training step 28-30 s), without 'trained'; with --reuse (importance
+read back, proxies and 200-step 'trained' only) MRPC took ~2 min (proxy_quality_trained_mrpc.md).
 """
 from __future__ import annotations
 
@@ -32,6 +44,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import statistics
 import sys
 import time
@@ -53,7 +66,7 @@ from search_spaces.space import freeze_choice  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _proxy_data import DATA, Cache, Runner, bucketed_batches, collate, encode, read_task  # noqa: E402
-from _proxy_report import TRIAL_STEPS, write_tables  # noqa: E402
+from _proxy_report import TRIAL_STEPS, write_report, write_tables  # noqa: E402
 from _proxy_trained import trained_scores  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -323,11 +336,19 @@ def main(argv=None):
     ap.add_argument("--supernet-steps", type=int, default=200,
                     help="super-network training steps of the 'trained' importance (0: leave it out)")
     ap.add_argument("--supernet-budget", default="0.1%", help="budget of the sampled sub-plans")
+    ap.add_argument("--name", default="proxy_quality",
+                    help="file names: NAME.{json,csv,md} and NAME_<task><tag>.json (default: %(default)s)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write NAME.csv and NAME.md again from the kept NAME.json, measuring nothing")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.report_only:
+        if not (out / f"{args.name}.json").is_file():
+            ap.error(f"--report-only: no {args.name}.json in {out} (measured before it was kept, or not yet)")
+        return write_report(out, args.name)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge is not None:
-        return write_tables([json.loads(Path(f).read_text()) for f in args.merge], out, args.note)
+        return write_tables([json.loads(Path(f).read_text()) for f in args.merge], out, args.note, args.name)
     missing = [t for t in args.tasks if not (Path(args.data_dir) / t / "train.tsv").is_file()]
     if missing:
         ap.error(f"--tasks {' '.join(missing)}: no train.tsv under {args.data_dir}/<task>/ (set --data-dir)")
@@ -336,6 +357,11 @@ def main(argv=None):
         args.supernet_steps = min(args.supernet_steps, 20)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    from _glue_report import _machine
+
+    argv = sys.argv[1:] if argv is None else argv
+    made_by = {"command": shlex.join(["python", "benchmarks/proxy_quality.py", *argv]),
+               "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine("cpu")}
 
     def log(msg):
         print(f"{time.perf_counter() - t0:7.1f}s {msg}", flush=True)
@@ -355,14 +381,15 @@ def main(argv=None):
         res = run_task(task, args, model, tok, layout, space_cands, log)
         res["train_step_seconds"] = step
         res["config"] = {k: v for k, v in vars(args).items() if k not in ("merge",)}
+        res["made_by"] = made_by
         for r in res["proxies"].values():
             r["steps_equivalent"] = r["seconds"] / step
             r["trial_fraction"] = r["seconds"] / (TRIAL_STEPS * step)
         results.append(res)
-        part = out / f"proxy_quality_{task}{args.tag}.json"
+        part = out / f"{args.name}_{task}{args.tag}.json"
         part.write_text(json.dumps(res, indent=1, default=float))
         log(f"[{task}] done in {res['seconds']:.0f}s -> {part}")
-    write_tables(results, out, args.note)
+    write_tables(results, out, args.note, args.name)
     log("total")
     return 0
 

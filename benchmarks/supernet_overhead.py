@@ -13,14 +13,19 @@ shape: hidden 384, 6 layers, FFN 1536).  Methods:
 
 Timing: warm-up, then rounds in which every method runs ``iters`` steps, method order rotated;
 median per-step process CPU time and wall time.  Prints a table and writes it to
-benchmarks/results/supernet_overhead.md.
+benchmarks/results/supernet_overhead.md, under the command, date and machine that measured it.
+Measuring only: the md is the only record (no CSV is kept), so it is remade by measuring again,
+which takes about 1-2 minutes on 2 shared CPU cores (the minilm size: 4 methods x (4 warm-up +
+3 rounds x 4) steps of 0.5-1 s, see the md, plus building seven models; tiny: seconds).
 
 Usage:  python benchmarks/supernet_overhead.py [--sizes tiny,minilm] [--rounds 3] [--iters 4]
+        [--threads 1] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import statistics
 import sys
 import time
@@ -30,6 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _glue_report's machine line
 
 from nas import Plan, discover  # noqa: E402
 from nas.inject import apply_plan  # noqa: E402
@@ -139,30 +145,43 @@ def measure(size: str, rounds: int, iters: int) -> list[tuple]:
     return rows
 
 
+def write_md(rows: list[tuple], meta: dict, path: Path) -> str:
+    """The report: the table of ``rows`` under the title and the line naming ``meta``'s command,
+    date and machine."""
+    lines = ["| model | method | budget | CPU ms/step | wall ms/step | × LoRA qv r8 (CPU) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {s} | {k} | {b} | {c:.1f} | {w:.1f} | {x:.2f} |" for s, k, b, c, w, x in rows]
+    text = (f"# Super-network step cost (torch {meta['torch']}, {meta['threads']} thread(s), "
+            f"{meta['rounds']}x{meta['iters']} steps per method)\n\n"
+            f"Made by `{meta['command']}` on {meta['date']}; machine: {meta['machine']}; "
+            "see the script's docstring.\n\n" + "\n".join(lines) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="tiny,minilm", help=f"comma-separated, of {', '.join(SIZES)}")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder of supernet_overhead.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = args.sizes.split(",")
     if unknown := [s for s in sizes if s not in SIZES]:
         ap.error(f"--sizes {args.sizes}: unknown {', '.join(unknown)}; choose from {', '.join(SIZES)}")
+    from _glue_report import _machine
+
+    argv = sys.argv[1:] if argv is None else argv
+    meta = {"command": shlex.join(["python", "benchmarks/supernet_overhead.py", *argv]),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine("cpu"), "torch": torch.__version__,
+            "threads": args.threads, "rounds": args.rounds, "iters": args.iters}
     rows = []
     for size in sizes:
         rows += measure(size, args.rounds, args.iters)
-    lines = ["| model | method | budget | CPU ms/step | wall ms/step | × LoRA qv r8 (CPU) |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {s} | {k} | {b} | {c:.1f} | {w:.1f} | {x:.2f} |" for s, k, b, c, w, x in rows]
-    text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "supernet_overhead.md").write_text(
-        f"# Super-network step cost (torch {torch.__version__}, {args.threads} thread(s), "
-        f"{args.rounds}x{args.iters} steps per method)\n\n"
-        "Made by `python benchmarks/supernet_overhead.py`; see its docstring.\n\n" + text + "\n")
+    print(write_md(rows, meta, args.out / "supernet_overhead.md"))
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def preferred(baselines: dict[str, UniformLoRA], layout: ModelLayout) -> tuple[s
     on 5 of 6 layers) it beat attention r=1 on MRPC by 3.0 points over 10 seeds, paired (8 of
     10), and tied it on SST-2; on 2 of 6 layers it trailed q,v r=1 by 4 points on MRPC, and on
     one by 10 points behind value r=1 on SST-2 (benchmarks/results/placement_ceiling_mrpc.md,
-    issue15_cpu.md)."""
+    and the comparison of the search against uniform-LoRA baselines, search_vs_baselines.md)."""
     mlp = baselines.get("mlp")
     spread = mlp is not None and 2 * len({layout.module(n).layer for n in mlp.modules}) >= layout.num_layers
     order = ("mlp", "widest", "qv") if spread else ("widest", "mlp", "qv")

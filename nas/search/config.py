@@ -75,7 +75,7 @@ class SearchConfig(TaskSpec):
                               "uniform-LoRA baselines join them)")
     # 2e-3 first: a search that affords one rate, or sees no signal, writes the first into the plan.
     # On the packaged MiniLM, in full-length runs scored on held-out train, 2e-3 beat 1e-3 in loss for
-    # every rank-1/2 uniform LoRA of the issue-15 comparison (SST-2, MRPC); 5e-3 won on SST-2 but
+    # every rank-1/2 uniform LoRA of the search-vs-baselines comparison (SST-2, MRPC); 5e-3 won on SST-2 but
     # stalled on MRPC.
     lr_grid: tuple[float, ...] = option((2e-3, 1e-3, 5e-4), "learning rates the finalists are tried "
                                         "at, in priority order (the budget may afford only the first); "

@@ -27,7 +27,7 @@ PROXY_BATCH_COST = 1.0  # the proxy's forward/backward on one batch
 PROXY_CANDIDATE_COST = 0.25
 PROXY_SHARE = 0.1  # the zero-cost prior runs by default only when it costs at most this share
 # Per finalist trial: the model copy, the plan's injection, the Trainer's set-up and tear-down.
-# Measured in the issue-15 CPU searches (2026-11-30): 1.5-2 s outside the trial's steps and its
+# Measured in the search-vs-baselines CPU searches (2026-11-30): 1.5-2 s outside the trial's steps and its
 # held-out batches, 10-13 steps of an SST-2 plan; 6 made the searches overrun 0.5x by ~15%.  It
 # holds for any training-set size since the Trainer reads row lengths and labels as arrow columns
 # (row by row it took 9 s more per trial on SST-2's 54k rows).

@@ -4,13 +4,13 @@ search or (strategy "trials") an Optuna study of short trials, then the best pla
 Stages
   1. proxy: score every candidate of the space jointly (proxies.score_candidates) and
      allocate the budget (proxies.allocate) -> the static proxy plan;
-  2a. supernet (finalists.weight_sharing_search): the whole space trained as one super-network,
-     importance on its trained weights, many plans scored on the shared weights by held-out
-     loss, the best few and the uniform-LoRA baselines trained briefly at a small lr grid
-     (successive halving); every stage sized from ``cost_budget`` full runs of the plan;
+  2a. supernet (weight_sharing.py, its stages listed there): the whole space trained as one
+     super-network, importance on its trained weights, many plans scored on the shared weights
+     by held-out loss, the best few and the uniform-LoRA baselines trained briefly at a small
+     lr grid (successive halving); every stage sized from ``cost_budget`` full runs of the plan;
   2b. trials: each Optuna trial is a plan.  The sampler re-weights the proxy scores (a weight
-     per adapter kind, per module role, a depth bias and a per-candidate jitter) and the
-     knapsack turns them into a plan that always fits the budget.  Each plan is trained for a
+     per adapter kind, per module role, a depth bias and a per-candidate jitter: trials.py) and
+     the knapsack turns them into a plan that always fits the budget.  Each plan is trained for a
      short budget on part of the training data and scored by its held-out loss (never on dev);
      the pruner's cuts need a gap beyond the held-out loss's noise;
   3. result: the plan with the lowest held-out loss (plan.json), report.md (with the search's
@@ -36,7 +36,6 @@ from optuna.trial import TrialState
 import proxies
 from search_spaces import load_space
 from search_spaces.anatomy import base_param_count, discover
-from search_spaces.space import kind_of
 
 from .. import train as training
 from ..budget import parse_budget
@@ -48,13 +47,13 @@ from .config import PLAN_ATTR, STRATEGIES, SearchConfig, SearchResult
 from .report import SearchFacts, write_report
 from .checks import check_max_length, check_output, check_settings, make_output, remove_unless_resumable
 from .cost import full_run_steps, proxy_affordable, search_cost
-from .finalists import check_config, weight_sharing_search
 from .ranking import gap_beyond_noise, heldout
 from .supernet import META_FILE
 from .study import (check_study_settings, journal_path, make_pruner, make_sampler, open_checked_storage,
                     open_storage, sampler_seed, shown_storage, study_settings)
 from .workers import drain, fail_dead_trials, plan_seed, requeue_interrupted, same_plan_trial
-from .trials import plan_hash, reweight, trial_rank
+from .trials import enqueue_proxy_trials, plan_hash, reweight, suggest_params, trial_rank
+from .weight_sharing import check_config, weight_sharing_search
 
 
 # ---- the engine ----------------------------------------------------------------------------
@@ -176,19 +175,6 @@ class Search:
         return plan
 
     # -- stage 2 --
-    def trial_params(self, trial: optuna.Trial) -> dict[str, float]:
-        params = {}
-        for k in sorted({kind_of(c) for c in self.candidates}):
-            params[f"w_kind_{k}"] = trial.suggest_float(f"w_kind_{k}", -2.0, 2.0)
-        for r in sorted({c.role for c in self.candidates if not c.is_shortcut}):
-            params[f"w_role_{r}"] = trial.suggest_float(f"w_role_{r}", -1.0, 1.0)
-        params["depth_bias"] = trial.suggest_float("depth_bias", -1.0, 1.0)
-        params["jitter"] = trial.suggest_float("jitter", 0.0, 1.0)
-        params["lr"] = trial.suggest_float("lr", *self.cfg.lr_range, log=True)
-        # Plans below the budget too, so the trials trace a params-vs-score Pareto front.
-        params["fill"] = trial.suggest_float("fill", 0.3, 1.0)
-        return params
-
     def trial_plan(self, params: dict[str, float], seed: int) -> Plan:
         scores = reweight(self.candidates, self.scores, params, self.layout.num_layers, seed)
         return self._allocate(scores, lr=params["lr"], fill=params.get("fill", 1.0))
@@ -206,7 +192,7 @@ class Search:
 
     def _train_trial(self, trial: optuna.Trial, seed: int) -> float:
         cfg = self.cfg
-        params = self.trial_params(trial)
+        params = suggest_params(trial, self.candidates, cfg.lr_range)
         plan = self.trial_plan(params, seed=cfg.seed + seed)
         h = plan_hash(plan)
         trial.set_user_attr("plan_hash", h)
@@ -290,19 +276,8 @@ class Search:
             if stale:
                 print(f"resume: re-running trial(s) {stale} that the interrupted run left unfinished")
         if not study.trials:
-            self._enqueue_proxy_trials(study)
+            enqueue_proxy_trials(study, self.candidates, cfg.first_trial_lr)
         return study
-
-    def _enqueue_proxy_trials(self, study: optuna.Study) -> None:
-        """The proxy plan (all weights 0) first, then LoRA-only and no-shortcut variants."""
-        base = {f"w_kind_{k}": 0.0 for k in {kind_of(c) for c in self.candidates}}
-        base.update({f"w_role_{r}": 0.0 for r in {c.role for c in self.candidates if not c.is_shortcut}})
-        base.update(depth_bias=0.0, jitter=0.0, lr=self.cfg.first_trial_lr, fill=1.0)
-        study.enqueue_trial(base, user_attrs={"origin": "proxy plan"})
-        kinds = {kind_of(c) for c in self.candidates}
-        if "lora" in kinds and len(kinds) > 1:
-            only_lora = {**base, **{f"w_kind_{k}": -2.0 for k in kinds if k != "lora"}}
-            study.enqueue_trial(only_lora, user_attrs={"origin": "proxy plan, LoRA preferred"})
 
     def trial_stage(self, study: optuna.Study) -> None:
         cfg = self.cfg

@@ -34,7 +34,7 @@ from .config import PLAN_ATTR
 from .cost import StageSizes
 from .ranking import heldout
 from .study import make_sampler
-from .trials import plan_hash, reweight
+from .trials import plan_hash, reweight, suggest_weights
 from .workers import ask_tagged, fail_dead_running
 
 WEIGHTS_FILE, META_FILE = "supernet.safetensors", "supernet.json"
@@ -208,17 +208,6 @@ def size_neutral(importance: dict[str, float], candidates) -> dict[str, float]:
     return {c.key: importance[c.key] * med[kind_of(c)] / ref for c in candidates}
 
 
-def scoring_params(trial: optuna.Trial, candidates) -> dict[str, float]:
-    params = {}
-    for k in sorted({kind_of(c) for c in candidates}):
-        params[f"w_kind_{k}"] = trial.suggest_float(f"w_kind_{k}", -2.0, 2.0)
-    for r in sorted({c.role for c in candidates if not c.is_shortcut}):
-        params[f"w_role_{r}"] = trial.suggest_float(f"w_role_{r}", -1.0, 1.0)
-    params["depth_bias"] = trial.suggest_float("depth_bias", -1.0, 1.0)
-    params["jitter"] = trial.suggest_float("jitter", 0.0, 1.0)
-    return params
-
-
 def score_plans(search, shared: SharedWeights, sizes: StageSizes, storage, name: str,
                 rows) -> optuna.Study:
     """Plans scored on the shared weights: the importance plan, the proxy plan and the
@@ -261,7 +250,7 @@ def score_plans(search, shared: SharedWeights, sizes: StageSizes, storage, name:
     n_done = lambda: len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))  # noqa: E731
     while n_done() < sizes.scored_plans:
         trial = ask_tagged(study)
-        params = scoring_params(trial, search.candidates)
+        params = suggest_weights(trial, search.candidates)
         run(trial, search._allocate(reweight(search.candidates, imp, params, search.layout.num_layers,
                                                  cfg.seed + trial.number)), "sampled")
     activate(shared.model, Selection())

@@ -13,12 +13,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import glue  # noqa: E402
 from _glue_bench import _row, pick_best  # noqa: E402
-from _glue_estimate import ISSUE_STEP_S, issue_step_time  # noqa: E402
+from _glue_estimate import ASSUMED_STEP_S, assumed_step_time  # noqa: E402
 from _glue_methods import (SURM_CHOICES, Method, NotApplicable, Spec, lora_ranks, match_peft_rank,  # noqa: E402
                            peft_lora_params, plan_spec)
 from _glue_train import train_config  # noqa: E402
-from _glue_report import _ms, issue15_summary  # noqa: E402
-from _glue_search import issue15_methods, make_methods, placement_lora  # noqa: E402
+from _glue_report import _ms, comparison_summary  # noqa: E402
+from _glue_search import comparison_methods, make_methods, placement_lora  # noqa: E402
 from tests.factories import minilm_layout  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def test_pick_best_ties_and_failures():
 def test_a_reused_run_reports_the_current_searchs_cost():
     """A final run is keyed by its plan's content: after a rerun search returns the same plan,
     the row carries the new search's time and cost, not those saved with the old run."""
-    m = next(m for m in issue15_methods({"mrpc": ("0.1%",)}) if m.name == "new-search@0.1%")
+    m = next(m for m in comparison_methods({"mrpc": ("0.1%",)}) if m.name == "new-search@0.1%")
     rec = {"phase": "final", "score": 0.8, "spec_info": {"search_time_s": 57.0}, "metrics": {}}
     assert _row(rec, m, "", True, 0.7)["search_time_s"] == 57.0
     row = _row(rec, m, "", True, 0.7, {"search_time_s": 52.0, "search_multiple": 0.5})
@@ -71,7 +71,7 @@ def test_method_table_and_protocols():
         assert proto.phase_settings("rte", "select") != proto.phase_settings("rte", "final")
     assert glue.FULL.train_rows["sst2"] == 8000 and len(glue.FULL.seeds) >= 2
     assert _ms([0.5, 0.7]) == "60.0 ± 14.1" and _ms([float("nan")]) == "n/a"
-    assert math.isclose(issue_step_time(128), ISSUE_STEP_S)
+    assert math.isclose(assumed_step_time(128), ASSUMED_STEP_S)
 
 
 def test_shared_selection_task_runs_first_and_once(tmp_path):
@@ -115,7 +115,7 @@ def test_resumed_search_time_leaves_out_the_interrupted_trial(tmp_path):
     assert _study_seconds(tmp_path) == 120.0
 
 
-# ---- issue 15's protocol ----------------------------------------------------------------------
+# ---- the search-vs-baselines protocol ----------------------------------------------------------------------
 def _adapter_params(ctx, rank, targets):
     size = {m.name: m.d_in + m.d_out for m in ctx.layout.modules}
     return rank * sum(size[t] for t in targets)
@@ -155,8 +155,8 @@ def test_mlp_lora_is_up_and_down_on_as_many_top_layers_as_fit():
         placement_lora(ctx, 3_839, "mlp")  # one layer's up and down need 3,840
 
 
-def test_issue15_summary_gaps_against_the_issues_baselines_and_the_best_simple_placement(tmp_path):
-    bench = glue.Bench(glue.ISSUE15, issue15_methods({"mrpc": ("0.1%",)}), tmp_path)
+def test_comparison_summary_gaps_against_the_baselines_and_the_best_simple_placement(tmp_path):
+    bench = glue.Bench(glue.SEARCH_VS_BASELINES, comparison_methods({"mrpc": ("0.1%",)}), tmp_path)
 
     def g(mean):
         return {"mean": mean, "scores": [mean - 0.01, mean + 0.01], "params": 19_202,
@@ -165,13 +165,13 @@ def test_issue15_summary_gaps_against_the_issues_baselines_and_the_best_simple_p
 
     groups = {("mrpc", "new-search@0.1%"): g(0.78), ("mrpc", "peft-qv@0.1%"): g(0.75),
               ("mrpc", "widest-lora@0.1%"): g(0.77), ("mrpc", "mlp-lora@0.1%"): g(0.80)}
-    text = "\n".join(issue15_summary(bench, groups, ["mrpc"]))
+    text = "\n".join(comparison_summary(bench, groups, ["mrpc"]))
     row = next(line for line in text.splitlines() if line.startswith("| MRPC | 0.1% |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[5] == "+1.0" and cells[7] == "-2.0"  # vs widest (77), vs the MLP (80)
     assert cells[12] == "-"  # no search time recorded: no cost
     groups[("mrpc", "new-search@0.1%")].update(search_time=50.0, train_time=100.0, search_multiple=0.42)
-    row = next(line for line in issue15_summary(bench, groups, ["mrpc"]) if line.startswith("| MRPC | 0.1% |"))
+    row = next(line for line in comparison_summary(bench, groups, ["mrpc"]) if line.startswith("| MRPC | 0.1% |"))
     assert [c.strip() for c in row.strip("|").split("|")][12] == "0.50x (0.42x)"
     assert "over the better of (a), (b): +1.00 points" in text
     assert "best simple placement: -2.00 points" in text
@@ -179,23 +179,23 @@ def test_issue15_summary_gaps_against_the_issues_baselines_and_the_best_simple_p
     assert "MRPC 0.1% +1.0 ± 0.0 over 2 seeds." in text  # seed 2 failed: left out of the pairs
     groups[("mrpc", "new-search@0.1%")]["by_seed"] = {0: 0.79, 1: 0.78, 2: 0.80}
     groups[("mrpc", "widest-lora@0.1%")]["by_seed"] = {0: 0.76, 1: 0.78, 2: 0.77}
-    text = "\n".join(issue15_summary(bench, groups, ["mrpc"]))  # diffs +3, 0, +3: mean 2, std 1.73
+    text = "\n".join(comparison_summary(bench, groups, ["mrpc"]))  # diffs +3, 0, +3: mean 2, std 1.73
     assert "MRPC 0.1% +2.0 ± 1.7 over 3 seeds (p = 0.18)" in text and "standard error: 1.00 points" in text
     groups[("mrpc", "peft-qv-all@0.1%")] = g(0.79)
-    assert "every layer is): -1.00 points" in "\n".join(issue15_summary(bench, groups, ["mrpc"]))
+    assert "every layer is): -1.00 points" in "\n".join(comparison_summary(bench, groups, ["mrpc"]))
     # the plan's adapters are the MLP baseline's: its cell says so
     mlp = ["l5.ffn_up", "l5.ffn_down"]
     bench._specs[("mrpc", "new-search@0.1%", "")] = plan_spec("new", {t: {"type": "lora", "rank": 1} for t in mlp})
     for name, targets in (("mlp-lora@0.1%", mlp), ("peft-qv@0.1%", ["l5.q", "l5.v"]), ("widest-lora@0.1%", mlp[:1])):
         bench._specs[("mrpc", name, "")] = Spec("peft", name, {"rank": 1, "alpha": 2, "dropout": 0.0,
                                                                "targets": targets})
-    row = next(line for line in issue15_summary(bench, groups, ["mrpc"]) if line.startswith("| MRPC | 0.1% |"))
+    row = next(line for line in comparison_summary(bench, groups, ["mrpc"]) if line.startswith("| MRPC | 0.1% |"))
     assert [c.strip() for c in row.strip("|").split("|")][2].endswith("(19.2k); = (b')")
     del groups[("mrpc", "mlp-lora@0.1%")]  # not run: the best simple placement is max(a, b)
-    assert "best simple placement: +1.00 points" in "\n".join(issue15_summary(bench, groups, ["mrpc"]))
+    assert "best simple placement: +1.00 points" in "\n".join(comparison_summary(bench, groups, ["mrpc"]))
     # a --methods subset without the MLP baseline: the plan is compared with the baselines it ran
     bench.methods = [m for m in bench.methods if not m.name.startswith("mlp-lora")]
-    row = next(line for line in issue15_summary(bench, groups, ["mrpc"]) if line.startswith("| MRPC | 0.1% |"))
+    row = next(line for line in comparison_summary(bench, groups, ["mrpc"]) if line.startswith("| MRPC | 0.1% |"))
     assert [c.strip() for c in row.strip("|").split("|")][2].endswith("(19.2k)")
 
 
@@ -223,13 +223,13 @@ def test_peft_qv_matching_stays_on_query_value():
     assert match_peft_rank(ctx, 22_656, ("vo",)) == (2, "vo")  # the value,output diagnostic
 
 
-def test_issue15_job_list_budgets_epochs_and_phases(tmp_path):
-    proto = glue.ISSUE15
-    methods = issue15_methods(glue.ISSUE15_BUDGETS)
+def test_comparison_job_list_budgets_epochs_and_phases(tmp_path):
+    proto = glue.SEARCH_VS_BASELINES
+    methods = comparison_methods(glue.SEARCH_VS_BASELINES_BUDGETS)
     bench = glue.Bench(proto, methods, tmp_path)
     jobs = bench.jobs()
     searches = {(j[1], j[2]) for j in jobs if j[0] == "search"}
-    assert searches == {(t, f"{k}-search@{b}") for t, bs in glue.ISSUE15_BUDGETS.items() for b in bs
+    assert searches == {(t, f"{k}-search@{b}") for t, bs in glue.SEARCH_VS_BASELINES_BUDGETS.items() for b in bs
                         for k in ("new", "old")}  # 6: 0.02% on SST-2 only
     finals = [j for j in jobs if j[0] == "final"]
     per_task = {t: {j[2] for j in finals if j[1] == t} for t in proto.tasks}
@@ -261,15 +261,15 @@ def test_issue15_job_list_budgets_epochs_and_phases(tmp_path):
     assert glue.select_jobs(bench, None, None, None) == jobs
 
 
-def test_issue15_quick_is_the_same_comparison_smaller():
-    q = glue.ISSUE15_QUICK
-    assert q.tasks == glue.ISSUE15.tasks and q.task_epochs == glue.ISSUE15.task_epochs
-    assert len(q.seeds) == 1 and q.final_max_steps and q.select_steps < (glue.ISSUE15.select_steps or float("inf"))
-    assert glue.protocol_methods(q)[0].name == glue.protocol_methods(glue.ISSUE15)[0].name
+def test_comparison_quick_is_the_same_comparison_smaller():
+    q = glue.SEARCH_VS_BASELINES_QUICK
+    assert q.tasks == glue.SEARCH_VS_BASELINES.tasks and q.task_epochs == glue.SEARCH_VS_BASELINES.task_epochs
+    assert len(q.seeds) == 1 and q.final_max_steps and q.select_steps < (glue.SEARCH_VS_BASELINES.select_steps or float("inf"))
+    assert glue.protocol_methods(q)[0].name == glue.protocol_methods(glue.SEARCH_VS_BASELINES)[0].name
 
 
 def test_search_is_sized_from_the_task_epochs(tmp_path, monkeypatch):
-    """MRPC trains 3 epochs in issue #15's protocol: its search must be sized (cost_budget x one
+    """MRPC trains 3 epochs in the search-vs-baselines protocol: its search must be sized (cost_budget x one
     full run) from 3 epochs, as recorded in its settings, not from the protocol's default 1."""
     import nas.search
     import _glue_search
@@ -282,13 +282,13 @@ def test_search_is_sized_from_the_task_epochs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(nas.search, "run_search", fake_run_search)
     monkeypatch.setattr(_glue_search, "fresh_model", lambda ctx, seed: None)
-    ctx = SimpleNamespace(proto=glue.ISSUE15, task="mrpc", runs_dir=tmp_path, data_dir=str(tmp_path),
+    ctx = SimpleNamespace(proto=glue.SEARCH_VS_BASELINES, task="mrpc", runs_dir=tmp_path, data_dir=str(tmp_path),
                           tokenizer=None, data=None)
     with pytest.raises(RuntimeError, match="stop here"):
         _glue_search.run_or_load_search(ctx, "0.1%", "supernet")
     cfg = seen["cfg"]
     assert cfg.epochs == 3.0 and cfg.strategy == "supernet" and cfg.budget == "0.1%"
-    settings = glue.ISSUE15.search_settings("mrpc")
+    settings = glue.SEARCH_VS_BASELINES.search_settings("mrpc")
     assert (cfg.n_trials, cfg.trial_steps, cfg.trial_eval_samples) == (
         settings["trials"], settings["steps"], settings["holdout_rows"])
 
@@ -300,20 +300,20 @@ def test_a_baseline_that_does_not_fit_the_plan_is_left_out_not_a_crash(tmp_path)
         raise NotApplicable("no uniform LoRA on the mlp placement fits in 3,072 parameters")
 
     m = Method("mlp-lora@0.02%", "peft-mlp", build, tasks=("sst2",))
-    bench = glue.Bench(glue.ISSUE15, [m], tmp_path)
+    bench = glue.Bench(glue.SEARCH_VS_BASELINES, [m], tmp_path)
     jobs = bench.jobs()
     assert {j[0] for j in jobs} == {"select", "final"} and all(bench.done(j) for j in jobs)
     line = bench.execute(jobs[0])
     assert "does not apply: no uniform LoRA on the mlp placement fits in 3,072" in line
     assert bench.rows() == [] and bench.skipped == 1
-    text = "\n".join(issue15_summary(bench, {}, ["sst2"]))
+    text = "\n".join(comparison_summary(bench, {}, ["sst2"]))
     assert "Not run ('-'): mlp-lora@0.02% on SST-2: no uniform LoRA on the mlp placement" in text
     with pytest.raises(ValueError, match="no uniform LoRA on the mlp placement fits"):
         placement_lora(_ctx(), 3_072, "mlp")  # what raises it on MiniLM (0.02%: q,v on two layers)
 
 
 def test_lr_grid_flag_replaces_the_protocols_grid(tmp_path, capsys):
-    argv = ["--protocol", "issue15", "--tasks", "sst2", "--methods", "peft-lora-r8", "--runs-dir",
+    argv = ["--protocol", "search-vs-baselines", "--tasks", "sst2", "--methods", "peft-lora-r8", "--runs-dir",
             str(tmp_path), "--threads", "1", "--ms-per-token", "0.01", "--estimate-only"]
     assert glue.main(argv + ["--lr-grid", "5e-3,1e-2"]) == 0
     out = capsys.readouterr().out
@@ -323,3 +323,37 @@ def test_lr_grid_flag_replaces_the_protocols_grid(tmp_path, capsys):
     with pytest.raises(SystemExit):
         glue.main(argv + ["--lr-grid", "fast"])
     assert "--lr-grid" in capsys.readouterr().err
+
+
+def test_default_places_and_the_command_a_report_names(monkeypatch):
+    monkeypatch.setattr(glue, "runs_dir", lambda study: Path("/c") / study)  # no archive extracted
+    assert glue.default_places("full") == ("glue", Path("/c/glue"), glue.RESULTS / "glue")
+    assert glue.default_places("search-15min") == ("glue", Path("/c/glue/search-15min"),
+                                                   glue.RESULTS / "glue_search_15min")
+    assert glue.default_places("full-sst2all-cuda") == ("glue", Path("/c/glue/full-sst2all-cuda"),
+                                                        glue.RESULTS / "glue_sst2all_cuda")
+    assert glue.default_places("search-vs-baselines") == ("search_vs_baselines", Path("/c/search_vs_baselines"),
+                                                          glue.RESULTS / "search_vs_baselines")
+    quick = glue.CACHE / "search_vs_baselines_quick"  # a check: never packed, nothing in results/
+    assert glue.default_places("search-vs-baselines-quick") == (None, glue.CACHE / "runs" / quick.name, quick)
+    assert glue.default_places("quick")[2] == glue.CACHE / "glue_quick"
+    argv = ["--protocol", "full", "--threads", "1", "--report-only", "--from-csv", "--ms-per-token=3", "--out", "a b"]
+    assert glue.report_command(argv) == "python benchmarks/glue.py --protocol full --out 'a b'"
+
+
+def test_a_reports_csv_reads_back_as_its_rows_and_a_rewrite_keeps_the_date_line(tmp_path):
+    import csv
+
+    from _glue_bench import csv_rows
+    from _glue_report import kept_line
+
+    rows = [{"phase": "final", "seed": 1, "lr": 0.002, "picked": True, "score": 0.5, "f1": None, "spec": "x-r2",
+             "steps": 500, "finished": "2026-11-30T15:02:06"}]
+    with open(tmp_path / "r.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert csv_rows(tmp_path / "r.csv") == rows
+    (tmp_path / "r.md").write_text("# title\n\n- date: 2026-11-30; machine: then\n")
+    assert kept_line(tmp_path / "r.md", "- date: ", "- date: today") == "- date: 2026-11-30; machine: then"
+    assert kept_line(tmp_path / "none.md", "- date: ", "- date: today") == "- date: today"

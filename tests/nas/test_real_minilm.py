@@ -3,23 +3,22 @@ SST-2 sentences.  Slow, but CI runs it (``-m "not slow or ci"``)."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
 
 from nas import Plan, adapters, apply_plan, discover, merge_plan, shortcut_set
+from tests.factories import require_glue
 
-SST2 = Path("/work/shared/data/glue/SST-2/train.tsv")
 L = "bert.encoder.layer"
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]
 
 
-def read_sst2(n: int) -> tuple[list[str], list[int]]:
+def read_sst2(glue, n: int) -> tuple[list[str], list[int]]:
     """The first n sentences of each label, interleaved, so the batch is balanced."""
     by_label: dict[int, list[str]] = {0: [], 1: []}
-    with SST2.open(newline="") as f:
+    with (glue / "SST-2" / "train.tsv").open(newline="") as f:
         for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
             lab = int(row["label"])
             if len(by_label[lab]) < n // 2:
@@ -33,9 +32,8 @@ def read_sst2(n: int) -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-def test_mixed_plan_trains_on_real_minilm():
-    if not SST2.is_file():
-        pytest.skip(f"real SST-2 data not found at {SST2}")
+def test_mixed_plan_trains_on_real_minilm(request):
+    glue = require_glue(request.node, "SST-2")
     from nas.models import load_model, load_tokenizer
 
     torch.manual_seed(0)
@@ -66,7 +64,7 @@ def test_mixed_plan_trains_on_real_minilm():
                          if p.requires_grad and n not in head)
     assert adapter_params == plan.count_params(layout)
 
-    texts, labels = read_sst2(32)
+    texts, labels = read_sst2(glue, 32)
     assert len(texts) == 32 and sum(labels) == 16
     batch = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
     y = torch.tensor(labels)

@@ -3,6 +3,7 @@ that never exceeds the budget, fills it, is exact on small cases, and is determi
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
 import pytest
@@ -29,6 +30,17 @@ def minilm_layout() -> ModelLayout:
     return ModelLayout("bert", "bert.encoder.layer", 6, 384, mods, _BERT)
 
 
+def assert_fills(chosen, cands, scores, budget):
+    """``chosen`` is non-empty and left no room for any module it does not use: with positive
+    scores an exact knapsack would have taken an unused module's smallest choice had it fitted, so
+    what is left of the budget is below that size (a bound derived from the sizes, not a ratio)."""
+    params = sum(c.params for c in chosen)
+    assert chosen and params <= budget
+    used = {c.target for c in chosen}
+    unused = [c.params for c in cands if c.target not in used and scores[c.key] > 0]
+    assert budget - params < min(unused, default=math.inf), (params, budget, min(unused))
+
+
 def random_scores(cands, seed):
     rng = random.Random(seed)
     # bigger choices score more on the same module, with diminishing returns
@@ -51,6 +63,7 @@ def test_never_exceeds_and_fills_the_budget(minilm_cands, budget, seed):
     most = sum(max(c.params for c in minilm_cands if c.target == t) for t in {c.target for c in minilm_cands})
     if budget <= most:
         assert alloc.params >= 0.95 * budget, (alloc.params, budget)
+        assert_fills(alloc, minilm_cands, scores, budget)
     else:  # the whole space fits: every module and shortcut gets its best-scoring choice
         best = {}
         for c in minilm_cands:
@@ -94,7 +107,9 @@ def test_exact_on_small_instances_vs_brute_force():
 
 def test_budget_specs_and_bad_scores(minilm_cands):
     scores = random_scores(minilm_cands, 0)
-    assert allocate(minilm_cands, scores, parse_budget("200k")).budget == 200_000
+    big = allocate(minilm_cands, scores, parse_budget("200k"))
+    assert big.budget == 200_000 and big.method == "exact-dp"
+    assert_fills(big, minilm_cands, scores, 200_000)
     assert allocate(minilm_cands, scores, parse_budget("0.1%", 22_713_216)).budget == 22_713
     with pytest.raises(ValueError, match="no score"):
         allocate(minilm_cands, {}, 10_000)
@@ -157,4 +172,9 @@ def test_static_plan_absolute_budget_and_default_proxy():
     layout = discover(model)
     plan = static_plan(model, layout, "heterolora", _batches(), "3k")
     assert plan.trainable_params <= 3000 and plan.provenance["proxy"] == proxies.DEFAULT_PROXY
+    cands = SPACES["heterolora"].candidates(layout)
+    scores = proxies.score_candidates(model, layout, cands, _batches(), proxies.DEFAULT_PROXY, seed=0)
+    chosen = [c for c in cands if c.key in plan.provenance["scores"]]
+    assert sum(c.params for c in chosen) == plan.trainable_params
+    assert_fills(chosen, cands, scores, 3000)
     assert plan.budget["params"] == 3000

@@ -1,4 +1,4 @@
-"""Proxies (issue 3): non-degenerate scores for every candidate kind, joint == one candidate at
+"""Proxies: non-degenerate scores for every candidate kind, joint == one candidate at
 a time, the model left untouched, grad-proj's closed forms, and the registry's errors."""
 from __future__ import annotations
 

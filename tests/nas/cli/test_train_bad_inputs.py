@@ -1,4 +1,4 @@
-"""more-train's bad inputs (issue 16): exit code 2, one line naming the problem and the fix, no
+"""more-train's bad inputs: exit code 2, one line naming the problem and the fix, no
 traceback, nothing written and nothing of the user's deleted; and the output-folder rules (a
 unique default folder, no reuse of a folder holding a run without --resume/--overwrite_output_dir)."""
 from __future__ import annotations

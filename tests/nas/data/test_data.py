@@ -1,9 +1,8 @@
-"""Tasks and metrics: GLUE folders (the real files in /work/shared/data/glue when present),
+"""Tasks and metrics: GLUE folders (the real files in ../shared/data/glue, which CI has),
 the bundled sample, user CSV/TSV/JSONL files, label checks, holdout and subsampling."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,11 +13,9 @@ from nas import UserError
 from nas.data import readers as nas_data
 from nas.data import GLUE_TASKS, load_task
 from nas.metrics import accuracy, compute_metrics, f1_binary, matthews_corrcoef, pearson, spearman
-from tests.factories import make_tokenizer
+from tests.factories import make_tokenizer, require_glue
 
 torch.set_num_threads(1)
-GLUE = Path("/work/shared/data/glue")
-needs_glue = pytest.mark.skipif(not (GLUE / "MRPC" / "train.tsv").is_file(), reason="no local GLUE copy")
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +57,40 @@ def test_task_table_follows_glue():
 
 
 # ---- GLUE ------------------------------------------------------------------------------------
-@needs_glue
+def test_missing_glue_fails_a_ci_test_and_skips_any_other(tmp_path):
+    class Node:  # the one method of a pytest item that require_glue reads
+        def __init__(self, *marks):
+            self.marks = marks
+
+        def get_closest_marker(self, name):
+            return pytest.mark.ci.mark if name in self.marks else None
+
+    (tmp_path / "MRPC").mkdir()
+    for f in ("train.tsv", "dev.tsv"):
+        (tmp_path / "MRPC" / f).write_text("x\n")
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "train.tsv").write_text("x\n")  # dev.tsv missing
+    for node in (Node(), Node("ci")):
+        assert require_glue(node, "MRPC", glue=tmp_path) == tmp_path
+    with pytest.raises(pytest.fail.Exception, match=r"RTE/dev\.tsv.*CI must have \.\./shared/data/glue"):
+        require_glue(Node("ci"), "MRPC", "RTE", glue=tmp_path)
+    with pytest.raises(pytest.skip.Exception, match=r"SST-2/train\.tsv"):
+        require_glue(Node(), "SST-2", glue=tmp_path)
+
+
+@pytest.mark.ci  # fails, not skips, without the real copy (tests/factories.py: require_glue)
 @pytest.mark.parametrize("task,n_train,n_dev,dev_counts", [
     ("sst2", 67349, 872, None), ("mrpc", 3668, 408, [129, 279]), ("cola", 8551, 1043, None),
     ("rte", 2490, 277, None)])
-def test_local_glue_folders(tok, task, n_train, n_dev, dev_counts):
-    d = load_task(task, tok, data_dir=GLUE, max_train_samples=300, max_length=64)
+def test_local_glue_folders(request, tok, task, n_train, n_dev, dev_counts):
+    glue = require_glue(request.node, GLUE_TASKS[task].folder)
+    d = load_task(task, tok, data_dir=glue, max_train_samples=300, max_length=64)
     assert len(d.train) == 300 and len(d.eval) == n_dev
     assert d.eval_split == "dev" and d.num_labels == 2
     assert d.main_metric == GLUE_TASKS[task].main_metric
     if dev_counts:
         assert np.bincount(d.eval["labels"]).tolist() == dev_counts
-    raw = nas_data.load_glue(GLUE_TASKS[task], GLUE)
+    raw = nas_data.load_glue(GLUE_TASKS[task], glue)
     assert len(raw["train"]) == n_train
     if task == "rte":
         assert d.label_names == ["entailment", "not_entailment"]

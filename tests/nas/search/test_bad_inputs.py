@@ -1,4 +1,4 @@
-"""more-search on bad input (issue 16's table): exit 2, one line naming the problem and the fix, no
+"""more-search on bad input: exit 2, one line naming the problem and the fix, no
 traceback, and nothing written: no output folder, no proxy_scores.json, no study.journal."""
 from __future__ import annotations
 

@@ -89,6 +89,7 @@ def test_two_workers_finish_n_trials_none_lost_or_repeated(files, postgres_url, 
 
 
 @pytest.mark.postgres
+@pytest.mark.drill  # kill -9 of a more-search worker subprocess mid-trial
 def test_killed_worker_trial_retried_once_with_the_same_plan(files, postgres_url, tmp_path):
     study = f"s-{uuid.uuid4().hex[:8]}"
     victim = more_search(files, tmp_path / "a", postgres_url, study, 1, 3000)

@@ -68,6 +68,7 @@ def test_two_workers_finish_n_trials_none_lost_or_repeated(postgres_url, tmp_pat
 
 # (1 trial of 2 s): the survivor is in its last trial when the other dies and finishes it before
 # the dead trial's heartbeat goes stale; (4 trials of 1 s): it has trials left to notice it in.
+@pytest.mark.drill  # kill -9 of a study worker subprocess mid-trial
 @pytest.mark.parametrize("n, seconds", [(1, 2.0), (4, 1.0)], ids=["survivor-in-last-trial", "survivor-has-more"])
 def test_killed_worker_trial_is_failed_and_retried_once_with_the_same_plan(postgres_url, tmp_path, n, seconds):
     study = new_study(postgres_url)

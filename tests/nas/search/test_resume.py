@@ -63,6 +63,7 @@ def test_resume_refuses_other_settings(files, tmp_path, capsys, flag, value, nam
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the study is untouched
 
 
+@pytest.mark.drill  # SIGINT to a more-search subprocess, then --resume
 def test_ctrl_c_exits_130_and_resume_trains_the_interrupted_plan(files, tmp_path):
     out = tmp_path / "s"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}

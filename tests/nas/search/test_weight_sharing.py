@@ -251,7 +251,7 @@ def test_a_searched_plan_must_beat_the_baselines_beyond_noise():
     import numpy as np
     from types import SimpleNamespace
 
-    from nas.search.finalists import proven_best
+    from nas.search.weight_sharing import proven_best
 
     rng = np.random.default_rng(0)
     rows = rng.exponential(0.7, 200)
@@ -269,7 +269,7 @@ def test_the_preferred_baseline_is_kept_unless_beaten_beyond_noise():
     import numpy as np
     from types import SimpleNamespace
 
-    from nas.search.finalists import best_baseline, proven_best
+    from nas.search.weight_sharing import best_baseline, proven_best
 
     rng = np.random.default_rng(1)
     rows = rng.exponential(0.7, 200)
@@ -292,10 +292,10 @@ def test_without_signal_the_widest_baseline_returns_even_if_the_noise_cut_it(mon
 
     import torch
 
-    from nas.search import finalists
+    from nas.search import weight_sharing
 
-    monkeypatch.setattr(finalists, "heldout", lambda *a, **k: SimpleNamespace(loss=0.69))  # the start
-    monkeypatch.setattr(finalists, "constant_loss", lambda *a: None)
+    monkeypatch.setattr(weight_sharing, "heldout", lambda *a, **k: SimpleNamespace(loss=0.69))  # the start
+    monkeypatch.setattr(weight_sharing, "constant_loss", lambda *a: None)
     trial = lambda n, origin, rung, v: SimpleNamespace(  # noqa: E731
         number=n, value=v, user_attrs={"origin": origin, "rung": rung, "plan": {"training": {"lr": 1e-3}}})
     plan, qv1 = trial(0, "importance plan #0", 1, 0.674), trial(1, "baseline qv #2", 1, 0.678)
@@ -304,20 +304,20 @@ def test_without_signal_the_widest_baseline_returns_even_if_the_noise_cut_it(mon
     cfg = SimpleNamespace(min_progress=0.05, device="cpu", batch_size=8)
     search = SimpleNamespace(cfg=cfg, base=torch.nn.Linear(1, 1), trial_data=None)
     no_scoring = SimpleNamespace(get_trials=lambda deepcopy, states: [])
-    fallback, lines = finalists.without_signal(search, study, no_scoring, plan, None, WIDEST_FIRST)
+    fallback, lines = weight_sharing.without_signal(search, study, no_scoring, plan, None, WIDEST_FIRST)
     assert fallback is wide0 and "No signal" in "".join(lines)  # 0.69 -> 0.678: 1.7% < 5%
     assert "learning rate (0.001) is untested" in "".join(lines)  # the plan's own
     # Only q,v reached the finalists: the widest as scored on the shared weights, not q,v.
     scored_wide = trial(7, "baseline widest #3", None, 0.6802)
     scoring = SimpleNamespace(get_trials=lambda deepcopy, states: [scored_wide])
     only_qv = SimpleNamespace(get_trials=lambda deepcopy, states: [plan, qv1])
-    assert finalists.without_signal(search, only_qv, scoring, plan, None, WIDEST_FIRST)[0] is scored_wide
+    assert weight_sharing.without_signal(search, only_qv, scoring, plan, None, WIDEST_FIRST)[0] is scored_wide
     # q,v preferred: the trained q,v, not the widest
-    assert finalists.without_signal(search, study, no_scoring, plan, None, ("baseline qv",))[0] is qv1
+    assert weight_sharing.without_signal(search, study, no_scoring, plan, None, ("baseline qv",))[0] is qv1
     cfg.min_progress = 0.01
-    assert finalists.without_signal(search, study, None, plan, None, WIDEST_FIRST)[0] is None  # 1.7% >= 1%
+    assert weight_sharing.without_signal(search, study, None, plan, None, WIDEST_FIRST)[0] is None  # 1.7% >= 1%
     cfg.min_progress = 0.0
-    assert finalists.without_signal(search, study, None, plan, None, WIDEST_FIRST) == (None, [])  # no check
+    assert weight_sharing.without_signal(search, study, None, plan, None, WIDEST_FIRST) == (None, [])  # no check
 
 
 def test_finalists_put_the_baselines_in_the_preferred_order():

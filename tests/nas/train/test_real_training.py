@@ -2,21 +2,18 @@
 transformers.Trainer, then the saved adapters and the merged model load back."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from nas import Plan, load_adapted
 from nas.train import TrainConfig, train
+from tests.factories import require_glue
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]
-GLUE = Path(__file__).resolve().parents[4] / "shared" / "data" / "glue"
 
 
-def test_bf16_mixed_plan_on_real_minilm_saves_and_merges(tmp_path):
-    if not (GLUE / "MRPC" / "train.tsv").is_file():
-        pytest.skip(f"real MRPC data not found under {GLUE}")
+def test_bf16_mixed_plan_on_real_minilm_saves_and_merges(request, tmp_path):
+    glue = require_glue(request.node, "MRPC")
     L = "bert.encoder.layer"
     plan = Plan(model={"name_or_path": "minilm"},
                 modules={f"{L}.0.attention.self.query": {"type": "lora", "rank": 8},
@@ -24,7 +21,7 @@ def test_bf16_mixed_plan_on_real_minilm_saves_and_merges(tmp_path):
                          f"{L}.2.attention.output.dense": {"type": "circulant"},
                          f"{L}.3.output.dense": {"type": "ldr", "rank": 2}},
                 shortcuts={"4.s_cut": {"rank": 4}, "5.s_in": {"rank": 4}})
-    cfg = TrainConfig(task="mrpc", data_dir=str(GLUE), max_train_samples=64, max_eval_samples=32,
+    cfg = TrainConfig(task="mrpc", data_dir=str(glue), max_train_samples=64, max_eval_samples=32,
                       max_steps=4, per_device_train_batch_size=8, gradient_accumulation_steps=2, bf16=True,
                       learning_rate=2e-3, max_length=64, output_dir=str(tmp_path / "run"), merge=True,
                       progress=False)

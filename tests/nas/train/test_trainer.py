@@ -17,7 +17,10 @@ import torch
 
 from nas import Plan, discover
 from nas.data import load_task
+from nas.models import load_model, load_tokenizer
+from nas.search.ranking import constant_loss
 from nas.train import NonFiniteLoss, TrainConfig, TrainResult, train
+from nas.train.evaluate import evaluate_model
 from tests.factories import cfg_for, lora_plan, sentence
 
 # Tiny models: one intra-op thread is much faster than two on a shared, busy machine.
@@ -123,11 +126,21 @@ def test_regression_task(tiny_bert, layout, tmp_path):
             rows.append(f"{a},{b},{len(set(a.split()) & set(b.split())) / 1.5:.3f}")
         (tmp_path / name).write_text("\n".join(rows) + "\n")
     cfg = TrainConfig(train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "dev.csv"),
-                      epochs=1, batch_size=16, lr=5e-3, progress=False, max_length=32)
-    res = train(lora_plan(tiny_bert, layout), cfg)
+                      epochs=4, batch_size=16, lr=2e-2, progress=False, max_length=32)
+    data = cfg.load(load_tokenizer(str(tiny_bert)))
+    model = load_model(str(tiny_bert), task_type="regression", num_labels=1)
+    untrained = evaluate_model(model, data, 16, torch.device("cpu"))["loss"]  # dev MSE
+    res = train(lora_plan(tiny_bert, layout), cfg, model=model, data=data)
     assert res.main_metric == "pearson" and set(res.metrics) >= {"pearson", "spearman", "loss"}
     assert all(math.isfinite(v) for v in res.metrics.values())
     assert res.trainable_params == 4 * 4 * 64 + 32 + 1  # regression head: one output
+    # It learns: the dev MSE closes over half the gap from the untrained model's to the best
+    # constant's (the train labels' mean).  On 4 seeds it closed 89-100%; nothing learnt closes 0%.
+    # (Beating the constant, or a Pearson bar, is out of reach of this random 2-layer BERT in 16
+    # steps: on 3-4 seeds its dev Pearson spread over -0.1..0.4.)
+    best_constant = constant_loss(data, data.eval)
+    assert best_constant < untrained and res.metrics["loss"] < (untrained + best_constant) / 2, \
+        (untrained, res.metrics["loss"], best_constant)
 
 
 # ---- causal LM -----------------------------------------------------------------------------------

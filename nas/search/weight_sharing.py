@@ -1,0 +1,174 @@
+"""The weight-sharing search (strategy "supernet", the default), followed from one place.  Every
+stage is sized from ``cfg.cost_budget`` full runs of the plan (cost.size_stages); check_config
+first rejects a config the stages cannot use.  weight_sharing_search runs, in order:
+
+  1. super-network: the whole space trained as one network, importance measured on its trained
+     weights (supernet.SharedWeights.train_or_load);
+  2. cheap scoring: many plans and the uniform-LoRA baselines scored on the shared weights by
+     held-out loss (supernet.score_plans);
+  3. finalists: the best few and the baselines trained at a small lr grid, warm-started, cut by
+     successive halving (finalists.pick_finalists, finalists.run_finalists); the last rung's
+     leader, unless a baseline is within noise of it (proven_best, best_baseline);
+  4. signal check: whether the finalists' training took off at all, else the preferred baseline
+     (without_signal, progress);
+  5. the returned plan: that fallback, else the leader, else (no finalist trained) the best plan
+     on the shared weights, with its report lines (summary.report_lines).
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from ..baselines import baselines_at
+from ..errors import UserError
+from ..train.precision import resolve_device
+from .config import PLAN_ATTR
+from .cost import size_stages
+from .finalists import is_baseline, n_finalist_candidates, pick_finalists, preference, run_finalists
+from .ranking import constant_loss, heldout, worse_beyond_noise
+from .summary import report_lines
+from .supernet import SharedWeights, score_plans
+
+
+def check_config(cfg) -> None:
+    """Raise a UserError naming the field and the fix for a value the stages cannot use."""
+    problems = []
+    if not cfg.cost_budget > 0:
+        problems.append(f"--cost-budget {cfg.cost_budget} must be above 0, e.g. 0.5")
+    for name in ("supernet_share", "scoring_share"):
+        if not 0 < getattr(cfg, name) < cfg.cost_budget:
+            problems.append(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be above 0 and "
+                            f"below --cost-budget {cfg.cost_budget}")
+    if not cfg.lr_grid or any(not lr > 0 for lr in cfg.lr_grid):
+        problems.append(f"--lr-grid {cfg.lr_grid} needs one or more learning rates above 0, e.g. 1e-3,5e-4")
+    if cfg.rungs < 1 or cfg.eta < 2 or cfg.n_finalists < 1 or cfg.scoring_rows < 2:
+        problems.append("--rungs and --n-finalists must be at least 1, --eta at least 2, "
+                        "--scoring-rows at least 2")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def weight_sharing_search(search):
+    """The stages in the module docstring's order.  Returns (finalist study, best trial, stage
+    sizes, report lines)."""
+    cfg = search.cfg
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage, name = search.open_storage(), cfg.study or "more-search"
+    n_base = len(baselines_at(search.layout, search.budget))
+    ev = search.trial_data.eval
+    rows = ev.select(range(min(cfg.scoring_rows, len(ev))))
+    search.n_score_rows = len(rows)
+    sizes = search.sizes = size_stages(
+        n_train=len(search._data.train), batch_size=cfg.batch_size, epochs=cfg.epochs,
+        cost_budget=cfg.cost_budget, supernet_share=cfg.supernet_share, scoring_share=cfg.scoring_share,
+        eval_rows=len(rows), n_finalists=n_finalist_candidates(cfg.n_finalists, n_base, len(cfg.lr_grid)),
+        rungs=cfg.rungs, eta=cfg.eta, proxy_batches=search.n_proxy_batches if search.proxy_plan is not None else 0,
+        n_candidates=len(search.candidates), min_scored=2 + n_base + (search.proxy_plan is not None))
+
+    def mark(name, t0, c0):
+        search.stage_seconds[name] = time.perf_counter() - t0
+        search.stage_cpu[name] = time.process_time() - c0
+
+    # 1. super-network
+    t0, c0 = time.perf_counter(), time.process_time()
+    shared = SharedWeights(search)
+    meta = shared.train_or_load()
+    mark("supernet", t0, c0)
+    if cfg.progress:
+        print(f"super-network: {meta['steps']} steps{' (reused)' if meta.get('reused') else ''}; "
+              f"scoring {sizes.scored_plans} plans, then {sizes.finalists} finalists")
+    # 2. cheap scoring
+    t0, c0 = time.perf_counter(), time.process_time()
+    scoring = score_plans(search, shared, sizes, storage, name, rows)
+    mark("scoring", t0, c0)
+    # 3. finalists
+    t0, c0 = time.perf_counter(), time.process_time()
+    finalists = pick_finalists(scoring, cfg.n_finalists, cfg.lr_grid, sizes.finalists, shared.preferred)
+    study, ranked = run_finalists(search, shared, finalists, storage, name, rows, sizes.finalist_step_budget)
+    best = proven_best(ranked, cfg.noise_z, shared.preferred) if ranked else None
+    mark("finalists", t0, c0)
+    # 4. signal check, 5. the returned plan
+    fallback, signal = without_signal(search, study, scoring, best, rows, shared.preferred)
+    if fallback is not None:
+        best = fallback
+    if best is None:  # no finalist trained (budget too small): the best plan on shared weights
+        study, best = scoring, scoring.best_trial
+    plan_sizes = {**sizes.to_dict(), "planned_multiple": round(sizes.planned(), 4),
+                  "supernet_step_time_s": meta["step_time_s"]}
+    return study, best, plan_sizes, report_lines(search, meta, scoring, study, best, signal)
+
+
+def best_baseline(ranked: list, z: float, order: tuple[str, ...]):
+    """The preferred baseline of the rung, unless another beats it beyond noise."""
+    bases = [t for t in ranked if is_baseline(t)]
+    if not bases:
+        return None
+    pref = min(bases, key=preference(order))  # stable: the lowest loss of the most preferred placement
+    return bases[0] if worse_beyond_noise(pref.user_attrs["rows"], bases[0].user_attrs["rows"], z) else pref
+
+
+def proven_best(ranked: list, z: float, order: tuple[str, ...]):
+    """The leader of a rung (trials by held-out loss, best first), unless it is a searched plan
+    that is not better than the best uniform-LoRA baseline of the rung beyond noise: then that
+    baseline.  The burden of proof is on the searched plan, since without the search a user
+    would train uniform LoRA; short trials favour plans with adapters next to the head (their
+    loss falls first), and such a lead within noise did not hold over a full run."""
+    lead, base = ranked[0], best_baseline(ranked, z, order)
+    if base is None or (not is_baseline(lead) and worse_beyond_noise(
+            base.user_attrs["rows"], lead.user_attrs["rows"], z)):
+        return lead
+    return base
+
+
+def progress(start_loss: float, loss: float) -> float:
+    """How far training has lowered the held-out loss, as a share of the start."""
+    return (start_loss - loss) / start_loss if start_loss > 0 else float("nan")
+
+
+def without_signal(search, study, scoring, best, rows, order: tuple[str, ...]):
+    """(fallback trial or None, report lines).  The start is the lower of the untrained model's
+    held-out loss and the labels' prior (learning the class frequencies is no signal); when the
+    finalists' best baseline of the last rung (or, with none there, the chosen finalist) has not
+    gone ``min_progress`` of the way below it, the trials ended before training took off and
+    their order is noise (a plan with adapters next to the head lowers the loss first, a lead
+    that did not hold over full runs): the search then returns the preferred baseline (``order``),
+    as a finalist (whatever rung the noise cut it at) or else as scored on the shared weights."""
+    cfg = search.cfg
+    if best is None or cfg.min_progress <= 0:
+        return None, []
+    untrained = copy.deepcopy(search.base).to(resolve_device(cfg.device))
+    start = heldout(untrained, search.trial_data, rows, batch_size=cfg.batch_size).loss
+    del untrained
+    prior = constant_loss(search.trial_data, rows)
+    start = start if prior is None else min(start, prior)
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "rung" in t.user_attrs]
+    last = max((t.user_attrs["rung"] for t in trials), default=None)
+    ranked = sorted((t for t in trials if is_baseline(t)),
+                    key=lambda t: (-t.user_attrs["rung"], t.value, t.number))
+    ref = ranked[0] if ranked and ranked[0].user_attrs["rung"] == last else best
+    p = progress(start, ref.value)
+    search.signal = {"start_loss": start, "loss": ref.value, "progress": p, "min_progress": cfg.min_progress,
+                     "fallback": None}
+    lines = [f"- start: held-out loss {start:.4f} (the lower of the untrained model's and the labels' "
+             f"prior's); {'the best baseline of the last rung' if ref is not best else 'the chosen plan'}: "
+             f"{ref.value:.4f}, a progress of {p:.1%} (`--min-progress` {cfg.min_progress:g})"]
+    if p >= cfg.min_progress:
+        return None, lines + [""]
+    # Any baseline, since the rungs' cuts and the finalists' selection were noise too: a finalist
+    # (the latest rung, then the lowest loss) before one only scored on the shared weights.
+    pool = ranked + sorted((t for t in scoring.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                            if is_baseline(t)), key=lambda t: (t.value, t.number))
+    if not pool:
+        return None, lines + ["- the trials ended before training took off, and no uniform-LoRA baseline fits "
+                              "the budget: the plan stands, with little evidence behind it", ""]
+    fallback = min(pool, key=preference(order))
+    search.signal["fallback"] = fallback.user_attrs["origin"]
+    return fallback, lines + [
+        f"- **No signal**: the trials stopped before training took off, so their order is noise. "
+        f"The search returns the preferred uniform LoRA that fits ({fallback.user_attrs['origin']}). A larger "
+        f"`--cost-budget` (or more training data) gives the trials the steps to get past the start. "
+        f"Its learning rate ({fallback.user_attrs[PLAN_ATTR]['training']['lr']:g}) is untested too: train it at "
+        f"two or three (`more-train --plan ... --lr`) and keep the lowest held-out loss.", ""]
