@@ -26,7 +26,7 @@ WHAT = ["model", "task", "budget", "space", "proxy", "allocation"]
 OUTPUT = ["output_dir", "storage", "study", "resume", "heartbeat_s"]
 TRIALS = ["n_trials", "trial_steps", "pruner", "sampler", "holdout", "seed"]
 SEARCH = ["strategy", "cost_budget", "supernet_share", "scoring_share", "scoring_rows", "n_finalists",
-          "lr_grid", "rungs", "eta", "noise_z", "min_progress", "supernet_lr", "normalise"]
+          "lr_grid", "lr_test", "lr_test_range", "rungs", "eta", "noise_z", "min_progress", "supernet_lr", "normalise"]
 DATA = ["data_dir", "train_file", "validation_file", "text_columns", "label_column", "task_type",
         "max_train_samples", "batch_size", "max_length", "first_trial_lr", "epochs", "device", "bf16", "fp16"]
 

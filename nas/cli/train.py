@@ -3,7 +3,9 @@
 Defaults come from the plan's ``training`` hints and ``task`` options; flags override them.
 Flags take transformers' TrainingArguments / run_glue.py names (``--learning_rate``), dashed
 (``--learning-rate``), and the older spellings (``--lr``, ``--batch-size``, ``--epochs``).
-On success the last line on stdout is a JSON summary of the run.
+On success the last line on stdout is a JSON summary of the run.  Exit status: 0 a finished run
+(a stall it met is named on stderr and in results.json), 2 a user error, 3 a run that
+``--on_stall stop`` ended (its outputs are written), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ..errors import UserError
 from ..plan import Plan
 from ..train import TrainConfig, train
 from ..train.outdir import default_output_dir
+from ..train.stall import STOPPED_EXIT
 from ..train.trainer import Interrupted
 from . import run_cli
 from .flags import add_flags
@@ -26,7 +29,7 @@ TRAINING = ["allocation", "num_train_epochs", "learning_rate", "per_device_train
             "gradient_accumulation_steps", "seed", "max_length", "max_steps", "eval_steps",
             "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "per_device_eval_batch_size",
             "dynamic_every", "dynamic_batches", "dynamic_proxy", "group_by_length", "device", "bf16",
-            "bf16_frozen_base", "fp16", "gradient_checkpointing"]
+            "bf16_frozen_base", "fp16", "gradient_checkpointing", "on_stall", "stall_restarts", "stall_lr_factor"]
 OUTPUT = ["output_dir", "resume", "overwrite_output_dir", "merge", "report_to", "logging_steps", "save_steps",
           "save_total_limit", "export_peft"]
 TASK = ["task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "task_type",
@@ -85,11 +88,17 @@ def _main(argv=None):
         print(f"merged model: {len(rep['merged'])} adapter(s) folded"
               + (f"; not foldable (saved beside it as residual_plan.json): {', '.join(rep['not_foldable'])}"
                  if rep["not_foldable"] else ""), file=sys.stderr)
+    stall = result.stall
+    if stall is not None:
+        print(f"stalled: training had not taken off at step {stall['step']} (held-out loss "
+              f"{stall['heldout_loss']:.4f}, start {stall['start_loss']:.4f}"
+              + (f"; {stall['metric_name']} {stall['metric']:.4f}, chance {stall['chance']:.4f}"
+                 if stall["metric_name"] else "") + f"); {stall['suggestion']}", file=sys.stderr)
     summary = {k: getattr(result, k) for k in ("main_metric", "score", "metrics", "steps", "train_time_s",
                                                 "step_time_s", "peak_memory_bytes", "trainable_params",
-                                                "output_dir", "peft_dir", "merge_report")}
+                                                "output_dir", "peft_dir", "merge_report", "stall")}
     print(json.dumps(summary))
-    return 0
+    return STOPPED_EXIT if stall is not None and stall["action"] == "stop" else 0
 
 
 def main(argv=None) -> int:

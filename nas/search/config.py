@@ -13,11 +13,13 @@ from .study import PRUNERS, SAMPLERS
 PLAN_ATTR = "plan"
 ALLOCATIONS = ["static", "dynamic"]
 STRATEGIES = ("supernet", "trials")
+LR_TESTS = ("range", "off")
 
 
 @dataclass
 class SearchConfig(TaskSpec):
-    model: str | None = option(None, "Hub name, local folder, .gguf file, or 'minilm' (default) / 'smollm2'")
+    model: str | None = option(None, "Hub name, local folder, .gguf file, or a packaged model: "
+                                       "'minilm' (default), 'mpnet' (MPNet-base) or 'smollm2'")
     budget: str = option("0.1%", "trainable adapter+shortcut parameters: a percentage of the base model "
                              "('0.1%%') or a count ('200k', '1.5M'); the task head is not counted")
     space: str = option("default", "search space: default, lora, more, surm, heterolora, or a JSON file")
@@ -73,13 +75,24 @@ class SearchConfig(TaskSpec):
                                "the finalists' trials: the same rows for all)")
     n_finalists: int = option(2, "best plans on the shared weights that go to real short trials (the "
                               "uniform-LoRA baselines join them)")
-    # 2e-3 first: a search that affords one rate, or sees no signal, writes the first into the plan.
+    # 2e-3 first: a search that affords one rate, or sees no signal, writes the first into the plan
+    # (unless the lr stage, lr_test, replaces it).
     # On the packaged MiniLM, in full-length runs scored on held-out train, 2e-3 beat 1e-3 in loss for
     # every rank-1/2 uniform LoRA of the search-vs-baselines comparison (SST-2, MRPC); 5e-3 won on SST-2 but
     # stalled on MRPC.
     lr_grid: tuple[float, ...] = option((2e-3, 1e-3, 5e-4), "learning rates the finalists are tried "
                                         "at, in priority order (the budget may afford only the first); "
-                                        "the winner's goes into the plan", type=float_list)
+                                        "the winner's goes into the plan unless --lr-test replaces it",
+                                        type=float_list)
+    # Off by default until a full-length lr benchmark shows the range test's rate at least as good as
+    # the grid's first on tasks that did not choose its rules (at CPU sizes it rarely affords a
+    # confirmation trial, and then falls back to a rule).
+    lr_test: str = option("off", "how the returned plan's learning rate is chosen: range = an LR range "
+                          "test on the plan from its fresh init, then short trials around its pick, within "
+                          "--cost-budget (experimental); off = the finalists' rate from --lr-grid",
+                          choices=list(LR_TESTS))
+    lr_test_range: tuple[float, ...] = option((1e-5, 1e-1), "lowest and highest rate of the range test",
+                                              type=float_list)
     rungs: int = option(2, "successive-halving rungs of the finalists")
     eta: int = option(2, "a rung keeps the best 1/eta, and every finalist within noise of the best")
     noise_z: float = option(2.0, "a trial is cut only when its held-out loss is worse than the best "

@@ -34,6 +34,11 @@ PROXY_SHARE = 0.1  # the zero-cost prior runs by default only when it costs at m
 TRIAL_OVERHEAD = 12.0
 FORWARD_COST = 0.5  # one inference batch: with a frozen base, backward costs about a forward
 MIN_FINALIST_STEPS = 6  # a finalist's steps at the first rung: fewer tell nothing
+# The lr stage: a range test of at most 100 steps (fastai and Lightning lr_find take 100 batches),
+# then short trials from fresh init around its pick with what the finalists did not spend.
+LR_STAGE_SHARE = 0.15  # of one full run, at most, and never the room of the first finalist
+LR_RANGE_MAX_STEPS, LR_RANGE_MIN_STEPS = 100, 10
+MIN_CONFIRM_STEPS = 8
 
 
 def full_run_steps(n_train: int, batch_size: int, epochs: float) -> int:
@@ -53,15 +58,21 @@ class StageSizes:
     proxy_cost: float  # plan steps
     finalists: int  # finalist candidates (plan x learning rate) the budget affords
     rungs: int
+    lr_range_steps: int = 0  # 0: no lr stage
+    lr_confirm_units: float = 0.0  # plan steps for the confirmation trials, their set-up included
+
+    def planned_by_stage(self) -> dict[str, float]:
+        """Planned cost at most per stage, as a multiple of one full run (plan-step equivalents /
+        F), counting every finalist evaluated at every rung."""
+        lr = self.lr_range_steps + TRIAL_OVERHEAD + self.lr_confirm_units if self.lr_range_steps else 0.0
+        units = {"proxy": self.proxy_cost, "supernet": self.supernet_steps * SUPERNET_STEP_COST,
+                 "scoring": self.scored_plans * self.scoring_batches * FORWARD_COST,
+                 "finalists": self.finalist_step_budget + self.finalists * self.rungs * (
+                     self.finalist_eval_batches * FORWARD_COST + TRIAL_OVERHEAD), "lr": lr}
+        return {k: v / self.full_run_steps for k, v in units.items()}
 
     def planned(self) -> float:
-        """Planned cost at most, as a multiple of one full run (plan-step equivalents / F),
-        counting every finalist evaluated at every rung."""
-        units = (self.proxy_cost + self.supernet_steps * SUPERNET_STEP_COST
-                 + self.scored_plans * self.scoring_batches * FORWARD_COST
-                 + self.finalist_step_budget
-                 + self.finalists * self.rungs * (self.finalist_eval_batches * FORWARD_COST + TRIAL_OVERHEAD))
-        return units / self.full_run_steps
+        return sum(self.planned_by_stage().values())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,12 +89,15 @@ def proxy_affordable(n_candidates: int, batches: int, F: int) -> bool:
 def size_stages(*, n_train: int, batch_size: int, epochs: float, cost_budget: float,
                 supernet_share: float, scoring_share: float, eval_rows: int, n_finalists: int,
                 rungs: int, eta: int, proxy_batches: int, n_candidates: int = 0,
-                min_scored: int = 1) -> StageSizes:
+                min_scored: int = 1, lr_stage: bool = False) -> StageSizes:
     """Stage sizes within ``cost_budget`` full runs: the super-network gets ``supernet_share``
     of a full run's cost, cheap scoring ``scoring_share``, the finalists what is left.  As many
     of the ``n_finalists`` candidates (in their priority order) take part as can each train
     MIN_FINALIST_STEPS steps at the first rung, ``eta`` times more at each later one, and be
-    evaluated at every rung, even if none is ever cut.  ``proxy_batches`` 0: no proxy stage."""
+    evaluated at every rung, even if none is ever cut.  ``proxy_batches`` 0: no proxy stage.
+    ``lr_stage``: the lr stage first takes up to LR_STAGE_SHARE of a full run, but not the room of
+    one finalist (all that is left when not even one fits), or nothing when its range test would
+    be under LR_RANGE_MIN_STEPS; what its range test does not use plans its confirmation trials."""
     F = full_run_steps(n_train, batch_size, epochs)
     eval_batches = max(1, math.ceil(eval_rows / batch_size))
     supernet = max(1, int(supernet_share * F / SUPERNET_STEP_COST))
@@ -93,16 +107,24 @@ def size_stages(*, n_train: int, batch_size: int, epochs: float, cost_budget: fl
         - scored * eval_batches * FORWARD_COST
     per_rung = eval_batches * FORWARD_COST + TRIAL_OVERHEAD  # each finalist's evaluation and setup
     per_candidate = MIN_FINALIST_STEPS * sum(eta ** k for k in range(rungs)) + rungs * per_rung
+    lr_units, lr_steps = 0.0, 0
+    if lr_stage:
+        lr_units = max(0.0, min(LR_STAGE_SHARE * F, left - per_candidate if left >= per_candidate else left))
+        lr_steps = min(LR_RANGE_MAX_STEPS, int(lr_units - TRIAL_OVERHEAD))
+        if lr_steps < LR_RANGE_MIN_STEPS:
+            lr_units, lr_steps = 0.0, 0
+        left -= lr_units
     n_fit = max(0, min(n_finalists, int(left // per_candidate)))
     steps = int(left - n_fit * rungs * per_rung) if n_fit else 0
     return StageSizes(full_run_steps=F, supernet_steps=supernet, scored_plans=scored,
                       scoring_batches=eval_batches, finalist_step_budget=max(0, steps),
                       finalist_eval_batches=eval_batches, proxy_cost=proxy,
-                      finalists=n_fit, rungs=rungs)
+                      finalists=n_fit, rungs=rungs, lr_range_steps=lr_steps,
+                      lr_confirm_units=max(0.0, lr_units - lr_steps - TRIAL_OVERHEAD) if lr_steps else 0.0)
 
 
 def measured_multiple(stage_seconds: dict[str, float], step_time_s: float, F: int,
-                      stages=("proxy", "supernet", "scoring", "finalists", "trials")) -> float:
+                      stages=("proxy", "supernet", "scoring", "finalists", "lr", "trials")) -> float:
     """Search wall time of the named stages over the estimated time of one full run."""
     if not step_time_s or not math.isfinite(step_time_s):
         return float("nan")
@@ -130,6 +152,10 @@ def search_cost(search, best, sizes=None) -> dict[str, Any]:
            "multiple_cpu": measured_multiple(search.stage_cpu, cpu, F),
            "note": "estimates: the stages' time (setup excluded) over (full-run steps x the "
                    "plan's step time measured in its short trial, first step excluded), in CPU and in wall time"}
+    planned = (sizes or {}).get("planned_by_stage", {})
+    out["stages"] = {k: {"planned": planned.get(k), "spent": measured_multiple(search.stage_seconds, step, F, (k,)),
+                         "spent_cpu": measured_multiple(search.stage_cpu, cpu, F, (k,))}
+                     for k in search.stage_seconds if k != "setup"}
     if sizes is not None:
         out["planned_multiple"] = sizes["planned_multiple"]
         out["stage_sizes"] = sizes

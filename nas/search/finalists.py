@@ -62,22 +62,22 @@ def n_finalist_candidates(n_plans: int, n_baselines: int, n_lrs: int) -> int:
 
 
 def run_finalists(search, shared, finalists: list[Finalist], storage, name: str, rows,
-                  step_budget: int) -> tuple[optuna.Study, list[optuna.trial.FrozenTrial]]:
+                  step_budget: int) -> tuple[optuna.Study, list[optuna.trial.FrozenTrial], int]:
     """Successive halving: a rung trains every survivor afresh from the shared weights, with
     the steps the budget left affords if no later rung cut anything (so a rung trains each
     survivor ``eta`` times longer than the one before it, or more after cuts).  After a rung, a
     finalist outside the best ``1/eta`` is cut only when its per-row held-out losses are worse
     than the leader's beyond noise (a paired test).  Every (finalist, rung) is one trial in the
-    study: a resumed search re-runs none that finished.  Returns the study and the trials of the
-    last rung reached, by held-out loss (empty if none trained); weight_sharing.proven_best
-    picks the returned plan among them."""
+    study: a resumed search re-runs none that finished.  Returns the study, the trials of the
+    last rung reached, by held-out loss (empty if none trained; weight_sharing.proven_best
+    picks the returned plan among them), and the steps of the budget left unspent."""
     cfg = search.cfg
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
     check_study_settings(study, study_settings(cfg), cfg.resume)
     fail_dead_running(study)  # an interrupted run's: its finalist is trained again
     alive, left, ranked = list(finalists), step_budget, []
     # The Trainer's own final evaluation runs on one batch; the held-out rows are scored here.
-    data = dataclasses.replace(search.trial_data, eval=search.trial_data.eval.select(range(1)))
+    data = train_part(search)
     for rung in range(cfg.rungs):
         # A lone finalist takes all that is left: there is nothing to compare it with.
         later = 1 if len(alive) == 1 else sum(cfg.eta ** k for k in range(cfg.rungs - rung))
@@ -104,7 +104,13 @@ def run_finalists(search, shared, finalists: list[Finalist], storage, name: str,
                  if i < keep or not worse_beyond_noise(t.user_attrs["rows"], lead, cfg.noise_z)]
         if len(alive) == 1:
             break
-    return study, ranked
+    return study, ranked, left
+
+
+def train_part(search):
+    """The search's trial data for a short trial: the Trainer's own final evaluation runs on one
+    batch (the held-out rows are scored by ranking.heldout)."""
+    return dataclasses.replace(search.trial_data, eval=search.trial_data.eval.select(range(1)))
 
 
 def is_baseline(t) -> bool:
@@ -137,19 +143,13 @@ def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, 
                  "shared_loss": f.shared_loss, "main_metric": search._data.main_metric, "trainable_params": plan.trainable_params,
                  PLAN_ATTR: plan.to_dict()}.items():
         trial.set_user_attr(k, v)
-    model = copy.deepcopy(search.base)
-    tcfg = trial_config(cfg, plan, steps, f.lr, cfg.seed)
     try:
-        trainer = training.prepare(plan, tcfg, model=model, tokenizer=search._tokenizer, data=data)
-        _, unexpected = model.load_state_dict(shared.warm_state(plan), strict=False)
-        if unexpected:
-            raise RuntimeError(f"warm start: the plan's model has no {unexpected[:3]}")
-        result = training.run(trainer)
-    except (training.NonFiniteLoss, RuntimeError, ValueError) as e:
+        ho, result = short_run(search, plan, trial_config(cfg, plan, steps, f.lr, cfg.seed), data, rows,
+                               shared.warm_state(plan))
+    except TRIAL_ERRORS as e:
         trial.set_user_attr("error", str(e)[:300])
         study.tell(trial, state=TrialState.FAIL)
         return None
-    ho = heldout(model, search.trial_data, rows, batch_size=cfg.batch_size)
     trial.set_user_attr("metrics", {**ho.metrics, "loss": ho.loss, "loss_se": ho.se})
     trial.set_user_attr("rows", ho.rows)
     trial.set_user_attr("train_time_s", result.train_time_s)
@@ -157,3 +157,19 @@ def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, 
     trial.set_user_attr("step_cpu_s", result.step_cpu_s)
     study.tell(trial, ho.loss)
     return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
+TRIAL_ERRORS = (training.NonFiniteLoss, RuntimeError, ValueError)  # a failed trial, not a failed search
+
+
+def short_run(search, plan: Plan, tcfg, data, rows, warm: dict | None = None):
+    """Train ``plan`` on a copy of the search's base model (from its fresh init, or from ``warm``
+    weights) and score it on the held-out ``rows``: (HeldOut, TrainResult)."""
+    model = copy.deepcopy(search.base)
+    trainer = training.prepare(plan, tcfg, model=model, tokenizer=search._tokenizer, data=data)
+    if warm is not None:
+        _, unexpected = model.load_state_dict(warm, strict=False)
+        if unexpected:
+            raise RuntimeError(f"warm start: the plan's model has no {unexpected[:3]}")
+    result = training.run(trainer)
+    return heldout(model, search.trial_data, rows, batch_size=search.cfg.batch_size), result

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.taskdata import column, row_lengths
+from ..data.taskdata import row_lengths
+from ..train.stall import constant_loss  # noqa: F401  (the labels' prior; lives beside the stall check)
 
 
 @dataclass
@@ -100,14 +101,6 @@ def gap_beyond_noise(value: float, best: float, se: float, z: float) -> bool:
     return math.isfinite(se) and value - best > z * math.sqrt(2.0) * se
 
 
-def constant_loss(data, split) -> float | None:
-    """Held-out loss on ``split`` of the best constant prediction from the training labels (their
-    class frequencies, or their mean): what a model that learned only the labels' prior scores.
-    None for a causal LM, where no constant prediction is a fair start."""
-    if data.task_type == "causal_lm" or "labels" not in data.train.column_names:
-        return None
-    y, t = column(data.train, "labels"), column(split, "labels")
-    if data.task_type == "regression":
-        return float(np.mean((t - y.mean()) ** 2))
-    p = np.bincount(y, minlength=int(max(y.max(), t.max())) + 1) / len(y)
-    return float(-np.mean(np.log(np.clip(p[t], 1e-12, None))))
+def progress(start_loss: float, loss: float) -> float:
+    """How far training has lowered the held-out loss, as a share of the start."""
+    return (start_loss - loss) / start_loss if start_loss > 0 else float("nan")

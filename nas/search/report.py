@@ -170,11 +170,14 @@ def write_report(facts: SearchFacts, study, res) -> list[dict]:
             f"in its short trial, first step excluded)"
             + (f"; planned at most {c['planned_multiple']:.2f}x" if "planned_multiple" in c else ""))
     lines += [
-        "", "## Time per stage", "", "| stage | seconds | CPU seconds |", "|---|---:|---:|",
+        "", "## Time per stage", "", "Cost in full runs of the plan: planned before the stage ran, spent as "
+        "measured (CPU time, as above); the lr stage also gets what the finalists did not spend.", "",
+        "| stage | seconds | CPU seconds | planned (full runs) | spent (full runs) |", "|---|---:|---:|---:|---:|",
     ]
-    cpu = res.cost.get("stage_cpu_seconds", {})
-    lines += [f"| {k} | {v:.1f} | {cpu[k]:.1f} |" if k in cpu else f"| {k} | {v:.1f} | - |"
-              for k, v in res.stage_seconds.items()]
+    cpu, by = res.cost.get("stage_cpu_seconds", {}), res.cost.get("stages", {})
+    num = lambda v, f: "-" if v is None or v != v else format(v, f)  # noqa: E731  (None, NaN: -)
+    lines += [f"| {k} | {v:.1f} | {num(cpu.get(k), '.1f')} | {num(by.get(k, {}).get('planned'), '.3f')} | "
+              f"{num(by.get(k, {}).get('spent_cpu'), '.3f')} |" for k, v in res.stage_seconds.items()]
     header, rows = allocation_table(res.plan, facts.layout)
     lines += ["", "## Chosen plan per layer", "", "| " + " | ".join(header) + " |",
               "|" + "---|" * len(header)]

@@ -12,7 +12,9 @@ first rejects a config the stages cannot use.  weight_sharing_search runs, in or
   4. signal check: whether the finalists' training took off at all, else the preferred baseline
      (without_signal, progress);
   5. the returned plan: that fallback, else the leader, else (no finalist trained) the best plan
-     on the shared weights, with its report lines (summary.report_lines).
+     on the shared weights, with its report lines (summary.report_lines);
+  6. lr stage: its learning rate, from a range test on it and short trials around the pick
+     (lr_stage.run_lr_stage), with what the finalists did not spend.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from ..train.precision import resolve_device
 from .config import PLAN_ATTR
 from .cost import size_stages
 from .finalists import is_baseline, n_finalist_candidates, pick_finalists, preference, run_finalists
-from .ranking import constant_loss, heldout, worse_beyond_noise
+from .lr_stage import run_lr_stage, skipped
+from .ranking import constant_loss, heldout, progress, worse_beyond_noise
 from .summary import report_lines
 from .supernet import SharedWeights, score_plans
 
@@ -44,6 +47,9 @@ def check_config(cfg) -> None:
                             f"below --cost-budget {cfg.cost_budget}")
     if not cfg.lr_grid or any(not lr > 0 for lr in cfg.lr_grid):
         problems.append(f"--lr-grid {cfg.lr_grid} needs one or more learning rates above 0, e.g. 1e-3,5e-4")
+    lo_hi = tuple(cfg.lr_test_range)
+    if len(lo_hi) != 2 or not 0 < lo_hi[0] < lo_hi[1]:
+        problems.append(f"--lr-test-range {cfg.lr_test_range} needs two rates, the lower first, e.g. 1e-5,1e-1")
     if cfg.rungs < 1 or cfg.eta < 2 or cfg.n_finalists < 1 or cfg.scoring_rows < 2:
         problems.append("--rungs and --n-finalists must be at least 1, --eta at least 2, "
                         "--scoring-rows at least 2")
@@ -66,7 +72,8 @@ def weight_sharing_search(search):
         cost_budget=cfg.cost_budget, supernet_share=cfg.supernet_share, scoring_share=cfg.scoring_share,
         eval_rows=len(rows), n_finalists=n_finalist_candidates(cfg.n_finalists, n_base, len(cfg.lr_grid)),
         rungs=cfg.rungs, eta=cfg.eta, proxy_batches=search.n_proxy_batches if search.proxy_plan is not None else 0,
-        n_candidates=len(search.candidates), min_scored=2 + n_base + (search.proxy_plan is not None))
+        n_candidates=len(search.candidates), min_scored=2 + n_base + (search.proxy_plan is not None),
+        lr_stage=cfg.lr_test == "range")
 
     def mark(name, t0, c0):
         search.stage_seconds[name] = time.perf_counter() - t0
@@ -87,18 +94,30 @@ def weight_sharing_search(search):
     # 3. finalists
     t0, c0 = time.perf_counter(), time.process_time()
     finalists = pick_finalists(scoring, cfg.n_finalists, cfg.lr_grid, sizes.finalists, shared.preferred)
-    study, ranked = run_finalists(search, shared, finalists, storage, name, rows, sizes.finalist_step_budget)
+    study, ranked, unspent = run_finalists(search, shared, finalists, storage, name, rows,
+                                           sizes.finalist_step_budget)
     best = proven_best(ranked, cfg.noise_z, shared.preferred) if ranked else None
     mark("finalists", t0, c0)
     # 4. signal check, 5. the returned plan
-    fallback, signal = without_signal(search, study, scoring, best, rows, shared.preferred)
+    fallback, signal = without_signal(search, study, scoring, best, rows, shared.preferred,
+                                      lr_tested=sizes.lr_range_steps > 0)
     if fallback is not None:
         best = fallback
     if best is None:  # no finalist trained (budget too small): the best plan on shared weights
         study, best = scoring, scoring.best_trial
+    lines = report_lines(search, meta, scoring, study, best, signal)
+    # 6. lr stage: the confirmations get their share and whatever the finalists did not spend
+    if sizes.lr_range_steps:
+        t0, c0 = time.perf_counter(), time.process_time()
+        start = search.signal["start_loss"] if search.signal else start_loss(search, rows)
+        best, lr_lines = run_lr_stage(search, best, rows, start, sizes.lr_confirm_units + unspent)
+        mark("lr", t0, c0)
+    else:
+        lr_lines = skipped(cfg)
     plan_sizes = {**sizes.to_dict(), "planned_multiple": round(sizes.planned(), 4),
+                  "planned_by_stage": {k: round(v, 4) for k, v in sizes.planned_by_stage().items()},
                   "supernet_step_time_s": meta["step_time_s"]}
-    return study, best, plan_sizes, report_lines(search, meta, scoring, study, best, signal)
+    return study, best, plan_sizes, lines + lr_lines
 
 
 def best_baseline(ranked: list, z: float, order: tuple[str, ...]):
@@ -123,27 +142,28 @@ def proven_best(ranked: list, z: float, order: tuple[str, ...]):
     return base
 
 
-def progress(start_loss: float, loss: float) -> float:
-    """How far training has lowered the held-out loss, as a share of the start."""
-    return (start_loss - loss) / start_loss if start_loss > 0 else float("nan")
+def start_loss(search, rows) -> float:
+    """The lower of the untrained model's held-out loss on ``rows`` and the labels' prior's."""
+    untrained = copy.deepcopy(search.base).to(resolve_device(search.cfg.device))
+    start = heldout(untrained, search.trial_data, rows, batch_size=search.cfg.batch_size).loss
+    del untrained
+    prior = constant_loss(search.trial_data, rows)
+    return start if prior is None else min(start, prior)
 
 
-def without_signal(search, study, scoring, best, rows, order: tuple[str, ...]):
+def without_signal(search, study, scoring, best, rows, order: tuple[str, ...], lr_tested: bool = False):
     """(fallback trial or None, report lines).  The start is the lower of the untrained model's
     held-out loss and the labels' prior (learning the class frequencies is no signal); when the
     finalists' best baseline of the last rung (or, with none there, the chosen finalist) has not
     gone ``min_progress`` of the way below it, the trials ended before training took off and
     their order is noise (a plan with adapters next to the head lowers the loss first, a lead
     that did not hold over full runs): the search then returns the preferred baseline (``order``),
-    as a finalist (whatever rung the noise cut it at) or else as scored on the shared weights."""
+    as a finalist (whatever rung the noise cut it at) or else as scored on the shared weights.
+    ``lr_tested``: the lr stage will test the fallback's rate."""
     cfg = search.cfg
     if best is None or cfg.min_progress <= 0:
         return None, []
-    untrained = copy.deepcopy(search.base).to(resolve_device(cfg.device))
-    start = heldout(untrained, search.trial_data, rows, batch_size=cfg.batch_size).loss
-    del untrained
-    prior = constant_loss(search.trial_data, rows)
-    start = start if prior is None else min(start, prior)
+    start = start_loss(search, rows)
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "rung" in t.user_attrs]
     last = max((t.user_attrs["rung"] for t in trials), default=None)
     ranked = sorted((t for t in trials if is_baseline(t)),
@@ -170,5 +190,6 @@ def without_signal(search, study, scoring, best, rows, order: tuple[str, ...]):
         f"- **No signal**: the trials stopped before training took off, so their order is noise. "
         f"The search returns the preferred uniform LoRA that fits ({fallback.user_attrs['origin']}). A larger "
         f"`--cost-budget` (or more training data) gives the trials the steps to get past the start. "
-        f"Its learning rate ({fallback.user_attrs[PLAN_ATTR]['training']['lr']:g}) is untested too: train it at "
-        f"two or three (`more-train --plan ... --lr`) and keep the lowest held-out loss.", ""]
+        + ("Its learning rate is chosen by the lr stage below." if lr_tested else
+           f"Its learning rate ({fallback.user_attrs[PLAN_ATTR]['training']['lr']:g}) is untested too: train it "
+           f"at two or three (`more-train --plan ... --lr`) and keep the lowest held-out loss."), ""]

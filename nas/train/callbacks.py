@@ -130,12 +130,13 @@ class ResumeState(TrainerCallback):
 
     def __init__(self, identity: dict[str, Any], history: list[dict], allocator=None):
         self.identity, self.history, self.allocator = identity, history, allocator
+        self.parts: dict[str, Any] = {}  # more state to save (state_dict / load_state_dict), by key
 
     def write(self, ckpt: Path) -> None:
         """Into a checkpoint being written (its presence marks the checkpoint complete)."""
         torch.save({**self.identity, "history": list(self.history),
-                    "allocator": self.allocator.state_dict() if self.allocator is not None else None},
-                   ckpt / RESUME_STATE)
+                    "allocator": self.allocator.state_dict() if self.allocator is not None else None,
+                    **{k: p.state_dict() for k, p in self.parts.items()}}, ckpt / RESUME_STATE)
 
     def check_and_load(self, ckpt: Path) -> None:
         path = ckpt / RESUME_STATE
@@ -156,3 +157,6 @@ class ResumeState(TrainerCallback):
         self.history[:] = state["history"]
         if self.allocator is not None and state["allocator"] is not None:
             self.allocator.load_state_dict(state["allocator"])
+        for k, p in self.parts.items():
+            if state.get(k) is not None:
+                p.load_state_dict(state[k])

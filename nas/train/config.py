@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..options import option
 
 ALLOCATIONS = ("static", "dynamic")
+STALL_ACTIONS = ("warn", "stop", "restart", "off")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -76,6 +77,14 @@ class TrainConfig(TaskSpec):
     report_to: str = option("none", "where to log: none, all, tensorboard, wandb, ... (installed integrations)")
     logging_steps: int = option(50, "log the training loss every N steps")
     export_peft: bool = option(True, "write peft_adapter/ for pure-LoRA plans")
+    on_stall: str | None = option(
+        None, "a held-out evaluation a third into the run checks that training has left its start "
+              "(the untrained model's or the labels' prior's loss) and that the metric is above chance; on a "
+              "stall: warn; stop (outputs written, exit status 3); restart (from the initial adapters at a lower "
+              "learning rate); off (no check). Default: warn for a run with an output folder (every more-train "
+              "run), off for one without (the search's trials)", choices=list(STALL_ACTIONS))
+    stall_restarts: int = option(2, "--on_stall restart: at most this many restarts")
+    stall_lr_factor: float = option(0.5, "--on_stall restart: each restart multiplies the learning rate by this")
 
     @classmethod
     def from_plan(cls, plan, **overrides) -> "TrainConfig":
@@ -135,6 +144,12 @@ class TrainConfig(TaskSpec):
             problems.append(f"scheduler {self.lr_scheduler_type!r} is not one of {valid}")
         if self.bf16 and self.fp16:
             problems.append("choose one of bf16 and fp16")
+        if self.on_stall is not None and self.on_stall not in STALL_ACTIONS:
+            problems.append(f"on_stall {self.on_stall!r} must be one of {list(STALL_ACTIONS)}")
+        if not 0 < self.stall_lr_factor < 1:
+            problems.append(f"stall_lr_factor must be in (0, 1), got {self.stall_lr_factor}")
+        if self.stall_restarts < 0:
+            problems.append(f"stall_restarts must be >= 0, got {self.stall_restarts}")
         if self.resume and not self.output_dir:
             problems.append("resume needs an output directory (--output_dir) holding a checkpoint")
         if problems:
@@ -241,6 +256,8 @@ class TrainResult:
     merge_report: dict[str, Any] | None = None
     peft_dir: str | None = None
     step_cpu_s: float = float("nan")  # as step_time_s, in this process's CPU seconds
+    stall: dict[str, Any] | None = None  # the stall the final attempt met (nas.train.stall); None: healthy
+    stall_check: dict[str, Any] | None = None  # the start, the check step and every attempt; None: no check
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

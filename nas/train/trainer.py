@@ -42,6 +42,7 @@ from .outdir import (AtomicCheckpoints, Claim, check_output_dir, last_complete_c
                      run_contents)
 from .outputs import CONFIG_NAME, remove_outputs, write_outputs
 from .precision import check_precision, frozen_base_to, resolve_device, restore_frozen_base
+from .stall import Attempts
 from .support import (GroupedSampler, close_logger, enabled_adapter_params, forward_keys, is_causal_lm,
                       open_log_file, run_logger, warn_over_budget)
 
@@ -298,35 +299,46 @@ def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
         claim = Claim(out)
     # train.log is held in memory until the run has passed its checks: a failed start writes nothing
     logger = run_logger(out, cfg.progress, deferred=True)
-    trainer = None
+    trainer, attempts, log_open = None, Attempts(cfg, model), False
     try:
-        trainer = prepare(plan, cfg, model=model, tokenizer=tokenizer, data=data, on_eval=on_eval,
-                          logger=logger, callbacks=callbacks)
-        ckpt = None
-        if out is not None:
-            if cfg.resume:
-                ckpt = last_complete_checkpoint(out)
+        ckpt = last_complete_checkpoint(out) if out is not None and cfg.resume else None
+        cfg = attempts.resumed(ckpt)  # a restarted run resumes at its attempt's rate
+        while True:
+            trainer = prepare(plan, cfg, model=model, tokenizer=tokenizer, data=data, on_eval=on_eval,
+                              logger=logger, callbacks=callbacks)
+            attempts.watch(trainer, logger)
+            if ckpt is not None:
                 trainer.resume_state.check_and_load(ckpt)
                 for name in (remove_incomplete(out) if trainer.args.should_save else []):
                     logger.info("removed %s: a checkpoint whose write was cut short", name)
                 logger.info("resuming from %s", ckpt)
-            elif cfg.overwrite_output_dir and run_contents(out):
+            elif out is not None and cfg.overwrite_output_dir and run_contents(out):
                 logger.info("--overwrite_output_dir: removing the earlier run in %s", out)
                 remove_outputs(out)
                 remove_incomplete(out)
                 claim = Claim(out)
-            if trainer.args.should_save:
-                open_log_file(logger, out)
+            if out is not None and trainer.args.should_save:
+                if not log_open:
+                    open_log_file(logger, out)
+                    log_open = True
                 resolved = {**cfg.to_dict(), "task": trainer.data.name, "task_type": trainer.data.task_type,
                             "num_labels": trainer.data.num_labels}
                 atomic_write_text(out / CONFIG_NAME, json.dumps(resolved, indent=2, default=str) + "\n")
-        logger.info("training: batch %d x %d accumulation, lr %g, %s schedule, %s allocation, %s%s on %s",
-                    cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.learning_rate,
-                    cfg.lr_scheduler_type, cfg.allocation, "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
-                    " + gradient checkpointing" if cfg.gradient_checkpointing else "", trainer.args.device)
-        t0 = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+            logger.info("training: batch %d x %d accumulation, lr %g, %s schedule, %s allocation, %s%s on %s",
+                        cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.learning_rate,
+                        cfg.lr_scheduler_type, cfg.allocation, "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
+                        " + gradient checkpointing" if cfg.gradient_checkpointing else "", trainer.args.device)
+            t0 = time.perf_counter()
+            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+            if not attempts.stalled():
+                break
+            # A fresh run at the lower rate, on the data already loaded.
+            restore_frozen_base(trainer.accelerator.unwrap_model(trainer.model), trainer.frozen_originals)
+            trainer.frozen_originals = {}
+            attempts.restart(trainer, out, model, logger)
+            cfg, data, tokenizer, ckpt = attempts.cfg, trainer.data, trainer.data.tokenizer, None
         result = _result(trainer, time.perf_counter() - t0, out)
+        result.stall, result.stall_check = attempts.report()
         model = trainer.accelerator.unwrap_model(trainer.model)
         restore_frozen_base(model, trainer.frozen_originals)
         if out is not None and trainer.args.should_save:

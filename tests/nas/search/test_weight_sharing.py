@@ -135,7 +135,7 @@ Search(cfg).run()
 
 def test_resume_keeps_finished_trials_and_the_super_network(setup, tmp_path):
     out = tmp_path / "out"
-    cfg = config(setup, out, cost_budget=1.0, proxy="fisher")  # room for two finalists
+    cfg = config(setup, out, cost_budget=1.2, proxy="fisher")  # room for two finalists and the lr stage
     code = _KILLER.format(root=str(ROOT), cfg=json.dumps(dataclasses.asdict(cfg)))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 9, p.stdout + p.stderr
