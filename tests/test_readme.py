@@ -26,14 +26,10 @@ SEARCH_TINY = ["--max-train-samples", "48", "--max-length", "32", "-q"]
 TRAIN_TINY = ["--max_steps", "2", "--max_train_samples", "32", "--max_eval_samples", "16", "--no-progress"]
 
 
-def fenced(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
-
-
-def commands() -> list[list[str]]:
-    """Every command of the bash blocks, continuation lines joined, comments dropped."""
+def commands(text: str = README) -> list[list[str]]:
+    """Every command of the bash blocks in ``text``, continuation lines joined, comments dropped."""
     out = []
-    for block in fenced("bash"):
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             if words := shlex.split(line, comments=True):
                 out.append(words)
@@ -114,8 +110,6 @@ def test_usage_commands_run(tmp_path, monkeypatch, request):
 
 
 def fenced_usage() -> list[list[str]]:
-    """The commands of the usage section's bash blocks (the setup scripts are CI's own)."""
+    """The commands of the usage section (the setup scripts are CI's own), torchrun and pip aside."""
     usage = README.split("## Usage", 1)[1].split("\n## ", 1)[0]
-    return [shlex.split(line, comments=True) for block in re.findall(r"```bash\n(.*?)```", usage, flags=re.S)
-            for line in block.replace("\\\n", " ").splitlines() if shlex.split(line, comments=True)
-            and not line.startswith(("torchrun", "pip"))]
+    return [words for words in commands(usage) if words[0] not in ("torchrun", "pip")]
