@@ -3,6 +3,7 @@
 apply_plan  -- wrap each chosen projection in its adapter, attach shortcuts, freeze the base,
                keep the task head trainable;
 merge_plan  -- fold every foldable adapter into its base weight and unwrap it;
+remove_plan -- detach every adapter and shortcut and forget the plan (apply_plan undone);
 adapters / shortcut_set -- find what apply_plan attached;
 save_adapted -- write the plan and only the trained tensors, as PEFT does (an adapted model's
                ``save_pretrained`` does the same; nas.train.saving.load_adapted reads them back).
@@ -17,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from search_spaces.anatomy import ModelLayout, discover, task_head_parameters
-from search_spaces.attach import adapters, attach, shortcut_set
+from search_spaces.attach import adapters, attach, detach, shortcut_set
 
 from .errors import UserError
 from .io import atomic_write_bytes
@@ -100,6 +101,15 @@ def remember_plan(model: nn.Module, plan: Plan) -> nn.Module:
     """Keep ``plan`` on ``model`` and make its ``save_pretrained`` write only what trains."""
     setattr(model, PLAN_ATTR, plan)
     model.save_pretrained = types.MethodType(_save_pretrained, model)
+    return model
+
+
+def remove_plan(model: nn.Module) -> nn.Module:
+    """Undo ``apply_plan``: detach every adapter and shortcut and forget the plan (the base
+    weights are the caller's to restore if they trained)."""
+    detach(model, list(adapters(model)), shortcuts=True)
+    for attr in (PLAN_ATTR, "save_pretrained"):  # remember_plan's, on the instance
+        model.__dict__.pop(attr, None)
     return model
 
 

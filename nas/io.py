@@ -75,9 +75,13 @@ def _temp_head(path: Path) -> str:  # + "<pid>.": names the writer, so a later w
     return f".{path.name}.{socket.gethostname()}-"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs; always True on Windows, where signal 0 is
+    CTRL_C_EVENT (so nothing of a live process is ever swept there)."""
+    if os.name == "nt":
+        return True
     try:
-        os.kill(pid, 0)  # POSIX only: on Windows signal 0 is CTRL_C_EVENT
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
@@ -104,7 +108,7 @@ def remove_stale_temps(path: Path) -> list[Path]:
             old = time.time() - tmp.stat().st_mtime > STALE_TEMP_S
         except FileNotFoundError:  # renamed or removed meanwhile
             continue
-        if old and pid.isdigit() and not _alive(int(pid)):  # this process counts as alive
+        if old and pid.isdigit() and not pid_alive(int(pid)):  # this process counts as alive
             tmp.unlink(missing_ok=True)
             gone.append(tmp)
     return gone

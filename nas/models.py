@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 
 from .errors import UserError
+from .io import pid_alive
 
 DEFAULT_MODEL = "minilm"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -106,18 +107,6 @@ class _Joined(io.RawIOBase):
         super().close()
 
 
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":
-        return True  # os.kill there terminates the process: never sweep
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # alive, someone else's
-        return True
-    return True
-
-
 def _extract_once(parts: list[Path], folder: Path) -> None:
     """Unzip the joined parts into ``folder``, atomically: into a temporary folder beside it, then
     renamed, so ``folder`` exists only complete.  An interrupted extraction removes its temporary
@@ -125,7 +114,7 @@ def _extract_once(parts: list[Path], folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in folder.parent.glob(f".{folder.name}.*.extracting"):
         pid = stale.name[len(folder.name) + 2:].split(".")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".extracting",
                                 dir=folder.parent))

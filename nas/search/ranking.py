@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.taskdata import row_lengths
-from ..train.stall import constant_loss  # noqa: F401  (the labels' prior; lives beside the stall check)
 
 
 @dataclass

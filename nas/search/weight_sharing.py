@@ -27,11 +27,12 @@ from optuna.trial import TrialState
 from ..baselines import baselines_at
 from ..errors import UserError
 from ..train.precision import resolve_device
+from ..train.stall import constant_loss
 from .config import PLAN_ATTR
 from .cost import size_stages
 from .finalists import is_baseline, n_finalist_candidates, pick_finalists, preference, run_finalists
 from .lr_stage import run_lr_stage, skipped
-from .ranking import constant_loss, heldout, progress, worse_beyond_noise
+from .ranking import heldout, progress, worse_beyond_noise
 from .summary import report_lines
 from .supernet import SharedWeights, score_plans
 

@@ -22,6 +22,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..data.taskdata import column
+from ..inject import remove_plan
 from .callbacks import RESUME_STATE
 from .outdir import TMP_PREFIX
 from .config import STALL_ACTIONS
@@ -43,8 +44,8 @@ ACCURACY_MARGIN = 0.01
 # Pearson/Spearman at or below this is no correlation (a stalled regression predicts the mean).
 CORRELATION_FLOOR = 0.05
 # The check: this share of the run's optimizer steps (the end of the first epoch of a 3-epoch
-# run; the on_stall help in config.py says "a third").  Earlier is too early on MRPC: uniform LoRA q,v r2 at 2e-3 (MiniLM, batch 16) was still at
-# the labels' prior a fifth into its run (step 138 of 690: 0.628 against 0.624) and took off by a
+# run; the on_stall help in config.py says "a third").  Earlier is too early on MRPC: uniform
+# LoRA q,v r2 at 2e-3 (MiniLM, batch 16) was still at the labels' prior a fifth into its run (step 138 of 690: 0.628 against 0.624) and took off by a
 # quarter (0.595 at step 161); a restart costs at most this share of a run.
 CHECK_SHARE = 1 / 3
 
@@ -288,13 +289,7 @@ class _Pristine:
         self.grad = {n: p.requires_grad for n, p in model.named_parameters()}
 
     def restore(self, model) -> None:
-        from search_spaces.attach import adapters, detach
-
-        from ..inject import PLAN_ATTR
-
-        detach(model, list(adapters(model)), shortcuts=True)
-        for attr in (PLAN_ATTR, "save_pretrained"):  # apply_plan's, on the instance
-            model.__dict__.pop(attr, None)
+        remove_plan(model)
         model.load_state_dict(self.state)
         for n, p in model.named_parameters():
             p.requires_grad_(self.grad[n])

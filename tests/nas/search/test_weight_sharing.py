@@ -184,23 +184,6 @@ def test_paired_noise_test():
     assert not worse_beyond_noise(base[:10], base, 2.0)  # different rows: never cut
 
 
-def test_constant_loss_is_the_labels_prior_on_held_out_rows():
-    import math
-    from types import SimpleNamespace
-
-    from datasets import Dataset
-
-    from nas.search.ranking import constant_loss
-
-    train = Dataset.from_dict({"labels": [0, 0, 0, 1]})  # prior 3/4, 1/4
-    rows = Dataset.from_dict({"labels": [0, 1]})
-    cls = SimpleNamespace(task_type="classification", train=train)
-    assert math.isclose(constant_loss(cls, rows), -(math.log(0.75) + math.log(0.25)) / 2)
-    reg = SimpleNamespace(task_type="regression", train=Dataset.from_dict({"labels": [1.0, 3.0]}))
-    assert math.isclose(constant_loss(reg, Dataset.from_dict({"labels": [2.0, 4.0]})), (0 + 4) / 2)
-    assert constant_loss(SimpleNamespace(task_type="causal_lm", train=train), rows) is None
-
-
 def test_uniform_lora_baselines(setup):
     layout = discover(load_model(str(setup / "model"), num_labels=2))
     per_rank = lambda mods: sum(m.d_in + m.d_out for m in mods)  # noqa: E731

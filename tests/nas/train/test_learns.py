@@ -14,7 +14,7 @@ import torch
 
 from nas import discover, load_adapted
 from nas.models import load_model, load_tokenizer
-from nas.search.ranking import constant_loss
+from nas.train.stall import constant_loss
 from nas.train import TrainConfig, train
 from nas.train.evaluate import evaluate_model
 from tests.factories import lora_plan, require_glue

@@ -103,6 +103,21 @@ class _Control(SimpleNamespace):
     should_save = True
 
 
+def test_constant_loss_is_the_labels_prior_on_held_out_rows():
+    import math
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    train = Dataset.from_dict({"labels": [0, 0, 0, 1]})  # prior 3/4, 1/4
+    rows = Dataset.from_dict({"labels": [0, 1]})
+    cls = SimpleNamespace(task_type="classification", train=train)
+    assert math.isclose(constant_loss(cls, rows), -(math.log(0.75) + math.log(0.25)) / 2)
+    reg = SimpleNamespace(task_type="regression", train=Dataset.from_dict({"labels": [1.0, 3.0]}))
+    assert math.isclose(constant_loss(reg, Dataset.from_dict({"labels": [2.0, 4.0]})), (0 + 4) / 2)
+    assert constant_loss(SimpleNamespace(task_type="causal_lm", train=train), rows) is None
+
+
 def _drive(mode, losses, *, restarts_left=2):
     """A StallCheck over scheduled evaluations every 10 steps of a 60-step run (check at 20)."""
     history = []

@@ -18,7 +18,7 @@ import torch
 from nas import Plan, discover
 from nas.data import load_task
 from nas.models import load_model, load_tokenizer
-from nas.search.ranking import constant_loss
+from nas.train.stall import constant_loss
 from nas.train import NonFiniteLoss, TrainConfig, TrainResult, train
 from nas.train.evaluate import evaluate_model
 from tests.factories import cfg_for, lora_plan, sentence
