@@ -48,7 +48,7 @@ class Bench:
                              data_seed=0)
             sel = data.holdout(p.holdout, seed=0).subsample(max_eval_samples=p.select_eval_rows, seed=0)
             if self._template is None or self._template.config.num_labels != data.num_labels:
-                self._template = load_model(None, num_labels=data.num_labels).eval()
+                self._template = load_model(None, num_labels=data.num_labels, pooling=p.pooling).eval()
             self._ctx[task] = TaskCtx(task, data, sel, self._tok, self._template,
                                       discover(self._template), base_param_count(self._template),
                                       p, self.runs_dir / task, self.device, self.data_dir)

@@ -82,6 +82,10 @@ class Protocol:
     # (RTE, MRPC) would cost more to select on than to train.
     select_task: str | None = None
     task_epochs: dict[str, float] = field(default_factory=dict)  # task -> epochs of its final runs
+    pooling: str = "cls"  # what every method's task head reads (nas.heads); the searches' too
+
+    def _pooling(self) -> dict[str, Any]:  # in the run keys only when not the first token (older runs' keys)
+        return {} if self.pooling == "cls" else {"pooling": self.pooling}
 
     def epochs_for(self, task: str) -> float:
         return self.task_epochs.get(task, self.epochs)
@@ -97,7 +101,7 @@ class Protocol:
                 "eval_rows": self.eval_rows}
 
     def phase_settings(self, task: str, phase: str) -> dict[str, Any]:
-        common = {**self.data_settings(task), "batch_size": self.batch_size,
+        common = {**self.data_settings(task), **self._pooling(), "batch_size": self.batch_size,
                   "warmup": self.warmup_ratio, "wd": self.weight_decay, "sched": self.scheduler,
                   "group_by_length": self.group_by_length}
         if phase == "select":
@@ -107,7 +111,7 @@ class Protocol:
         return {**common, "epochs": self.epochs_for(task), "max_steps": self.final_max_steps}
 
     def search_settings(self, task: str) -> dict[str, Any]:
-        return {**self.data_settings(task), "batch_size": self.batch_size, "holdout": self.holdout,
+        return {**self.data_settings(task), **self._pooling(), "batch_size": self.batch_size, "holdout": self.holdout,
                 "holdout_rows": self.select_eval_rows, "trials": self.search_trials,
                 "steps": self.search_steps, "evals": self.search_evals, "epochs": self.epochs_for(task),
                 "group_by_length": self.group_by_length,

@@ -52,17 +52,20 @@ def _study_seconds(out: Path) -> float:
     return total
 
 
-def run_or_load_search(ctx: TaskCtx, budget: str, strategy: str | None = None) -> dict[str, Any]:
+def run_or_load_search(ctx: TaskCtx, budget: str, strategy: str | None = None, overrides: dict | None = None,
+                       folder: str | None = None) -> dict[str, Any]:
     """more-search on the task (trials score on held-out TRAIN, never dev), resumable:
     the finished result is ``<search_name>/glue_search.json``; an interrupted one resumes
     its Optuna journal.  ``strategy`` goes to SearchConfig.strategy when the engine has
-    that field (recorded as ``strategy_applied``); None leaves the engine's default."""
+    that field (recorded as ``strategy_applied``); None leaves the engine's default.  ``overrides``:
+    more SearchConfig fields (seed, lr_test, cost_budget...), recorded with the settings; ``folder``
+    the search's folder under runs/<task>/ (default search_name)."""
     from nas.search import SearchConfig, run_search
 
-    out = ctx.runs_dir / search_name(budget, strategy)
+    out = ctx.runs_dir / (folder or search_name(budget, strategy))
     done, settings_file = out / "glue_search.json", out / "glue_search_settings.json"
     settings = {**ctx.proto.search_settings(ctx.task), "budget": budget,
-                **({"strategy": strategy} if strategy else {})}
+                **({"strategy": strategy} if strategy else {}), **(overrides or {})}
     if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
         raise SystemExit(f"{out} holds a search with other settings; remove it or use another "
                          f"--runs-dir")
@@ -79,9 +82,10 @@ def run_or_load_search(ctx: TaskCtx, budget: str, strategy: str | None = None) -
                        n_evals=st["evals"], holdout=st["holdout"], timeout_s=st.get("timeout_s"),
                        group_by_length=st["group_by_length"], trial_eval_samples=st["holdout_rows"],
                        batch_size=st["batch_size"], max_length=st["max_length"], epochs=st["epochs"],
-                       seed=0, progress=False, resume=resumed, data_dir=ctx.data_dir)
+                       pooling=st.get("pooling", "cls"), progress=False, resume=resumed, data_dir=ctx.data_dir,
+                       **{"seed": 0, **(overrides or {})})
     t0 = time.perf_counter()
-    res = run_search(cfg, model=fresh_model(ctx, 0), tokenizer=ctx.tokenizer, data=ctx.data)
+    res = run_search(cfg, model=fresh_model(ctx, cfg.seed), tokenizer=ctx.tokenizer, data=ctx.data)
     wall = time.perf_counter() - t0
     seconds = wall
     if resumed:  # this process saw only part of it: setup + proxy + every trial's duration

@@ -4,10 +4,12 @@ memory)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 
 from nas import Plan
+from nas.heads import pooling_of
 from nas.data import row_lengths
 from search_spaces.anatomy import HEAD_NAMES
 
@@ -42,8 +44,10 @@ def build_trainer(spec: Spec, ctx: TaskCtx, data, cfg):
             target_modules=list(pl["targets"]), modules_to_save=list(HEAD_NAMES[:1]),
             task_type="SEQ_CLS"))
         return trainer_for(model, data, cfg)
-    if spec.kind == "plan":
-        return prepare(Plan.from_dict(spec.payload["plan"]), cfg, model=model, data=data)
+    if spec.kind == "plan":  # the head reads what the protocol's template reads (Protocol.pooling)
+        plan = Plan.from_dict(copy.deepcopy(spec.payload["plan"]))  # the spec (its run key) stays as it is
+        plan.model["pooling"] = pooling_of(model)
+        return prepare(plan, cfg, model=model, data=data)
     if spec.kind in BUILDERS:
         return BUILDERS[spec.kind](spec, ctx, data, cfg, model)
     raise ValueError(f"unknown spec kind {spec.kind!r}")

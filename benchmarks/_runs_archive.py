@@ -20,7 +20,7 @@ BENCH = Path(__file__).resolve().parent
 ARCHIVES = BENCH / "results" / "runs"
 CACHE = BENCH / ".cache"
 STAMP = ".archive-sha256"  # in the folder: the archive it was last extracted from or packed to
-SKIP = ("*.png",)  # a search's plots: no report reads them, and they would be most of an archive
+SKIP = ("*.png", "*.safetensors")  # a search's plots and super-network weights: no report reads them, and they would be most of an archive
 XZ_PRESET = 6
 
 
@@ -95,3 +95,12 @@ def where(folder: Path) -> str:
         return f"{archive(study).relative_to(BENCH.parent)} ({inner}<task>/<phase>/*.json)"
     rel = folder.relative_to(BENCH.parent) if folder.is_relative_to(BENCH.parent) else folder
     return f"{rel}/<task>/<phase>/*.json"
+
+
+def publish(study: str, text: str, path: Path, report_only: bool) -> None:
+    """A study's end: its report written to ``path`` and printed; its runs packed unless
+    ``report_only`` (nothing new was trained)."""
+    path.write_text(text)
+    print(text)
+    if not report_only:
+        pack(study)

@@ -37,9 +37,11 @@ from search_signal import EPOCHS, GLUE, parse_cells  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CELLS = "sst2:8000:0.1%,sst2:8000:0.02%,mrpc:all:0.1%"
+HEADS = {"cls": "first token", "mean": "mean of tokens"}
 
 
-def run_cell(cell, steps_grid, lrs, seeds, done: dict, data_dir: Path, save) -> None:
+def run_cell(cell, steps_grid, lrs, seeds, done: dict, data_dir: Path, save, pooling: str = "cls") -> None:
+    """``pooling``: what the task head reads (nas.heads); in the runs' keys when not the first token."""
     import torch
 
     from nas import train as training
@@ -52,14 +54,14 @@ def run_cell(cell, steps_grid, lrs, seeds, done: dict, data_dir: Path, save) -> 
     task, rows_n, budget = cell
 
     def key(seed, steps, lr):
-        return f"{task}:{rows_n or 'all'}:{budget}:{seed}:{steps}:{lr:g}"
+        return f"{task}:{rows_n or 'all'}:{budget}:{seed}:{steps}:{lr:g}" + ("" if pooling == "cls" else f":{pooling}")
 
     todo = [(seed, steps, lr) for seed in seeds for steps in steps_grid for lr in lrs
             if key(seed, steps, lr) not in done]
     if not todo:  # a finished cell is read back, not loaded again
         return
     cfg = SearchConfig(task=task, data_dir=str(data_dir), max_train_samples=rows_n, budget=budget,
-                       epochs=EPOCHS[task], output_dir="unused", progress=False)
+                       epochs=EPOCHS[task], output_dir="unused", progress=False, pooling=pooling)
     s = Search(cfg)
     s.prepare()
     bases = baselines_at(s.layout, s.budget)
@@ -78,7 +80,7 @@ def run_cell(cell, steps_grid, lrs, seeds, done: dict, data_dir: Path, save) -> 
         with torch.no_grad():
             ho = {n: heldout(model, s.trial_data, r, batch_size=32) for n, r in scored.items()}
         k = key(seed, steps, lr)
-        done[k] = {"task": task, "rows": rows_n or "all", "budget": budget, "placement": place,
+        done[k] = {"task": task, "rows": rows_n or "all", "budget": budget, "placement": place, "pooling": pooling,
                    "params": base_plan.trainable_params, "seed": seed, "steps": steps, "lr": lr,
                    "loss128": ho[128].loss, "se128": ho[128].se, "loss400": ho[400].loss,
                    "accuracy400": ho[400].metrics.get("accuracy"), "seconds": time.perf_counter() - t0}
@@ -88,23 +90,25 @@ def run_cell(cell, steps_grid, lrs, seeds, done: dict, data_dir: Path, save) -> 
 
 def write_md(done: dict, path: Path) -> str:
     rows = list(done.values())
-    cells = sorted({(r["task"], str(r["rows"]), r["budget"], r["placement"], r["params"]) for r in rows})
+    pool = {id(r): r.get("pooling", "cls") for r in rows}  # runs before the option read the first token
+    cells = sorted({(r["task"], str(r["rows"]), r["budget"], r["placement"], r["params"], pool[id(r)]) for r in rows})
     lrs = sorted({r["lr"] for r in rows})
     lines = ["# Short trials and the learning rate (`python benchmarks/short_trial_lr.py`)", "",
              "The search's preferred uniform LoRA of each cell, trained cold for N steps (linear schedule "
              "over the N steps, 6% warm-up, batch 16, grouped by length, as a finalist trial), at each "
              "learning rate. Held-out loss on the search's first 128 held-out rows, mean over seeds (each seed's "
              "value in brackets). Start (untrained): about 0.69 on SST-2, 0.66 on MRPC (the labels' prior).", "",
-             "| cell | preferred baseline | steps | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
-             "|---|---|---:|" + "---:|" * len(lrs)]
-    for task, n, budget, place, params in cells:
-        for steps in sorted({r["steps"] for r in rows if r["task"] == task and r["budget"] == budget}):
+             "| cell | preferred baseline | head reads | steps | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+             "|---|---|---|---:|" + "---:|" * len(lrs)]
+    for task, n, budget, place, params, pooling in cells:
+        mine = [r for r in rows if (r["task"], str(r["rows"]), r["budget"], pool[id(r)]) == (task, n, budget, pooling)]
+        for steps in sorted({r["steps"] for r in mine}):
             out = []
             for lr in lrs:
-                v = [r["loss128"] for r in rows if (r["task"], str(r["rows"]), r["budget"], r["steps"], r["lr"])
-                     == (task, n, budget, steps, lr)]
+                v = [r["loss128"] for r in mine if (r["steps"], r["lr"]) == (steps, lr)]
                 out.append(f"{statistics.fmean(v):.3f} ({', '.join(f'{x:.3f}' for x in v)})" if v else "-")
-            lines.append(f"| {task} {n} rows {budget} | {place} r=1 ({params:,}) | {steps} | " + " | ".join(out) + " |")
+            lines.append(f"| {task} {n} rows {budget} | {place} r=1 ({params:,}) | {HEADS[pooling]} | {steps} | "
+                         + " | ".join(out) + " |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -119,6 +123,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data-dir", type=Path, default=GLUE)
     ap.add_argument("--out", type=Path, default=RESULTS / "short_trial_lr")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pooling", default="cls", help="what the task head reads, one or more: cls,mean (nas.heads)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     store = args.out.with_suffix(".json")
@@ -133,9 +138,9 @@ def main(argv=None) -> None:
             tmp.write_text(json.dumps(d, indent=1))
             tmp.replace(store)
 
-        for cell in parse_cells(args.cells):
-            run_cell(cell, args.steps, args.lrs, args.seeds, done,
-                     args.data_dir, save)
+        for pooling in args.pooling.split(","):
+            for cell in parse_cells(args.cells):
+                run_cell(cell, args.steps, args.lrs, args.seeds, done, args.data_dir, save, pooling)
     print(write_md(done, args.out.with_suffix(".md")))
 
 

@@ -22,6 +22,7 @@ from search_spaces.anatomy import HEAD_NAMES
 from search_spaces.attach import adapters, shortcut_set
 
 from .errors import UserError
+from .heads import set_pooling
 from .inject import PLAN_NAME, WEIGHTS_NAME, apply_plan, trainable_state_dict
 from .io import atomic_write_bytes
 from .models import load_model, resolve_model
@@ -99,7 +100,21 @@ def export_peft(model: nn.Module, plan: Plan, out_dir: str | Path, task_type: st
         for pn, p in getattr(model, h).state_dict().items():
             tensors[f"{PEFT_PREFIX}{h}.{pn}"] = p.detach().cpu().contiguous()
     atomic_write_bytes(out / "adapter_model.safetensors", st_save(tensors, metadata={"format": "pt"}))
+    if plan.pooling != "cls":  # PEFT builds the head transformers builds: it reads the first token
+        (out / "README.md").write_text(POOLING_NOTE.format(pooling=plan.pooling))
     return out
+
+
+POOLING_NOTE = """# PEFT adapter written by more-nas
+
+Its task head was trained to read the {pooling} of the token states (the pooling the base model was
+trained with), not the first token that `AutoModelForSequenceClassification` reads.  Load the base
+model with that pooling before the adapter, or its logits differ from the trained model's:
+
+    from nas.heads import set_pooling
+    model = set_pooling(AutoModelForSequenceClassification.from_pretrained(BASE), "{pooling}")
+    model = PeftModel.from_pretrained(model, THIS_FOLDER)
+"""
 
 
 def load_adapted(directory: str | Path, model: nn.Module | None = None, *, task_type: str | None = None,
@@ -128,9 +143,11 @@ def load_adapted(directory: str | Path, model: nn.Module | None = None, *, task_
         if num_labels is None and head is not None:
             num_labels = head.shape[0]
         model = load_model(plan.model.get("name_or_path"), task_type=ttype, num_labels=num_labels or 2,
-                           revision=plan.model.get("revision"))
+                           revision=plan.model.get("revision"), pooling=plan.pooling if ttype != "causal_lm" else None)
     elif adapters(model) or shortcut_set(model) is not None:
         raise UserError("load_adapted expects a base model without adapters")
+    else:
+        set_pooling(model, plan.pooling)  # a caller's model reads what the plan was trained with
     ref = next(model.parameters())
     apply_plan(model, plan)  # also makes save_pretrained write the plan + trained tensors
     expected = set(trainable_state_dict(model))

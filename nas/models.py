@@ -218,8 +218,10 @@ def load_tokenizer(name_or_path: str | None, revision: str | None = None):
 
 
 def load_model(name_or_path: str | None, task_type: str = "classification", num_labels: int = 2,
-               revision: str | None = None, dtype=None):
-    """A model with the right head: ``classification``, ``regression`` or ``causal_lm``."""
+               revision: str | None = None, dtype=None, pooling: str | None = None):
+    """A model with the right head: ``classification``, ``regression`` or ``causal_lm``; its head
+    reads ``pooling`` (nas.heads: 'auto' = what the checkpoint declares; None or 'cls' = the first
+    token, as transformers builds it)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -241,4 +243,27 @@ def load_model(name_or_path: str | None, task_type: str = "classification", num_
         hf_logging.set_verbosity(verbosity)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = getattr(model.config, "eos_token_id", None) or 0
+    if pooling is not None and task_type != "causal_lm":
+        from .heads import set_pooling
+
+        set_pooling(model, model_pooling(name_or_path, pooling))
     return model
+
+
+def model_pooling(name_or_path: str | None, pooling: str | None) -> str:
+    """``pooling`` with 'auto' resolved: what the model's folder (or its Hub repository, when
+    cached or reachable) declares in 1_Pooling/config.json, else 'cls'."""
+    from .heads import declared_pooling, resolve_pooling
+
+    if pooling not in (None, "auto"):
+        return pooling
+    path, _ = resolve_model(name_or_path)
+    if Path(path).is_dir():
+        return resolve_pooling(pooling, path)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        f = hf_hub_download(path, "1_Pooling/config.json")
+    except Exception:  # noqa: BLE001 - no declaration to read: the default head
+        return "cls"
+    return resolve_pooling(pooling, Path(f).parent.parent)

@@ -2,7 +2,8 @@
 
 {
   "schema_version": 1,
-  "model":    {"name_or_path": ..., "revision": ..., "family": ..., "base_params": int},
+  "model":    {"name_or_path": ..., "revision": ..., "family": ..., "base_params": int,
+               "pooling": "mean"},  # what the task head reads (nas.heads); absent: "cls"
   "task":     {"name": ..., ...},
   "budget":   {"spec": "0.1%", "params": int, "counts": "adapters+shortcuts"},
   "modules":  {"<qualified module name>": {"type": "more", "nblocks": 4, "rank": 4}, ...},
@@ -46,6 +47,11 @@ class Plan:
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def pooling(self) -> str:
+        """What the task head reads: 'mean' or 'cls' (the default of plans written before it was recorded)."""
+        return (self.model or {}).get("pooling") or "cls"
+
     # ---- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -71,6 +77,8 @@ class Plan:
             sections[k] = d[k] if isinstance(d.get(k), dict) else {}
         if not isinstance(sections["model"].get("name_or_path"), str):
             problems.append("model.name_or_path is missing: the plan must say which model it is for")
+        if sections["model"].get("pooling", "cls") not in ("cls", "mean"):
+            problems.append(f"model.pooling is {sections['model']['pooling']!r}; expected 'cls' or 'mean'")
         tp = d.get("trainable_params")
         if tp is not None and (isinstance(tp, bool) or not isinstance(tp, int) or tp < 0):
             problems.append(f"trainable_params must be a non-negative integer, got {tp!r}")

@@ -22,7 +22,7 @@ def parse_duration(text: str) -> float:
 
 
 # more-search's flags, by group: SearchConfig fields (the task ones from TaskSpec)
-WHAT = ["model", "task", "budget", "space", "proxy", "allocation"]
+WHAT = ["model", "pooling", "task", "budget", "space", "proxy", "allocation"]
 OUTPUT = ["output_dir", "storage", "study", "resume", "heartbeat_s"]
 TRIALS = ["n_trials", "trial_steps", "pruner", "sampler", "holdout", "seed"]
 SEARCH = ["strategy", "cost_budget", "supernet_share", "scoring_share", "scoring_rows", "n_finalists",

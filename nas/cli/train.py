@@ -5,7 +5,8 @@ Flags take transformers' TrainingArguments / run_glue.py names (``--learning_rat
 (``--learning-rate``), and the older spellings (``--lr``, ``--batch-size``, ``--epochs``).
 On success the last line on stdout is a JSON summary of the run.  Exit status: 0 a finished run
 (a stall it met is named on stderr and in results.json), 2 a user error, 3 a run that
-``--on_stall stop`` ended (its outputs are written), 130 interrupted.
+``--on_stall stop`` ended (its outputs are written), 130 interrupted.  Under ``torchrun`` every
+rank trains; rank 0 alone writes the run and prints (the others print errors only).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 from ..errors import UserError
 from ..plan import Plan
 from ..train import TrainConfig, train
+from ..train.distributed import end_processes, is_main_process
 from ..train.outdir import default_output_dir
 from ..train.stall import STOPPED_EXIT
 from ..train.trainer import Interrupted
@@ -79,8 +81,14 @@ def _main(argv=None):
     try:
         result = train(plan, cfg)
     except Interrupted as e:  # one line: what was kept and how to continue
-        print(e, file=sys.stderr)
+        if is_main_process():
+            print(e, file=sys.stderr)
         return 130
+    code = STOPPED_EXIT if result.stall is not None and result.stall["action"] == "stop" else 0
+    main = is_main_process()
+    end_processes()  # after a run that ended well on every rank (a failed one exits as it is)
+    if not main:  # DDP: rank 0 prints the summary
+        return code
     print(f"{result.main_metric} = {result.score:.4f} after {result.steps} steps; "
           f"outputs in {result.output_dir}", file=sys.stderr)
     if result.merge_report is not None:
@@ -98,7 +106,7 @@ def _main(argv=None):
                                                 "step_time_s", "peak_memory_bytes", "trainable_params",
                                                 "output_dir", "peft_dir", "merge_report", "stall")}
     print(json.dumps(summary))
-    return STOPPED_EXIT if stall is not None and stall["action"] == "stop" else 0
+    return code
 
 
 def main(argv=None) -> int:

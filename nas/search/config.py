@@ -20,6 +20,13 @@ LR_TESTS = ("range", "off")
 class SearchConfig(TaskSpec):
     model: str | None = option(None, "Hub name, local folder, .gguf file, or a packaged model: "
                                        "'minilm' (default), 'mpnet' (MPNet-base) or 'smollm2'")
+    # Chosen on evidence: with the packaged MiniLM's own mean pooling a 40-step trial on SST-2 left
+    # the start (held-out loss 0.69 -> 0.51), through the first token it did not (0.68);
+    # benchmarks/results/pooling.md.
+    pooling: str = option("auto", "what the task head reads: auto = the pooling the checkpoint declares "
+                          "(1_Pooling/config.json of sentence-transformers models: the packaged minilm and mpnet "
+                          "read the mean of the tokens), else the first token; cls; mean",
+                          choices=["auto", "cls", "mean"])
     budget: str = option("0.1%", "trainable adapter+shortcut parameters: a percentage of the base model "
                              "('0.1%%') or a count ('200k', '1.5M'); the task head is not counted")
     space: str = option("default", "search space: default, lora, more, surm, heterolora, or a JSON file")

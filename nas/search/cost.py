@@ -9,7 +9,7 @@ the stages' wall time over F times the plan's step time measured in the search (
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,7 @@ class StageSizes:
     rungs: int
     lr_range_steps: int = 0  # 0: no lr stage
     lr_confirm_units: float = 0.0  # plan steps for the confirmation trials, their set-up included
+    spent_before_finalists: float | None = None  # measured (resize); None: the planned sizes stand
 
     def planned_by_stage(self) -> dict[str, float]:
         """Planned cost at most per stage, as a multiple of one full run (plan-step equivalents /
@@ -91,21 +92,30 @@ def size_stages(*, n_train: int, batch_size: int, epochs: float, cost_budget: fl
                 rungs: int, eta: int, proxy_batches: int, n_candidates: int = 0,
                 min_scored: int = 1, lr_stage: bool = False) -> StageSizes:
     """Stage sizes within ``cost_budget`` full runs: the super-network gets ``supernet_share``
-    of a full run's cost, cheap scoring ``scoring_share``, the finalists what is left.  As many
-    of the ``n_finalists`` candidates (in their priority order) take part as can each train
-    MIN_FINALIST_STEPS steps at the first rung, ``eta`` times more at each later one, and be
-    evaluated at every rung, even if none is ever cut.  ``proxy_batches`` 0: no proxy stage.
-    ``lr_stage``: the lr stage first takes up to LR_STAGE_SHARE of a full run, but not the room of
-    one finalist (all that is left when not even one fits), or nothing when its range test would
-    be under LR_RANGE_MIN_STEPS; what its range test does not use plans its confirmation trials."""
+    of a full run's cost, cheap scoring ``scoring_share``, the finalists and the lr stage what is
+    left (split_rest).  ``proxy_batches`` 0: no proxy stage."""
     F = full_run_steps(n_train, batch_size, epochs)
     eval_batches = max(1, math.ceil(eval_rows / batch_size))
     supernet = max(1, int(supernet_share * F / SUPERNET_STEP_COST))
     scored = max(min_scored, int(scoring_share * F / (eval_batches * FORWARD_COST)))
     proxy = proxy_cost(n_candidates, proxy_batches)
-    left = cost_budget * F - proxy - supernet * SUPERNET_STEP_COST \
-        - scored * eval_batches * FORWARD_COST
-    per_rung = eval_batches * FORWARD_COST + TRIAL_OVERHEAD  # each finalist's evaluation and setup
+    left = cost_budget * F - proxy - supernet * SUPERNET_STEP_COST - scored * eval_batches * FORWARD_COST
+    sizes = StageSizes(full_run_steps=F, supernet_steps=supernet, scored_plans=scored,
+                       scoring_batches=eval_batches, finalist_step_budget=0, finalist_eval_batches=eval_batches,
+                       proxy_cost=proxy, finalists=0, rungs=rungs)
+    return split_rest(sizes, left, n_finalists, eta, lr_stage)
+
+
+def split_rest(sizes: StageSizes, left: float, n_finalists: int, eta: int, lr_stage: bool) -> StageSizes:
+    """``left`` plan steps split between the finalists and the lr stage.  As many of the
+    ``n_finalists`` candidates (in their priority order) take part as can each train
+    MIN_FINALIST_STEPS steps at the first rung, ``eta`` times more at each later one, and be
+    evaluated at every rung, even if none is ever cut.  ``lr_stage``: the lr stage first takes up
+    to LR_STAGE_SHARE of a full run, but not the room of one finalist (all that is left when not
+    even one fits), or nothing when its range test would be under LR_RANGE_MIN_STEPS; what its
+    range test does not use plans its confirmation trials."""
+    F, rungs = sizes.full_run_steps, sizes.rungs
+    per_rung = sizes.finalist_eval_batches * FORWARD_COST + TRIAL_OVERHEAD  # each finalist's evaluation and setup
     per_candidate = MIN_FINALIST_STEPS * sum(eta ** k for k in range(rungs)) + rungs * per_rung
     lr_units, lr_steps = 0.0, 0
     if lr_stage:
@@ -116,11 +126,18 @@ def size_stages(*, n_train: int, batch_size: int, epochs: float, cost_budget: fl
         left -= lr_units
     n_fit = max(0, min(n_finalists, int(left // per_candidate)))
     steps = int(left - n_fit * rungs * per_rung) if n_fit else 0
-    return StageSizes(full_run_steps=F, supernet_steps=supernet, scored_plans=scored,
-                      scoring_batches=eval_batches, finalist_step_budget=max(0, steps),
-                      finalist_eval_batches=eval_batches, proxy_cost=proxy,
-                      finalists=n_fit, rungs=rungs, lr_range_steps=lr_steps,
-                      lr_confirm_units=max(0.0, lr_units - lr_steps - TRIAL_OVERHEAD) if lr_steps else 0.0)
+    return replace(sizes, finalist_step_budget=max(0, steps), finalists=n_fit, lr_range_steps=lr_steps,
+                   lr_confirm_units=max(0.0, lr_units - lr_steps - TRIAL_OVERHEAD) if lr_steps else 0.0)
+
+
+def resize(sizes: StageSizes, spent: float, cost_budget: float, n_finalists: int, eta: int,
+           lr_stage: bool) -> StageSizes:
+    """The finalists' and the lr stage's sizes again, from what the stages before them measurably
+    cost (``spent`` plan steps: their wall time over the plan's step time) instead of what they
+    were priced at, so that a stage priced too high (the proxy: 106 plan steps priced, about 20
+    spent on a regression task) leaves its steps to the stages that compare real training."""
+    return replace(split_rest(sizes, cost_budget * sizes.full_run_steps - spent, n_finalists, eta, lr_stage),
+                   spent_before_finalists=round(spent, 2))
 
 
 def measured_multiple(stage_seconds: dict[str, float], step_time_s: float, F: int,

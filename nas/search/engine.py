@@ -18,7 +18,8 @@ Stages
 
 Storage is an Optuna journal file in the output folder by default, so ``--resume`` loses no
 finished trial (the super-network's weights are kept in supernet.safetensors);
-``--storage postgresql://...`` lets workers on several machines share a study.
+``--storage postgresql://...`` lets workers on several machines share a study; the weight-sharing
+search's workers split each of its stages (weight_sharing.py: they share -o).
 """
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ from search_spaces.anatomy import base_param_count, discover
 from .. import train as training
 from ..budget import parse_budget
 from ..errors import UserError
+from ..heads import pooling_of, set_pooling
 from ..io import atomic_write_text, pause_for_test
-from ..models import load_model, load_tokenizer
+from ..models import load_model, load_tokenizer, model_pooling
 from ..plan import BUDGET_COUNTS, Plan
 from .config import PLAN_ATTR, STRATEGIES, SearchConfig, SearchResult
 from .report import SearchFacts, write_report
@@ -65,6 +67,7 @@ class Search:
         self.stage_seconds: dict[str, float] = {}  # wall time
         self.stage_cpu: dict[str, float] = {}  # this process's CPU time: robust to a shared machine
         self.signal: dict | None = None  # did the finalists' training take off (weight-sharing search)
+        self.finalists_stopped: tuple[int, float] | None = None  # (rung, leader's loss): no take-off, stopped
 
     # -- setup --
     def prepare(self) -> None:
@@ -82,7 +85,9 @@ class Search:
 
             set_seed(cfg.seed)  # the new task head is randomly initialised: make it repeatable
             self._model = load_model(cfg.model, task_type=self._data.task_type,
-                                     num_labels=self._data.num_labels)
+                                     num_labels=self._data.num_labels, pooling=cfg.pooling)
+        elif self._data.task_type != "causal_lm":
+            set_pooling(self._model, model_pooling(cfg.model, cfg.pooling))
         self.base = self._model.eval()
         self.layout = discover(self.base)
         self.base_params = base_param_count(self.base)
@@ -107,7 +112,7 @@ class Search:
         name = cfg.model or "minilm"
         return dict(
             model={"name_or_path": name, "revision": None, "family": self.layout.family,
-                   "base_params": self.base_params},
+                   "base_params": self.base_params, "pooling": pooling_of(self.base)},
             task=cfg.plan_section(self._data),
             budget={"spec": str(cfg.budget), "params": self.budget, "counts": BUDGET_COUNTS},
             # the full run batches rows as the trials did (grouped by length: half the CPU time on SST-2)
@@ -375,9 +380,8 @@ class Search:
         made, study = make_output(self.out, journal_path(self.cfg.storage, self.out / "study.journal")), None
         try:
             self.proxy_stage()
-            if self.cfg.strategy == "supernet":
-                study, best, sizes, notes = weight_sharing_search(self)
-                return self.result(study, best, sizes, notes)
+            if self.cfg.strategy == "supernet":  # it writes the plan and report once (self.result)
+                return weight_sharing_search(self)
             study = self.open_study()
             self.trial_stage(study)
         except BaseException:

@@ -13,11 +13,12 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import train as training
+from ..io import pause_for_test
 from ..plan import Plan
 from .config import PLAN_ATTR
 from .ranking import heldout, worse_beyond_noise
 from .study import check_study_settings, study_settings
-from .workers import ask_tagged, fail_dead_running
+from .workers import Job, heartbeat, pop_job, round_kw, run_round
 
 
 @dataclass
@@ -34,7 +35,8 @@ def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int,
     """At most ``limit`` finalists, in priority order: at the grid's first learning rate the best
     searched plan on the shared weights, the baselines (in ``order``), the next
     ``n_plans - 1`` distinct searched plans; then the same at the next rate, and so on.  Whatever
-    the budget cuts off, the plan and the baselines are compared at the same rates."""
+    the budget cuts off, the plan and the baselines are compared at the same rates.  Room for one
+    alone: the preferred baseline, since a searched plan must beat one to be returned."""
     done = sorted(scoring.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                   key=lambda t: (t.value, t.number))
     plans, baselines, hashes = [], [], set()
@@ -53,6 +55,8 @@ def pick_finalists(scoring: optuna.Study, n_plans: int, lr_grid, limit: int,
         return Finalist(f"{origin}@{lr:g}", origin, Plan.from_dict(t.user_attrs[PLAN_ATTR]), float(lr), t.value)
 
     baselines.sort(key=preference(order))  # the preferred first: a small budget trains it
+    if limit == 1 and baselines:
+        return [fin(baselines[0], lr_grid[0])]
     queue = [fin(t, lr) for lr in lr_grid for t in plans[:1] + baselines + plans[1:]]
     return queue[:limit]
 
@@ -61,20 +65,24 @@ def n_finalist_candidates(n_plans: int, n_baselines: int, n_lrs: int) -> int:
     return (n_plans + n_baselines) * n_lrs
 
 
-def run_finalists(search, shared, finalists: list[Finalist], storage, name: str, rows,
-                  step_budget: int) -> tuple[optuna.Study, list[optuna.trial.FrozenTrial], int]:
+def run_finalists(search, shared, finalists: list[Finalist], storage, name: str, rows, step_budget: int,
+                  stop_above: float | None = None) -> tuple[optuna.Study, list[optuna.trial.FrozenTrial], int]:
     """Successive halving: a rung trains every survivor afresh from the shared weights, with
     the steps the budget left affords if no later rung cut anything (so a rung trains each
     survivor ``eta`` times longer than the one before it, or more after cuts).  After a rung, a
     finalist outside the best ``1/eta`` is cut only when its per-row held-out losses are worse
     than the leader's beyond noise (a paired test).  Every (finalist, rung) is one trial in the
-    study: a resumed search re-runs none that finished.  Returns the study, the trials of the
+    study, a job that the workers sharing the study run once between them (workers.run_round);
+    each worker then cuts the rung alike from the study.  A resumed search re-runs none that
+    finished.  Returns the study, the trials of the
     last rung reached, by held-out loss (empty if none trained; weight_sharing.proven_best
-    picks the returned plan among them), and the steps of the budget left unspent."""
+    picks the returned plan among them), and the steps of the budget left unspent.
+    ``stop_above``: a held-out loss; when a rung's leader is not below it (training has not left
+    the start), the later rungs are not run and their steps are returned unspent, for a stage that
+    can measure something with them (the lr stage)."""
     cfg = search.cfg
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
     check_study_settings(study, study_settings(cfg), cfg.resume)
-    fail_dead_running(study)  # an interrupted run's: its finalist is trained again
     alive, left, ranked = list(finalists), step_budget, []
     # The Trainer's own final evaluation runs on one batch; the held-out rows are scored here.
     data = train_part(search)
@@ -85,24 +93,24 @@ def run_finalists(search, shared, finalists: list[Finalist], storage, name: str,
         if steps < 1:
             break
         left -= steps * len(alive)
-        done = {(t.user_attrs.get("cid"), t.user_attrs.get("rung")): t
-                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-        results = []
-        for f in alive:
-            t = done.get((f.cid, rung))
-            if t is None or t.user_attrs.get("steps") != steps:
-                t = _train_one(search, shared, study, f, rung, steps, data, rows)
-            if t is not None:
-                results.append((f, t))
+        todo = {job_key(f, rung, steps): f for f in alive}
+        done = run_round(study, [Job(k) for k in todo],
+                         lambda job: _train_one(search, shared, study, todo[job.key], rung, steps, data, rows),
+                         **round_kw(cfg, name))
+        results = [(f, done[k]) for k, f in todo.items() if done.get(k) is not None]
         if not results:
             break
-        results.sort(key=lambda ft: (ft[1].value, ft[1].number))
+        # ties by priority, not by trial number (which depends on which worker asked first)
+        results.sort(key=lambda ft: (ft[1].value, alive.index(ft[0])))
         ranked = [t for _, t in results]
         keep = max(1, math.ceil(len(results) / cfg.eta))
         lead = results[0][1].user_attrs["rows"]
         alive = [f for i, (f, t) in enumerate(results)
                  if i < keep or not worse_beyond_noise(t.user_attrs["rows"], lead, cfg.noise_z)]
         if len(alive) == 1:
+            break
+        if stop_above is not None and rung < cfg.rungs - 1 and not results[0][1].value < stop_above:
+            search.finalists_stopped = (rung, results[0][1].value)
             break
     return study, ranked, left
 
@@ -134,15 +142,29 @@ def trial_config(cfg, plan: Plan, steps: int, lr: float, seed: int) -> training.
         group_by_length=cfg.group_by_length, device=cfg.device, bf16=cfg.bf16, fp16=cfg.fp16)
 
 
+def job_key(f: Finalist, rung: int, steps: int) -> str:
+    return f"{f.cid} | rung {rung} | {steps} steps"
+
+
 def _train_one(search, shared, study, f: Finalist, rung: int, steps: int, data, rows):
+    """Train finalist ``f`` at ``rung`` if its queued job is still there to take (None: another
+    worker took it, or the trial failed)."""
+    trial = pop_job(study, job_key(f, rung, steps))
+    if trial is None:
+        return None
+    with heartbeat(trial):
+        return _train_popped(search, shared, study, trial, f, rung, steps, data, rows)
+
+
+def _train_popped(search, shared, study, trial, f: Finalist, rung: int, steps: int, data, rows):
     cfg = search.cfg
-    trial = ask_tagged(study)
     plan = copy.deepcopy(f.plan)
     plan.training["lr"] = f.lr
     for k, v in {"cid": f.cid, "origin": f.origin, "rung": rung, "steps": steps, "lr": f.lr,
                  "shared_loss": f.shared_loss, "main_metric": search._data.main_metric, "trainable_params": plan.trainable_params,
                  PLAN_ATTR: plan.to_dict()}.items():
         trial.set_user_attr(k, v)
+    pause_for_test("finalist", search.out)
     try:
         ho, result = short_run(search, plan, trial_config(cfg, plan, steps, f.lr, cfg.seed), data, rows,
                                shared.warm_state(plan))

@@ -199,7 +199,8 @@ def study_settings(cfg) -> dict[str, Any]:
     from search_spaces import load_space
 
     return {"model": cfg.model or "minilm", "task": cfg.task, "train_file": cfg.train_file,
-            "budget": str(cfg.budget), "space": load_space(cfg.space).to_dict(), "strategy": cfg.strategy}
+            "budget": str(cfg.budget), "space": load_space(cfg.space).to_dict(), "strategy": cfg.strategy,
+            "pooling": cfg.pooling}
 
 
 def open_checked_storage(cfg, out: Path):
@@ -234,6 +235,8 @@ def check_study_settings(study: optuna.Study, settings: dict[str, Any], resume: 
         if not study.trials:
             study.set_user_attr("settings", settings)
         return
+    # A study stored before a setting existed ran at that setting's default ("cls" pooling).
+    stored = {"pooling": "cls", **stored}
     differ = [f"{k}: study {stored.get(k)!r}, given {settings.get(k)!r}"
               for k in settings if stored.get(k) != settings.get(k)]
     if differ:

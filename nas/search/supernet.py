@@ -8,8 +8,10 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import statistics
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,9 +35,9 @@ from ..train.support import length_grouped_order
 from .config import PLAN_ATTR
 from .cost import StageSizes
 from .ranking import heldout
-from .study import make_sampler
+from .study import make_sampler, sampler_seed
 from .trials import plan_hash, reweight, suggest_weights
-from .workers import ask_tagged, fail_dead_running
+from .workers import JOB_ATTR, Job, heartbeat, pop_job, round_kw, run_round
 
 WEIGHTS_FILE, META_FILE = "supernet.safetensors", "supernet.json"
 
@@ -116,25 +118,59 @@ class SharedWeights:
         return plan
 
     # -- train or reload --
-    def train_or_load(self) -> dict[str, Any]:
-        s, cfg = self.s, self.s.cfg
-        weights, meta_path = s.out / WEIGHTS_FILE, s.out / META_FILE
-        if cfg.resume and weights.is_file() and meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
-            if meta.get("fingerprint") == self.fingerprint:
-                from safetensors.torch import load_file
+    def train_or_load(self, stages: optuna.Study, name: str) -> dict[str, Any]:
+        """Trained once for all the workers of ``stages`` (a job: workers.run_round): the worker
+        that takes the job trains it and writes it to its output folder, the others wait and read
+        it from there, so workers share -o (one machine, or a shared file system); a worker whose
+        -o lacks it trains the same network itself (same seed).  A resumed or retried job reuses
+        saved weights of the same fingerprint instead of training again."""
+        cfg, key, mine = self.s.cfg, f"supernet {self.fingerprint}", {}
 
-                missing, unexpected = self.model.load_state_dict(load_file(str(weights)), strict=False)
-                if not unexpected and not set(self.trainable()) & set(missing):
-                    self.meta = {**meta, "reused": True}
-                    return self.meta
-        self.meta = self._train()
+        def run(job):
+            trial = pop_job(stages, key)
+            if trial is None:
+                return
+            with heartbeat(trial):
+                again = cfg.resume or any(t.user_attrs.get(JOB_ATTR) == key and t.number != trial.number
+                                          for t in stages.get_trials(deepcopy=False))
+                meta = (self._load() if again else None) or self._train_and_save()
+                for k in ("steps", "seconds", "step_time_s", "loss_first", "loss_last"):
+                    trial.set_user_attr(k, meta[k])
+                stages.tell(trial, meta["loss_last"])
+            mine["meta"] = meta
+
+        run_round(stages, [Job(key)], run, **round_kw(cfg, name))
+        self.meta = mine.get("meta") or self._load()
+        if self.meta is None:
+            print(f"note: the super-network was trained by another worker, and {self.s.out} does not "
+                  f"hold it (workers share -o); training it here too")
+            self.meta = self._train_and_save()
+        return self.meta
+
+    def _load(self) -> dict[str, Any] | None:
+        """The saved super-network of this fingerprint, loaded into the model (None: none)."""
+        weights, meta_path = self.s.out / WEIGHTS_FILE, self.s.out / META_FILE
+        if not (weights.is_file() and meta_path.is_file()):
+            return None
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != self.fingerprint:
+            return None
+        from safetensors.torch import load_file
+
+        missing, unexpected = self.model.load_state_dict(load_file(str(weights)), strict=False)
+        if unexpected or set(self.trainable()) & set(missing):
+            return None
+        return {**meta, "reused": bool(self.s.cfg.resume)}
+
+    def _train_and_save(self) -> dict[str, Any]:
+        meta = self._train()
         from safetensors.torch import save
 
+        weights, meta_path = self.s.out / WEIGHTS_FILE, self.s.out / META_FILE
         atomic_write_bytes(weights, save({n: p.detach().contiguous().clone()
                                           for n, p in self.trainable().items()}))
-        atomic_write_text(meta_path, json.dumps(self.meta, indent=1))  # written last: marks it complete
-        return self.meta
+        atomic_write_text(meta_path, json.dumps(meta, indent=1))  # written last: marks it complete
+        return meta
 
     def _train(self) -> dict[str, Any]:
         from transformers import get_scheduler
@@ -208,50 +244,83 @@ def size_neutral(importance: dict[str, float], candidates) -> dict[str, float]:
     return {c.key: importance[c.key] * med[kind_of(c)] / ref for c in candidates}
 
 
+SCORING_ROUND = 4  # sampled plans drawn at once (TPE's random start is 4 plans)
+
+
 def score_plans(search, shared: SharedWeights, sizes: StageSizes, storage, name: str,
                 rows) -> optuna.Study:
     """Plans scored on the shared weights: the importance plan, the proxy plan and the
-    baselines first, then plans Optuna samples (re-weighted importance -> knapsack), until
-    ``sizes.scored_plans`` are scored.  Every score is a finished trial in the storage."""
+    baselines, then plans Optuna samples (re-weighted importance -> knapsack), until
+    ``sizes.scored_plans`` are scored.  Every score is a finished trial in the storage.
+
+    The workers of the study split the scoring (workers.run_round): each round's plans are
+    drawn by a sampler seeded with the round, from the scores of the rounds before it only, so
+    every worker queues the same plans and one worker scores the same plans as several (a sampler
+    passed as an Optuna instance keeps its own state: the same plans only in one process)."""
     cfg, data = search.cfg, search.trial_data
     study = optuna.create_study(study_name=f"{name}.scoring", storage=storage, direction="minimize",
                                 load_if_exists=True, sampler=make_sampler(cfg.sampler, cfg.seed))
-    fail_dead_running(study)  # an interrupted run's: its plan is scored again
     imp = size_neutral(shared.meta["importance"], search.candidates)
     fixed = [("importance plan", search._allocate(imp)),
              ("importance plan, kind medians equal", search._allocate(shared.meta["importance"]))]
     if search.proxy_plan is not None:
         fixed.append(("proxy plan", search.proxy_plan))
     fixed += [(baseline_origin(p), shared.baseline_plan(p)) for p in shared.baselines]
-    done = {t.user_attrs.get("origin"): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    seen = {t.user_attrs["plan_hash"]: t.value for t in done.values()}
+    hashes: set[str] = set()
 
-    def run(trial, plan, origin):
+    def job(key, origin, plan, params=None, distributions=None) -> Job:
         h = plan_hash(plan)
-        trial.set_user_attr("origin", origin)
-        trial.set_user_attr("plan_hash", h)
-        trial.set_user_attr("main_metric", data.main_metric)
-        trial.set_user_attr("trainable_params", plan.trainable_params)
-        trial.set_user_attr(PLAN_ATTR, plan.to_dict())
-        if h in seen:
-            trial.set_user_attr("duplicate", True)
-            study.tell(trial, seen[h])
-            return
-        activate(shared.model, plan)
-        pause_for_test("scoring", search.out)
-        ho = heldout(shared.model, data, rows, batch_size=cfg.batch_size)
-        trial.set_user_attr("metrics", {**ho.metrics, "loss": ho.loss, "loss_se": ho.se})
-        seen[h] = ho.loss
-        study.tell(trial, ho.loss)
+        attrs = {"origin": origin, "plan_hash": h, "main_metric": data.main_metric,
+                 "trainable_params": plan.trainable_params, PLAN_ATTR: plan.to_dict()}
+        if h in hashes:  # scored again only if its twin is not done yet (the same loss)
+            attrs["duplicate"] = True
+        hashes.add(h)
+        return Job(key, attrs, params, distributions)
 
-    for origin, plan in fixed:
-        if origin not in done:
-            run(ask_tagged(study), plan, origin)
-    n_done = lambda: len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))  # noqa: E731
-    while n_done() < sizes.scored_plans:
-        trial = ask_tagged(study)
-        params = suggest_weights(trial, search.candidates)
-        run(trial, search._allocate(reweight(search.candidates, imp, params, search.layout.num_layers,
-                                                 cfg.seed + trial.number)), "sampled")
+    def score(j: Job) -> None:
+        trial = pop_job(study, j.key)
+        if trial is None:
+            return
+        with heartbeat(trial):
+            twin = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.user_attrs.get("plan_hash") == j.attrs["plan_hash"]]
+            if j.attrs.get("duplicate") and twin:
+                study.tell(trial, twin[0])
+                return
+            activate(shared.model, Selection.of(j.attrs[PLAN_ATTR]))
+            pause_for_test("scoring", search.out)
+            ho = heldout(shared.model, data, rows, batch_size=cfg.batch_size)
+            trial.set_user_attr("metrics", {**ho.metrics, "loss": ho.loss, "loss_se": ho.se})
+            study.tell(trial, ho.loss)
+
+    jobs = [job(f"fixed {origin}", origin, plan) for origin, plan in fixed]
+    n_sampled, done = max(0, sizes.scored_plans - len(fixed)), {}
+    for r in range(max(1, math.ceil(n_sampled / SCORING_ROUND))):
+        history = [done[j.key] for j in jobs if done.get(j.key) is not None]
+        slots = range(r * SCORING_ROUND, min(n_sampled, (r + 1) * SCORING_ROUND))
+        batch = [j for j in jobs if j.key not in done]
+        for k, (params, dists) in zip(slots, draw(cfg, search.candidates, history, r, len(slots))):
+            # the jitter's seed: the trial number this plan had when one process scored in order
+            plan = search._allocate(reweight(search.candidates, imp, params, search.layout.num_layers,
+                                             cfg.seed + len(fixed) + k))
+            batch.append(job(f"sampled {k}", "sampled", plan, params, dists))
+        jobs += [j for j in batch if j not in jobs]
+        done.update(run_round(study, batch, score, **round_kw(cfg, name)))
     activate(shared.model, Selection())
     return study
+
+
+def draw(cfg, candidates, history: list, seed: int, n: int) -> list[tuple[dict, dict]]:
+    """``n`` plans' parameters (and their distributions) from a sampler seeded with ``seed`` that
+    has seen only ``history`` (finished trials): the same for every worker."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = make_sampler(cfg.sampler, sampler_seed(cfg.seed, seed)) if isinstance(cfg.sampler, str) \
+            else cfg.sampler
+        mem = optuna.create_study(direction="minimize", sampler=sampler)
+        mem.add_trials(history)
+        out = []
+        for _ in range(n):
+            t = mem.ask()
+            out.append((suggest_weights(t, candidates), dict(t.distributions)))
+    return out

@@ -6,19 +6,33 @@ first rejects a config the stages cannot use.  weight_sharing_search runs, in or
      weights (supernet.SharedWeights.train_or_load);
   2. cheap scoring: many plans and the uniform-LoRA baselines scored on the shared weights by
      held-out loss (supernet.score_plans);
-  3. finalists: the best few and the baselines trained at a small lr grid, warm-started, cut by
-     successive halving (finalists.pick_finalists, finalists.run_finalists); the last rung's
-     leader, unless a baseline is within noise of it (proven_best, best_baseline);
+  3. finalists: sized again from what stages 1-2 measurably cost (measured_sizes); the best few
+     and the baselines trained at a small lr grid, warm-started, cut by successive halving
+     (finalists.pick_finalists, finalists.run_finalists), stopped early when the lr stage can use
+     their steps better (no take-off); the last rung's leader, unless a baseline is within noise
+     of it (proven_best, best_baseline);
   4. signal check: whether the finalists' training took off at all, else the preferred baseline
      (without_signal, progress);
   5. the returned plan: that fallback, else the leader, else (no finalist trained) the best plan
      on the shared weights, with its report lines (summary.report_lines);
   6. lr stage: its learning rate, from a range test on it and short trials around the pick
      (lr_stage.run_lr_stage), with what the finalists did not spend.
+
+Workers: the same command started N times with the same --storage and the same -o splits the
+search.  Each stage is a round of jobs in the shared Optuna study (workers.run_round), each done
+once: the super-network (one worker trains it into -o, the others wait and load it), the scoring
+rounds, every finalist at every rung, then the lr stage with plan.json and the report (write_once).
+What steers a round (its plans, the cuts, the finalists' sizes and the start: agreed_sizes) comes
+from the study alone, so every worker runs the same plan of work and they return the plan one
+worker finds.  A worker killed mid-job has its job retried by another; --resume after all died
+loses no finished job and loads the super-network.  The weights are files in -o: workers share one
+machine or a shared file system (a worker whose -o lacks them trains the same network itself).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 
 import optuna
@@ -26,15 +40,21 @@ from optuna.trial import TrialState
 
 from ..baselines import baselines_at
 from ..errors import UserError
+from ..io import atomic_write_text
 from ..train.precision import resolve_device
 from ..train.stall import constant_loss
 from .config import PLAN_ATTR
-from .cost import size_stages
+from .cost import FORWARD_COST, SUPERNET_STEP_COST, StageSizes, resize, size_stages
+from .study import check_study_settings, study_settings
+from .workers import decide_once, lock_name, write_once
 from .finalists import is_baseline, n_finalist_candidates, pick_finalists, preference, run_finalists
 from .lr_stage import run_lr_stage, skipped
 from .ranking import heldout, progress, worse_beyond_noise
 from .summary import report_lines
 from .supernet import SharedWeights, score_plans
+
+
+SIZES_FILE = "stage_sizes.json"
 
 
 def check_config(cfg) -> None:
@@ -59,11 +79,18 @@ def check_config(cfg) -> None:
 
 
 def weight_sharing_search(search):
-    """The stages in the module docstring's order.  Returns (finalist study, best trial, stage
-    sizes, report lines)."""
+    """The stages in the module docstring's order, on every worker of the study.  Returns the
+    SearchResult, whose plan and report one worker wrote (write_once)."""
     cfg = search.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, name = search.open_storage(), cfg.study or "more-search"
+    # The finalists' study first: a worker with other settings is refused before it trains; the
+    # scoring study too: a resume on a shared storage looks for it (study.open_checked_storage).
+    check_study_settings(optuna.create_study(study_name=name, storage=storage, direction="minimize",
+                                             load_if_exists=True), study_settings(cfg), cfg.resume)
+    optuna.create_study(study_name=f"{name}.scoring", storage=storage, direction="minimize", load_if_exists=True)
+    stages = optuna.create_study(study_name=f"{name}.stages", storage=storage, direction="minimize",
+                                 load_if_exists=True)
     n_base = len(baselines_at(search.layout, search.budget))
     ev = search.trial_data.eval
     rows = ev.select(range(min(cfg.scoring_rows, len(ev))))
@@ -83,7 +110,7 @@ def weight_sharing_search(search):
     # 1. super-network
     t0, c0 = time.perf_counter(), time.process_time()
     shared = SharedWeights(search)
-    meta = shared.train_or_load()
+    meta = shared.train_or_load(stages, name)
     mark("supernet", t0, c0)
     if cfg.progress:
         print(f"super-network: {meta['steps']} steps{' (reused)' if meta.get('reused') else ''}; "
@@ -92,33 +119,102 @@ def weight_sharing_search(search):
     t0, c0 = time.perf_counter(), time.process_time()
     scoring = score_plans(search, shared, sizes, storage, name, rows)
     mark("scoring", t0, c0)
-    # 3. finalists
+    # 3. finalists, sized again from what the stages before them cost
+    sizes, start = agreed_sizes(search, stages, scoring, sizes, meta, n_base, rows)
+    search.sizes = sizes
     t0, c0 = time.perf_counter(), time.process_time()
+    lr_tested = sizes.lr_range_steps > 0
     finalists = pick_finalists(scoring, cfg.n_finalists, cfg.lr_grid, sizes.finalists, shared.preferred)
+    # With an lr stage to hand them to, no more rungs once the leader has not left the start: a
+    # longer rung of the same finalists decides nothing the lr stage could not use better.
+    stop_above = start * (1 - cfg.min_progress) if lr_tested and start is not None else None
     study, ranked, unspent = run_finalists(search, shared, finalists, storage, name, rows,
-                                           sizes.finalist_step_budget)
+                                           sizes.finalist_step_budget, stop_above)
     best = proven_best(ranked, cfg.noise_z, shared.preferred) if ranked else None
     mark("finalists", t0, c0)
     # 4. signal check, 5. the returned plan
     fallback, signal = without_signal(search, study, scoring, best, rows, shared.preferred,
-                                      lr_tested=sizes.lr_range_steps > 0)
+                                      lr_tested=lr_tested, start=start)
     if fallback is not None:
         best = fallback
+    if search.finalists_stopped:
+        rung, loss = search.finalists_stopped
+        signal = [f"- the finalists stopped after rung {rung}: its leader's held-out loss ({loss:.4f}) had not "
+                  f"left the start, so a longer rung would decide nothing; its {unspent} steps went to the lr stage"
+                  ] + signal
+    if len(finalists) == 1 and finalists[0].origin.startswith("baseline"):
+        signal = [f"- the budget affords one finalist: the preferred uniform LoRA ({finalists[0].origin}), since a "
+                  f"searched plan must beat one to be returned; a larger `--cost-budget` lets the search compare"] + signal
     if best is None:  # no finalist trained (budget too small): the best plan on shared weights
         study, best = scoring, scoring.best_trial
     lines = report_lines(search, meta, scoring, study, best, signal)
-    # 6. lr stage: the confirmations get their share and whatever the finalists did not spend
-    if sizes.lr_range_steps:
-        t0, c0 = time.perf_counter(), time.process_time()
-        start = search.signal["start_loss"] if search.signal else start_loss(search, rows)
-        best, lr_lines = run_lr_stage(search, best, rows, start, sizes.lr_confirm_units + unspent)
-        mark("lr", t0, c0)
-    else:
-        lr_lines = skipped(cfg)
-    plan_sizes = {**sizes.to_dict(), "planned_multiple": round(sizes.planned(), 4),
-                  "planned_by_stage": {k: round(v, 4) for k, v in sizes.planned_by_stage().items()},
-                  "supernet_step_time_s": meta["step_time_s"]}
-    return study, best, plan_sizes, lines + lr_lines
+
+    def finish():
+        # 6. lr stage: the confirmations get their share and whatever the finalists did not spend
+        chosen, begin = best, start
+        if sizes.lr_range_steps:
+            t0, c0 = time.perf_counter(), time.process_time()
+            begin = begin if begin is not None else start_loss(search, rows)
+            chosen, lr_lines = run_lr_stage(search, chosen, rows, begin, sizes.lr_confirm_units + unspent)
+            mark("lr", t0, c0)
+        else:
+            lr_lines = skipped(cfg)
+        plan_sizes = {**sizes.to_dict(), "planned_multiple": round(sizes.planned(), 4),
+                      "planned_by_stage": {k: round(v, 4) for k, v in sizes.planned_by_stage().items()},
+                      "supernet_step_time_s": meta["step_time_s"]}
+        return search.result(study, chosen, plan_sizes, lines + lr_lines)
+
+    return write_once(search, stages, name, finish)
+
+
+def agreed_sizes(search, stages, scoring, sizes: StageSizes, meta: dict, n_base: int, rows):
+    """(the finalists' sizes, the start loss or None), decided once for all the workers of the
+    study (workers.decide_once), since both steer the rungs' cuts.  Measured as the compute the
+    stages before took: the super-network's training and the scoring trials' own times, which
+    several workers shared (one worker's wall time over them would under-count it)."""
+    cfg = search.cfg
+    key = "sizes " + hashlib.sha1(json.dumps([sizes.to_dict(), meta.get("fingerprint")], sort_keys=True)
+                                  .encode()).hexdigest()[:12]
+
+    def decide():
+        own = search.stage_seconds
+        scored = sum((t.datetime_complete - t.datetime_start).total_seconds()
+                     for t in scoring.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if t.datetime_start and t.datetime_complete)
+        seconds = {**own, "supernet": max(own.get("supernet", 0.0), meta["seconds"]),
+                   "scoring": max(own.get("scoring", 0.0), scored)}
+        return {"sizes": measured_sizes(search, sizes, meta, n_base, seconds).to_dict(),
+                "start": start_loss(search, rows) if cfg.min_progress > 0 else None}
+
+    got = decide_once(stages, key, decide, lock_name(cfg.study or "more-search"))
+    agreed = StageSizes(**got["sizes"])
+    path = search.out / SIZES_FILE  # as measured_sizes keeps it, with the value all workers use
+    atomic_write_text(path, json.dumps({"key": [sizes.to_dict(), meta.get("fingerprint")],
+                                        "sizes": agreed.to_dict()}, indent=1))
+    return agreed, got["start"]
+
+
+def measured_sizes(search, sizes: StageSizes, meta: dict, n_base: int, seconds: dict | None = None) -> StageSizes:
+    """The finalists' and the lr stage's sizes from what the stages before them cost (cost.resize),
+    counted at most as priced: an overrun is reported, not taken from the stages that compare real
+    training.  Kept in SIZES_FILE so that a resumed search (its earlier stages reloaded in seconds)
+    trains its finalists for the same steps and reuses every finished trial.  ``seconds``: each
+    stage's time (default: this worker's, search.stage_seconds)."""
+    cfg, path = search.cfg, search.out / SIZES_FILE
+    seconds = search.stage_seconds if seconds is None else seconds
+    key = [sizes.to_dict(), meta.get("fingerprint")]
+    if cfg.resume and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return StageSizes(**saved["sizes"])
+    plan_step_s = meta["step_time_s"] / SUPERNET_STEP_COST
+    priced = sizes.proxy_cost + sizes.supernet_steps * SUPERNET_STEP_COST \
+        + sizes.scored_plans * sizes.scoring_batches * FORWARD_COST
+    spent = sum(seconds.get(k, 0.0) for k in ("proxy", "supernet", "scoring")) / plan_step_s
+    new = resize(sizes, min(spent, priced), cfg.cost_budget,
+                 n_finalist_candidates(cfg.n_finalists, n_base, len(cfg.lr_grid)), cfg.eta, cfg.lr_test == "range")
+    atomic_write_text(path, json.dumps({"key": key, "sizes": new.to_dict()}, indent=1))
+    return new
 
 
 def best_baseline(ranked: list, z: float, order: tuple[str, ...]):
@@ -152,7 +248,8 @@ def start_loss(search, rows) -> float:
     return start if prior is None else min(start, prior)
 
 
-def without_signal(search, study, scoring, best, rows, order: tuple[str, ...], lr_tested: bool = False):
+def without_signal(search, study, scoring, best, rows, order: tuple[str, ...], lr_tested: bool = False,
+                   start: float | None = None):
     """(fallback trial or None, report lines).  The start is the lower of the untrained model's
     held-out loss and the labels' prior (learning the class frequencies is no signal); when the
     finalists' best baseline of the last rung (or, with none there, the chosen finalist) has not
@@ -160,11 +257,11 @@ def without_signal(search, study, scoring, best, rows, order: tuple[str, ...], l
     their order is noise (a plan with adapters next to the head lowers the loss first, a lead
     that did not hold over full runs): the search then returns the preferred baseline (``order``),
     as a finalist (whatever rung the noise cut it at) or else as scored on the shared weights.
-    ``lr_tested``: the lr stage will test the fallback's rate."""
+    ``lr_tested``: the lr stage will test the fallback's rate.  ``start``: the start, if known."""
     cfg = search.cfg
     if best is None or cfg.min_progress <= 0:
         return None, []
-    start = start_loss(search, rows)
+    start = start_loss(search, rows) if start is None else start
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "rung" in t.user_attrs]
     last = max((t.user_attrs["rung"] for t in trials), default=None)
     ranked = sorted((t for t in trials if is_baseline(t)),

@@ -1,5 +1,6 @@
 """Several workers (and resumed runs) on one study: who runs a trial, which plan a retried or
-interrupted trial trains, and which RUNNING trials are dead.
+interrupted trial trains, and which RUNNING trials are dead; and the jobs through which the
+workers of the weight-sharing search split its stages (run_round; weight_sharing.py).
 
 A trial is tagged with its worker (host, pid, process start time) and its plan seed.  RDB storages
 have Optuna's heartbeats; a journal has none, so a RUNNING trial there is dead only when its
@@ -7,13 +8,17 @@ worker was on this host and that process is gone.  No function here fails a live
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import warnings
 import socket
 import time
+import warnings
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 WORKER_ATTR, PLAN_SEED_ATTR = "worker", "plan_seed"
@@ -100,7 +105,9 @@ def fail_dead_trials(study: optuna.Study, untagged_after_s: float = 60.0) -> lis
     an RDB storage, a gone process of this host on a journal, or no worker tag long after the
     start (killed between ask and tag).  Trials of live or unknown workers stay RUNNING."""
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats (a journal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats (a journal)
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         tag = worker_of(t)
@@ -109,23 +116,6 @@ def fail_dead_trials(study: optuna.Study, untagged_after_s: float = 60.0) -> lis
             _fail_and_retry(study, t)
     after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     return sorted(before - after)
-
-
-def ask_tagged(study: optuna.Study) -> optuna.Trial:
-    """``study.ask()`` with this worker's tag, for stages that ask and tell trials themselves."""
-    trial = study.ask()
-    trial.set_user_attr(WORKER_ATTR, this_worker(trial.number))
-    return trial
-
-
-def fail_dead_running(study: optuna.Study) -> list[int]:
-    """Fail (no retry: the stage re-runs its own work) the RUNNING trials of dead or untagged
-    workers of this host; a live worker's trial is never touched."""
-    dead = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if worker_of(t) is None or worker_alive(worker_of(t)) is False]
-    for n in dead:
-        study.tell(n, state=TrialState.FAIL)
-    return dead
 
 
 def drain(study: optuna.Study, run_waiting, poll_s: float, grace_s: float) -> None:
@@ -152,3 +142,193 @@ def drain(study: optuna.Study, run_waiting, poll_s: float, grace_s: float) -> No
                   "not in this worker's plan")
             return
         time.sleep(poll_s)
+
+
+# ---- jobs: work that the workers of one study do once between them -------------------------
+# A stage's work is a round of jobs, each a trial keyed by JOB_ATTR: queued (WAITING) once under a
+# lock, popped by one worker (Optuna's WAITING -> RUNNING is atomic on journal and RDB storages),
+# and queued again when its worker dies.  A round's next one is a function of the study alone, so
+# every worker computes the same plan of work whatever worker ran what.
+JOB_ATTR = "job"
+
+
+@dataclass
+class Job:
+    key: str
+    attrs: dict = field(default_factory=dict)
+    params: dict | None = None  # with their distributions: what Optuna shows for the trial
+    distributions: dict | None = None
+
+
+def lock_name(name: str) -> str:
+    return f"{name}.lock"
+
+
+def round_kw(cfg, name: str) -> dict:
+    """run_round's settings for a search: a quick poll (a worker waits on others at every round),
+    dead workers' trials failed after two heartbeats."""
+    return {"lock": lock_name(name), "poll_s": min(1.0, cfg.heartbeat_s), "grace_s": 2 * cfg.heartbeat_s}
+
+
+@contextlib.contextmanager
+def storage_lock(storage, name: str, poll_s: float = 0.05, stale_s: float = 60.0):
+    """A mutex over every worker of ``storage``: the study ``name`` exists while it is held
+    (creating a study is atomic: one creator wins).  Held only for a check and a few writes, so
+    a lock whose worker is gone, or that stays for ``stale_s``, is broken (deleted by its id: a
+    newer lock of the same name is not touched)."""
+    seen: dict[int, float] = {}
+    while True:
+        try:
+            sid = storage.create_new_study([StudyDirection.MINIMIZE], name)
+            storage.set_study_user_attr(sid, WORKER_ATTR, this_worker(-1))
+            break
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+        except KeyError:  # broken as stale between the two writes: try again
+            continue
+        try:
+            held = storage.get_study_id_from_name(name)
+            tag = storage.get_study_user_attrs(held).get(WORKER_ATTR)
+        except KeyError:  # released meanwhile
+            continue
+        if worker_alive(tag) is False or time.time() - seen.setdefault(held, time.time()) > stale_s:
+            _delete_study(storage, held)
+        else:
+            time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        _delete_study(storage, sid)
+
+
+def _delete_study(storage, sid: int) -> None:
+    try:
+        storage.delete_study(sid)
+    except KeyError:  # deleted by another worker
+        pass
+
+
+def job_states(study: optuna.Study, keys) -> tuple[dict[str, FrozenTrial | None], set[str], set[str]]:
+    """(done: key -> its COMPLETE trial, or None when it failed by itself (an ``error``, as a NaN
+    loss); pending: keys queued or running; missing: keys with neither, never queued or whose
+    worker died)."""
+    keys, done, pending = set(keys), {}, set()
+    for t in study.get_trials(deepcopy=False):
+        k = t.user_attrs.get(JOB_ATTR)
+        if k not in keys:
+            continue
+        if t.state == TrialState.COMPLETE:
+            done.setdefault(k, t)
+        elif t.state == TrialState.FAIL and "error" in t.user_attrs:
+            done.setdefault(k, None)
+        elif t.state in (TrialState.WAITING, TrialState.RUNNING):
+            pending.add(k)
+    pending -= set(done)
+    return done, pending, keys - set(done) - pending
+
+
+def enqueue_missing(study: optuna.Study, jobs: list[Job], lock: str) -> None:
+    """Queue the jobs that have no trial queued, running or done: once, under the lock."""
+    with storage_lock(study._storage, lock):
+        _, _, missing = job_states(study, [j.key for j in jobs])
+        for j in jobs:
+            if j.key in missing:
+                study.add_trial(optuna.trial.create_trial(
+                    state=TrialState.WAITING, params=j.params, distributions=j.distributions,
+                    user_attrs={**j.attrs, JOB_ATTR: j.key}))
+
+
+def pop_job(study: optuna.Study, key: str) -> optuna.Trial | None:
+    """The queued trial of job ``key``, now RUNNING for this worker, or None (another took it)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if t.user_attrs.get(JOB_ATTR) != key:
+            continue
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        trial = optuna.Trial(study, t._trial_id)
+        trial.set_user_attr(WORKER_ATTR, this_worker(trial.number))
+        return trial
+    return None
+
+
+@contextlib.contextmanager
+def heartbeat(trial: optuna.Trial):
+    """Optuna's heartbeats for a popped trial on an RDB storage (``study.optimize`` sends them for
+    its own trials): a worker that dies on another host is noticed when they stop."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with get_heartbeat_thread(trial._trial_id, trial.storage):
+        yield
+
+
+def run_round(study: optuna.Study, jobs: list[Job], run, *, lock: str, poll_s: float = 1.0,
+              grace_s: float = 60.0) -> dict[str, FrozenTrial | None]:
+    """Every job of ``jobs`` done once by the workers of ``study``: this worker runs one queued job
+    at a time (``run(job)`` pops it with pop_job, trains or scores, and tells its trial), waits
+    while others run the rest, fails the trials of dead workers and queues their jobs again.
+    Returns each key's COMPLETE trial (None: it failed by itself), when all are done."""
+    by_key = {j.key: j for j in jobs}
+    while True:
+        fail_dead_trials(study, untagged_after_s=grace_s)
+        done, pending, missing = job_states(study, by_key)
+        if missing:
+            enqueue_missing(study, [by_key[k] for k in sorted(missing, key=list(by_key).index)], lock)
+            continue
+        if not pending:
+            return done
+        queued = {t.user_attrs.get(JOB_ATTR) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+        job = next((j for j in jobs if j.key in pending and j.key in queued), None)
+        if job is not None:
+            run(job)
+        else:
+            time.sleep(poll_s)
+
+
+def decide_once(study: optuna.Study, key: str, compute, lock: str):
+    """A value that every worker of ``study`` must use alike (it steers what they run): a worker
+    that finds none stored computes one, the first stored (under the lock) is the one all use, a
+    resume included.  JSON, as a study attribute."""
+    value = study.user_attrs.get(key)
+    if value is None:
+        mine = json.loads(json.dumps(compute()))
+        with storage_lock(study._storage, lock):
+            value = study.user_attrs.get(key)
+            if value is None:
+                study.set_user_attr(key, mine)
+                value = mine
+    return value
+
+
+def write_once(search, stages: optuna.Study, name: str, finish):
+    """``finish()`` (what follows the finalists: the lr stage, then plan.json and the report; it
+    returns the SearchResult) run by one worker of the study, a job like any other; the others
+    wait for it and return its result from the study, writing plan.json where their -o lacks it
+    (a worker on another machine)."""
+    from ..plan import Plan
+    from .config import SearchResult
+
+    mine = {}
+
+    def run(job):
+        trial = pop_job(stages, "report")
+        if trial is None:
+            return
+        with heartbeat(trial):
+            res = mine["res"] = finish()
+            trial.set_user_attr("result", {"plan": res.plan.to_dict(), "best_value": res.best_value,
+                                           "counts": [res.n_complete, res.n_pruned, res.n_failed]})
+            stages.tell(trial, res.best_value if res.best_value == res.best_value else float("inf"))
+
+    done = run_round(stages, [Job("report")], run, **round_kw(search.cfg, name))
+    if "res" in mine:
+        return mine["res"]
+    got = done["report"].user_attrs["result"]
+    plan, path = Plan.from_dict(got["plan"]), search.out / "plan.json"
+    if not path.is_file():
+        plan.save(path)
+    return SearchResult(plan=plan, plan_path=path, best_value=got["best_value"], n_complete=got["counts"][0],
+                        n_pruned=got["counts"][1], n_failed=got["counts"][2], stage_seconds=dict(search.stage_seconds),
+                        cost=plan.provenance.get("search_cost", {}))

@@ -1,5 +1,6 @@
 """Training a plan on transformers.Trainer: configuration (config.py), the trainer and ``train``
-(trainer.py), callbacks, outputs, precision, dynamic allocation and helpers (support.py)."""
+(trainer.py), callbacks, outputs, precision, dynamic allocation, several processes (distributed.py)
+and helpers (support.py)."""
 from .config import NonFiniteLoss, TrainConfig, TrainResult
 from .lr_range import RangeTest, lr_range_test, plot_range_test
 from .outputs import final_plan, merge_and_save

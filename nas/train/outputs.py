@@ -71,7 +71,8 @@ def write_outputs(model: nn.Module, plan: Plan, data, result: TrainResult, out: 
         _log(logger, "enable counts: %s, heatmap: %s", j, png)
     if export_peft and is_pure_lora(final):
         result.peft_dir = str(write_peft(model, final, out / "peft_adapter", task_type=data.task_type))
-        _log(logger, "PEFT adapter: %s", result.peft_dir)
+        _log(logger, "PEFT adapter: %s%s", result.peft_dir, "" if final.pooling == "cls" else
+             f" (its head reads the {final.pooling} of the tokens: load it as its README.md says)")
     if merge:
         result.merge_report = merge_and_save(model, final, out / "merged", data.tokenizer, logger, data=data,
                                              result=result)

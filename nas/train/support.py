@@ -15,6 +15,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from search_spaces.attach import adapters, shortcut_set
 
+from .distributed import is_main_process
+
 
 # ---- memory -------------------------------------------------------------------------------
 def rss_bytes() -> int:
@@ -87,7 +89,8 @@ def warn_over_budget(plan, used: int, log: logging.Logger) -> None:
         msg = (f"warning: the plan switches on {used:,} adapter parameters, over its own budget of "
                f"{budget:,} ({(plan.budget or {}).get('spec', '?')}); training it anyway (re-run more-search "
                f"for a plan within budget, or --allocation dynamic to keep to it)")
-        print(msg, file=sys.stderr, flush=True)
+        if is_main_process():  # DDP: once, not once per rank
+            print(msg, file=sys.stderr, flush=True)
         log.info(msg)
 
 

@@ -30,12 +30,14 @@ from search_spaces.attach import adapters, shortcut_set
 
 from ..data.taskdata import row_lengths
 from ..errors import UserError
+from ..heads import set_pooling
 from ..inject import apply_plan, save_adapted
 from ..io import atomic_write_text
 from ..models import load_model, load_tokenizer
 from ..plan import Plan
 from .callbacks import DynamicAllocation, EvaluateAtEnd, OnEval, ResumeState, StepStats
 from .config import NonFiniteLoss, TrainConfig, TrainResult
+from .distributed import start_processes, steps_per_epoch, sum_over_ranks, world_size
 from .dynamic import DynamicAllocator
 from .evaluate import evaluate_model
 from .outdir import (AtomicCheckpoints, Claim, check_output_dir, last_complete_checkpoint, remove_incomplete,
@@ -81,8 +83,9 @@ class AdapterTrainer(AtomicCheckpoints, transformers.Trainer):
         if self.args.train_sampling_strategy != "group_by_length" or \
                 "input_ids" not in (getattr(ds, "column_names", None) or ()):  # not a datasets.Dataset
             return super()._get_train_sampler(train_dataset)
-        return GroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                              row_lengths(ds), self.args.max_steps)
+        # Groups of a whole step's rows, every rank's (DDP splits them): N processes see one's rows.
+        step_rows = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return GroupedSampler(step_rows, row_lengths(ds), self.args.max_steps)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if os.environ.get(STEP_PAUSE_ENV):
@@ -100,8 +103,10 @@ class AdapterTrainer(AtomicCheckpoints, transformers.Trainer):
         bs = self.args.per_device_eval_batch_size
         metrics = evaluate_model(model, self.data, bs, self.args.device, self.autocast_smart_context_manager())
         s = self.state.global_step
+        # DDP: the loss of every rank's micro-batches (each rank evaluates the same weights)
+        loss_sum, loss_n = sum_over_ranks(self.accelerator, self._loss_sum, self._loss_n)
         entry = {"step": s, "epoch": round(self.state.epoch or 0.0, 4), **metrics,
-                 "train_loss": self._loss_sum / max(self._loss_n, 1e-9), "lr": self._get_learning_rate()}
+                 "train_loss": loss_sum / max(loss_n, 1e-9), "lr": self._get_learning_rate()}
         self._loss_sum, self._loss_n = 0.0, 0
         self.history.append(entry)
         out = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
@@ -132,8 +137,7 @@ class AdapterTrainer(AtomicCheckpoints, transformers.Trainer):
 
 def training_args(cfg: TrainConfig, out: str, n_train: int, device: torch.device, *,
                   unused_params: bool) -> transformers.TrainingArguments:
-    per_epoch = max(1, math.ceil(math.ceil(n_train / cfg.per_device_train_batch_size)
-                                 / cfg.gradient_accumulation_steps))
+    per_epoch = steps_per_epoch(n_train, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps)
     every = cfg.eval_steps or per_epoch
     saving = cfg.output_dir is not None
     return transformers.TrainingArguments(
@@ -171,9 +175,12 @@ def setup(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
     log.info("task %s: %s (%s; main metric %s)", data.name, data.source, data, data.main_metric)
     if model is None:
         set_seed(cfg.seed)
-        model = load_model(name, task_type=data.task_type, num_labels=data.num_labels, revision=revision)
+        model = load_model(name, task_type=data.task_type, num_labels=data.num_labels, revision=revision,
+                           pooling=plan.pooling)
     elif adapters(model) or shortcut_set(model) is not None:
         raise ValueError("train(model=...) expects a base model without adapters")
+    elif data.task_type != "causal_lm":
+        set_pooling(model, plan.pooling)  # a caller's model reads what the plan says (no-op when it does)
     if data.task_type == "causal_lm" and not is_causal_lm(model):
         raise UserError(f"task {data.name!r} is causal-LM data (prompt/response) but the model "
                         f"{type(model).__name__} has no language-model head")
@@ -204,6 +211,7 @@ def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=No
     cfg.validate()
     device = resolve_device(cfg.device)  # before anything loads
     check_precision(device, cfg.bf16, cfg.fp16)
+    start_processes(device)  # DDP: rank known before loading (its messages), steps per epoch
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     log = logger or logging.getLogger("nas.train")
@@ -221,7 +229,7 @@ def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=No
     cbs.append(resume)
     if allocator is not None:
         collate, keys = data.collator(), forward_keys(model)
-        bs = cfg.per_device_train_batch_size
+        bs = cfg.per_device_train_batch_size * world_size()  # DDP: every rank scores all ranks' rows
 
         def scoring_batches(step: int) -> list[dict]:
             g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
@@ -236,9 +244,9 @@ def prepare(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=No
                     batches.append({k: v.to(dev) for k, v in collate(rows).items() if keys is None or k in keys})
             return batches
 
-        steps_per_epoch = math.ceil(len(data.train) / bs / cfg.gradient_accumulation_steps)
-        cbs.append(DynamicAllocation(allocator, scoring_batches,
-                                     max(1, round(cfg.dynamic_every * steps_per_epoch)), log))
+        per_epoch = steps_per_epoch(len(data.train), cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps)
+        every = max(1, round(cfg.dynamic_every * per_epoch))
+        cbs.append(DynamicAllocation(allocator, scoring_batches, every, log))
     trainer = AdapterTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                              data_collator=data.collator(), callbacks=cbs + list(callbacks or []),
                              data=data, history=history)
@@ -256,6 +264,7 @@ def trainer_for(model: nn.Module, data, cfg: TrainConfig, callbacks: list | None
     a head-only baseline), so baselines train in exactly the same loop as plans."""
     device = resolve_device(cfg.device)
     check_precision(device, cfg.bf16, cfg.fp16)
+    start_processes(device)
     stats = StepStats(device)
     out = cfg.output_dir or tempfile.mkdtemp(prefix="more-train-")
     args = training_args(cfg, out, len(data.train), device, unused_params=False)
@@ -292,13 +301,16 @@ def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
     Raises NonFiniteLoss on a NaN/inf loss.  With ``merge=True`` the model is merged in place.
     """
     cfg.validate()
-    check_precision(resolve_device(cfg.device), cfg.bf16, cfg.fp16)  # before anything loads or is written
+    device = resolve_device(cfg.device)
+    check_precision(device, cfg.bf16, cfg.fp16)  # before anything loads or is written
     out = Path(cfg.output_dir) if cfg.output_dir else None
     if out is not None:
         check_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite_output_dir)
         claim = Claim(out)
+    # DDP: the ranks meet after checking the folder; the main one alone writes and logs
+    main = start_processes(device)
     # train.log is held in memory until the run has passed its checks: a failed start writes nothing
-    logger = run_logger(out, cfg.progress, deferred=True)
+    logger = run_logger(out if main else None, cfg.progress and main, deferred=True)
     trainer, attempts, log_open = None, Attempts(cfg, model), False
     try:
         ckpt = last_complete_checkpoint(out) if out is not None and cfg.resume else None
@@ -312,7 +324,8 @@ def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
                 for name in (remove_incomplete(out) if trainer.args.should_save else []):
                     logger.info("removed %s: a checkpoint whose write was cut short", name)
                 logger.info("resuming from %s", ckpt)
-            elif out is not None and cfg.overwrite_output_dir and run_contents(out):
+            elif out is not None and cfg.overwrite_output_dir and trainer.args.should_save \
+                    and run_contents(out):  # DDP: rank 0 removes it
                 logger.info("--overwrite_output_dir: removing the earlier run in %s", out)
                 remove_outputs(out)
                 remove_incomplete(out)
@@ -350,8 +363,9 @@ def train(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
     except BaseException as e:
         if out is not None:
             kept = claim.new_checkpoint() or (last_complete_checkpoint(out) if cfg.resume else None)
-            if kept is None:
-                claim.rollback()  # nothing to resume: remove what this command wrote, nothing else
+            if kept is None:  # nothing to resume: remove what this command wrote, nothing else
+                if main:  # (DDP: rank 0 wrote it)
+                    claim.rollback()
             elif isinstance(e, KeyboardInterrupt):
                 raise Interrupted(f"interrupted; {kept} is kept: continue with --resume "
                                   f"--output_dir {out}") from None

@@ -178,3 +178,66 @@ def test_freed_finalist_steps_go_to_the_survivors_then_to_the_lr_stage(monkeypat
     _, ranked, unspent = finalists.run_finalists(SimpleNamespace(cfg=cfg), None, fins[:2], InMemoryStorage(), "s",
                                                  None, 120)
     assert seen == [("a", 0, 20), ("b", 0, 20)] and unspent == 80 and ranked[0].user_attrs["cid"] == "a"
+
+
+def test_an_overpriced_stage_leaves_its_steps_to_the_finalists_and_the_lr_stage():
+    """Sized again from what the stages before them cost: cheaper than priced frees steps for the
+    finalists and the lr stage; spending all that was priced changes nothing."""
+    from nas.search.cost import FORWARD_COST, SUPERNET_STEP_COST, resize
+
+    kw = dict(batch_size=16, epochs=3, cost_budget=0.5, supernet_share=0.2, scoring_share=0.05, eval_rows=128,
+              n_finalists=8, rungs=2, eta=2, proxy_batches=1, min_scored=5, n_candidates=400)
+    planned = size_stages(n_train=3668, lr_stage=True, **kw)
+    priced = planned.proxy_cost + planned.supernet_steps * SUPERNET_STEP_COST \
+        + planned.scored_plans * planned.scoring_batches * FORWARD_COST
+    same = resize(planned, priced, 0.5, 8, 2, True)
+    assert dataclasses.replace(same, spent_before_finalists=None) == planned
+    cheap = resize(planned, priced - 100, 0.5, 8, 2, True)
+    freed = cheap.finalist_step_budget + cheap.planned_by_stage()["lr"] * cheap.full_run_steps \
+        - planned.finalist_step_budget - planned.planned_by_stage()["lr"] * planned.full_run_steps
+    assert cheap.spent_before_finalists == round(priced - 100, 2)
+    assert 100 - cheap.finalists * 2 * (planned.finalist_eval_batches * FORWARD_COST + 12) <= freed <= 100 + 1
+    later = sum(v for k, v in cheap.planned_by_stage().items() if k in ("finalists", "lr"))
+    assert later <= 0.5 - (priced - 100) / cheap.full_run_steps + 1e-9  # spent, not added
+
+
+def test_the_finalists_stop_when_their_leader_has_not_left_the_start(monkeypatch, tmp_path):
+    """With somewhere better to spend them (stop_above given), the later rungs' steps come back
+    unspent when the first rung's leader is not below the line; below it, the rungs go on."""
+    from types import SimpleNamespace
+
+    from optuna.storages import InMemoryStorage
+
+    from nas.search import finalists
+
+    seen = []
+
+    def train_one(search, shared, study, f, rung, steps, data, rows):
+        seen.append((f.cid, rung, steps))
+        trial = study.ask()
+        for k, v in {"cid": f.cid, "rung": rung, "steps": steps, "rows": [0.6 + rung * 0.01] * 8}.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, 0.6)
+        return study.get_trials(deepcopy=False)[-1]
+
+    monkeypatch.setattr(finalists, "_train_one", train_one)
+    monkeypatch.setattr(finalists, "train_part", lambda search: None)
+    fins = [finalists.Finalist(c, c, None, 1e-3, 0.7) for c in "ab"]
+    search = SimpleNamespace(cfg=search_config(tmp_path, tmp_path / "out"), finalists_stopped=None)
+    _, ranked, unspent = finalists.run_finalists(search, None, fins, InMemoryStorage(), "s", None, 120, 0.6)
+    assert [r for _, r, _ in seen] == [0, 0] and unspent == 80 and search.finalists_stopped == (0, 0.6)
+    seen.clear()
+    _, _, unspent = finalists.run_finalists(search, None, fins, InMemoryStorage(), "s", None, 120, 0.61)
+    assert [r for _, r, _ in seen] == [0, 0, 1, 1] and unspent == 0
+
+
+def test_a_resumed_search_keeps_the_finalists_measured_sizes(searched):
+    """The finalists are sized once from the measured cost and that size is kept (stage_sizes.json):
+    a resume, whose earlier stages reload in seconds, must not size them again (it would retrain
+    every finished finalist at another length)."""
+    from nas.search.weight_sharing import SIZES_FILE
+
+    cfg, res, out = searched
+    saved = json.loads((out / SIZES_FILE).read_text())["sizes"]
+    assert saved["spent_before_finalists"] is not None
+    assert res.cost["stage_sizes"]["finalist_step_budget"] == saved["finalist_step_budget"]

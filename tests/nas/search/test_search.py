@@ -59,6 +59,22 @@ def test_search_respects_budget_and_writes_outputs(setup, tmp_path):
     assert plan.provenance["proxy"] and "trial" in plan.provenance
 
 
+def test_the_plan_records_the_pooling_its_model_declares(setup, tmp_path):
+    """--pooling auto: the first token for a model that declares nothing, the mean for a folder whose
+    1_Pooling/config.json says so (as the packaged MiniLM's), and the trials train with it."""
+    import json
+    import shutil
+
+    run_search(config(setup, tmp_path / "plain", n_trials=1))
+    assert Plan.load(tmp_path / "plain" / "plan.json").pooling == "cls"
+    declared = tmp_path / "model"
+    shutil.copytree(setup / "model", declared)
+    (declared / "1_Pooling").mkdir()
+    (declared / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    run_search(config(setup, tmp_path / "mean", n_trials=1, model=str(declared)))
+    assert Plan.load(tmp_path / "mean" / "plan.json").model["pooling"] == "mean"
+
+
 def test_same_seed_same_plan(setup, tmp_path):
     a = run_search(config(setup, tmp_path / "a", n_trials=3, pruner="none"))
     b = run_search(config(setup, tmp_path / "b", n_trials=3, pruner="none"))
