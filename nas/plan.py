@@ -29,6 +29,7 @@ from search_spaces.attach import split_choice
 from search_spaces.shortcuts import SHORTCUT_DEFAULTS, parse_shortcut_key, shortcut_params
 
 from .errors import PlanError, UserError
+from .heads import POOLINGS
 from .io import atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -77,8 +78,8 @@ class Plan:
             sections[k] = d[k] if isinstance(d.get(k), dict) else {}
         if not isinstance(sections["model"].get("name_or_path"), str):
             problems.append("model.name_or_path is missing: the plan must say which model it is for")
-        if sections["model"].get("pooling", "cls") not in ("cls", "mean"):
-            problems.append(f"model.pooling is {sections['model']['pooling']!r}; expected 'cls' or 'mean'")
+        if sections["model"].get("pooling", "cls") not in POOLINGS[1:]:
+            problems.append(f"model.pooling is {sections['model']['pooling']!r}; expected one of {POOLINGS[1:]}")
         tp = d.get("trainable_params")
         if tp is not None and (isinstance(tp, bool) or not isinstance(tp, int) or tp < 0):
             problems.append(f"trainable_params must be a non-negative integer, got {tp!r}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.spec import TaskSpec
+from ..heads import POOLINGS
 from ..options import float_list, option
 from ..plan import Plan
 from .study import PRUNERS, SAMPLERS
@@ -26,7 +27,7 @@ class SearchConfig(TaskSpec):
     pooling: str = option("auto", "what the task head reads: auto = the pooling the checkpoint declares "
                           "(1_Pooling/config.json of sentence-transformers models: the packaged minilm and mpnet "
                           "read the mean of the tokens), else the first token; cls; mean",
-                          choices=["auto", "cls", "mean"])
+                          choices=list(POOLINGS))
     budget: str = option("0.1%", "trainable adapter+shortcut parameters: a percentage of the base model "
                              "('0.1%%') or a count ('200k', '1.5M'); the task head is not counted")
     space: str = option("default", "search space: default, lora, more, surm, heterolora, or a JSON file")

@@ -44,7 +44,7 @@ from ..io import atomic_write_text
 from ..train.precision import resolve_device
 from ..train.stall import constant_loss
 from .config import PLAN_ATTR
-from .cost import FORWARD_COST, SUPERNET_STEP_COST, StageSizes, resize, size_stages
+from .cost import SUPERNET_STEP_COST, StageSizes, resize, size_stages
 from .study import check_study_settings, study_settings
 from .workers import decide_once, lock_name, write_once
 from .finalists import is_baseline, n_finalist_candidates, pick_finalists, preference, run_finalists
@@ -171,10 +171,12 @@ def agreed_sizes(search, stages, scoring, sizes: StageSizes, meta: dict, n_base:
     """(the finalists' sizes, the start loss or None), decided once for all the workers of the
     study (workers.decide_once), since both steer the rungs' cuts.  Measured as the compute the
     stages before took: the super-network's training and the scoring trials' own times, which
-    several workers shared (one worker's wall time over them would under-count it)."""
+    several workers shared (one worker's wall time over them would under-count it).  The study
+    keeps them, so a resumed search (its earlier stages reloaded in seconds) trains its finalists
+    for the same steps and reuses every finished trial; SIZES_FILE shows them in the output."""
     cfg = search.cfg
-    key = "sizes " + hashlib.sha1(json.dumps([sizes.to_dict(), meta.get("fingerprint")], sort_keys=True)
-                                  .encode()).hexdigest()[:12]
+    planned = [sizes.to_dict(), meta.get("fingerprint")]
+    key = "sizes " + hashlib.sha1(json.dumps(planned, sort_keys=True).encode()).hexdigest()[:12]
 
     def decide():
         own = search.stage_seconds
@@ -188,33 +190,21 @@ def agreed_sizes(search, stages, scoring, sizes: StageSizes, meta: dict, n_base:
 
     got = decide_once(stages, key, decide, lock_name(cfg.study or "more-search"))
     agreed = StageSizes(**got["sizes"])
-    path = search.out / SIZES_FILE  # as measured_sizes keeps it, with the value all workers use
-    atomic_write_text(path, json.dumps({"key": [sizes.to_dict(), meta.get("fingerprint")],
-                                        "sizes": agreed.to_dict()}, indent=1))
+    atomic_write_text(search.out / SIZES_FILE, json.dumps({"key": planned, "sizes": agreed.to_dict()}, indent=1))
     return agreed, got["start"]
 
 
-def measured_sizes(search, sizes: StageSizes, meta: dict, n_base: int, seconds: dict | None = None) -> StageSizes:
-    """The finalists' and the lr stage's sizes from what the stages before them cost (cost.resize),
-    counted at most as priced: an overrun is reported, not taken from the stages that compare real
-    training.  Kept in SIZES_FILE so that a resumed search (its earlier stages reloaded in seconds)
-    trains its finalists for the same steps and reuses every finished trial.  ``seconds``: each
-    stage's time (default: this worker's, search.stage_seconds)."""
-    cfg, path = search.cfg, search.out / SIZES_FILE
-    seconds = search.stage_seconds if seconds is None else seconds
-    key = [sizes.to_dict(), meta.get("fingerprint")]
-    if cfg.resume and path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
-            return StageSizes(**saved["sizes"])
+def measured_sizes(search, sizes: StageSizes, meta: dict, n_base: int, seconds: dict) -> StageSizes:
+    """The finalists' and the lr stage's sizes from what the stages before them cost (cost.resize;
+    ``seconds``: each stage's time), counted at most as priced: an overrun is reported, not taken
+    from the stages that compare real training."""
+    cfg = search.cfg
     plan_step_s = meta["step_time_s"] / SUPERNET_STEP_COST
-    priced = sizes.proxy_cost + sizes.supernet_steps * SUPERNET_STEP_COST \
-        + sizes.scored_plans * sizes.scoring_batches * FORWARD_COST
-    spent = sum(seconds.get(k, 0.0) for k in ("proxy", "supernet", "scoring")) / plan_step_s
-    new = resize(sizes, min(spent, priced), cfg.cost_budget,
-                 n_finalist_candidates(cfg.n_finalists, n_base, len(cfg.lr_grid)), cfg.eta, cfg.lr_test == "range")
-    atomic_write_text(path, json.dumps({"key": key, "sizes": new.to_dict()}, indent=1))
-    return new
+    before = ("proxy", "supernet", "scoring")
+    priced = sum(v for k, v in sizes.planned_by_stage().items() if k in before) * sizes.full_run_steps
+    spent = sum(seconds.get(k, 0.0) for k in before) / plan_step_s
+    return resize(sizes, min(spent, priced), cfg.cost_budget,
+                  n_finalist_candidates(cfg.n_finalists, n_base, len(cfg.lr_grid)), cfg.eta, cfg.lr_test == "range")
 
 
 def best_baseline(ranked: list, z: float, order: tuple[str, ...]):

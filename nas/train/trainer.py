@@ -179,7 +179,7 @@ def setup(plan: Plan, cfg: TrainConfig, *, model=None, tokenizer=None, data=None
                            pooling=plan.pooling)
     elif adapters(model) or shortcut_set(model) is not None:
         raise ValueError("train(model=...) expects a base model without adapters")
-    elif data.task_type != "causal_lm":
+    else:
         set_pooling(model, plan.pooling)  # a caller's model reads what the plan says (no-op when it does)
     if data.task_type == "causal_lm" and not is_causal_lm(model):
         raise UserError(f"task {data.name!r} is causal-LM data (prompt/response) but the model "
