@@ -53,7 +53,11 @@ class TaskSpec:
         fields = {"name": data.name, "task_type": data.task_type, "num_labels": data.num_labels,
                   "main_metric": data.main_metric, "data_dir": self.data_dir,
                   "train_file": self.train_file, "validation_file": self.validation_file,
-                  "text_columns": list(data.text_columns) or None, "label_column": data.label_column}
+                  "text_columns": list(data.text_columns) or None, "label_column": data.label_column,
+                  # a subset the plan was searched on is the training its cost was counted against
+                  "max_train_samples": self.max_train_samples, "max_eval_samples": self.max_eval_samples}
+        if self.max_train_samples or self.max_eval_samples:
+            fields["data_seed"] = self.data_seed
         return {k: v for k, v in fields.items() if v is not None}
 
     @classmethod

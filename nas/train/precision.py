@@ -10,6 +10,8 @@ the host and put back at the end, so outputs and merges use the exact base.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -36,7 +38,19 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX); without it torch emulates
+    bf16 matrix products, far slower than fp32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def check_precision(device: torch.device, bf16: bool, fp16: bool) -> None:
+    if bf16 and device.type == "cpu" and not native_cpu_bf16():
+        logging.getLogger("nas").warning(
+            "bf16 on a CPU without native bfloat16 (no AVX-512 BF16 or AMX; torch's CPU kernels: %s): steps "
+            "run several times slower than fp32 (13x on a 2-core AVX2 machine, benchmarks/results/"
+            "model_cost_bf16.md); drop --bf16 here", torch.backends.cpu.get_cpu_capability())
     if fp16 and device.type != "cuda":
         raise UserError("fp16 mixed precision needs a CUDA GPU (its loss scaling is CUDA's); "
                         "on a CPU use --bf16")

@@ -112,16 +112,22 @@ def test_killed_worker_trial_retried_once_with_the_same_plan(files, postgres_url
 def test_resume_on_a_shared_study_never_fails_a_live_workers_trial(files, tmp_path, request, kind):
     url = request.getfixturevalue("postgres_url") if kind == "postgres" else f"journal:{tmp_path / 'shared.journal'}"
     study = f"s-{uuid.uuid4().hex[:8]}"
-    # 3000 steps (~20 s): the live trial must outlast the resumed worker's start-up (~6 s on 2
-    # busy cores; with 1000 steps, ~7.5 s, it sometimes finished first and the worker had nothing to do)
-    live = more_search(files, tmp_path / "a", url, study, 1, 3000)
-    running = wait_for_running(url, study, live.pid)
-    resumed = more_search(files, tmp_path / "b", url, study, 1, 4, "--resume")
+    # The live worker's trial is far longer than the test.  Once the resumed worker has finished
+    # its own trial, the live one must still be running, untouched; then the live worker is killed,
+    # so the resumed one's wait for other workers (drain) ends at once instead of after a minute.
+    live = more_search(files, tmp_path / "a", url, study, 1, 10**6)
+    try:
+        running = wait_for_running(url, study, live.pid)
+        resumed = more_search(files, tmp_path / "b", url, study, 1, 4, "--resume")
+        deadline = time.time() + 120
+        while not [t for t in load(url, study) if t.state == TrialState.COMPLETE
+                   and t.user_attrs.get("worker", {}).get("pid") == resumed.pid]:
+            assert time.time() < deadline and resumed.poll() is None, "the resumed worker finished no trial"
+            time.sleep(0.2)
+        ts = load(url, study)
+        assert live.poll() is None, "the live worker exited before the resumed one finished its trial"
+        assert ts[running].state == TrialState.RUNNING  # the live worker's trial was left to it
+    finally:
+        live.kill()
+        live.wait()
     finish(resumed)
-    finish(live)
-    ts = load(url, study)
-    assert ts[running].state == TrialState.COMPLETE  # the live worker's trial was left to it
-    # ... and it was still running when the resumed worker had checked the study and started.
-    started = min(t.datetime_start for t in ts if t.user_attrs.get("worker", {}).get("pid") == resumed.pid)
-    assert started < ts[running].datetime_complete
-    assert not [t for t in ts if t.state == TrialState.FAIL]

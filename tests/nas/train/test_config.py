@@ -47,3 +47,20 @@ def test_every_field_has_help_and_the_cli_takes_both_spellings():
     # a plan's hint can turn a switch on, so each switch can also be turned off
     assert p.parse_args(["--plan", "p", "--no-group_by_length"]).group_by_length is False
     assert p.parse_args(["--plan", "p", "--group-by-length"]).group_by_length is True
+
+
+def test_the_training_subset_a_plan_was_searched_on_is_the_one_it_trains(tmp_path):
+    """A search on --max-train-samples counts its cost against a training on that subset; the plan
+    records it (with the seed that drew it), and more-train's defaults train the same rows."""
+    from nas.data.spec import TaskSpec
+    from nas.models import load_tokenizer
+
+    spec = TaskSpec(task="sst2-sample", max_train_samples=40, data_seed=3)
+    section = spec.plan_section(spec.load(load_tokenizer(None)))
+    assert (section["max_train_samples"], section["data_seed"]) == (40, 3) and "max_eval_samples" not in section
+    plan = Plan(model={}, modules={}, task=section)
+    cfg = TrainConfig.from_plan(plan)
+    assert (cfg.max_train_samples, cfg.data_seed) == (40, 3)
+    assert TrainConfig.from_plan(plan, max_train_samples=20).max_train_samples == 20  # a flag still overrides
+    whole = TaskSpec(task="sst2-sample")
+    assert not {"max_train_samples", "data_seed"} & set(whole.plan_section(whole.load(load_tokenizer(None))))

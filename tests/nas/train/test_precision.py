@@ -96,3 +96,17 @@ def test_cli_bad_device_exits_2(tiny_bert, layout, sentiment, tmp_path, capsys):
     rc = main(["--plan", str(tmp_path / "plan.json"), "--device", "cuda:7" if torch.cuda.is_available()
                else "cuda", "--train_file", str(sentiment[0])])
     assert rc == 2 and "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns_with_the_fix(monkeypatch, caplog, native):
+    from nas.train.precision import check_precision
+
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: native, raising=False)
+    with caplog.at_level("WARNING", logger="nas"):
+        check_precision(torch.device("cpu"), bf16=True, fp16=False)
+        check_precision(torch.device("cpu"), bf16=False, fp16=False)
+    warned = [r.getMessage() for r in caplog.records if "native bfloat16" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)
+    assert native or "drop --bf16" in warned[0]
