@@ -53,9 +53,17 @@ def rule_plan(name: str, model, budget: str = BUDGET):
                                                                   "pooling": pooling_of(model)})
 
 
+def query_value(layout) -> tuple[list[str], int]:
+    """PEFT's targets on query,value (nas.baselines' placement) and their LoRA parameters per rank."""
+    from nas.baselines import placement_modules
+
+    mods = placement_modules(layout, "qv", 0)[1]
+    return [m.name for m in mods], sum(m.d_in + m.d_out for m in mods)
+
+
 def peft_rank(layout, params: int) -> int:
     """PEFT LoRA's rank on query,value nearest ``params`` (ties: the lower)."""
-    per_rank = sum(m.d_in + m.d_out for m in layout.modules if m.role in ("q", "v"))
+    per_rank = query_value(layout)[1]
     return max(1, min(range(1, 65), key=lambda r: (abs(r * per_rank - params), r)))
 
 
@@ -94,10 +102,10 @@ def build(name: str, variant: str, data, budget: str = BUDGET, **overrides):
 
         layout = discover(model)
         r = peft_rank(layout, plan.trainable_params)
-        targets = [m.name for m in layout.modules if m.role in ("q", "v")]
+        targets, per_rank = query_value(layout)
         model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets,
                                                  modules_to_save=None, task_type="SEQ_CLS"))
-        size = r * sum(m.d_in + m.d_out for m in layout.modules if m.role in ("q", "v"))
+        size = r * per_rank
         tr = trainer_for(model, data, TrainConfig(**kw))
         label = f"PEFT LoRA r{r} on query,value"
     else:
