@@ -42,13 +42,13 @@ class Bench:
 
             p = self.proto
             if self._tok is None:
-                self._tok = load_tokenizer(None)
+                self._tok = load_tokenizer(p.model)
             data = load_task(task, self._tok, data_dir=self.data_dir, max_length=p.max_length,
                              max_train_samples=p.train_rows.get(task), max_eval_samples=p.eval_rows,
                              data_seed=0)
             sel = data.holdout(p.holdout, seed=0).subsample(max_eval_samples=p.select_eval_rows, seed=0)
             if self._template is None or self._template.config.num_labels != data.num_labels:
-                self._template = load_model(None, num_labels=data.num_labels, pooling=p.pooling).eval()
+                self._template = load_model(p.model, num_labels=data.num_labels, pooling=p.pooling).eval()
             self._ctx[task] = TaskCtx(task, data, sel, self._tok, self._template,
                                       discover(self._template), base_param_count(self._template),
                                       p, self.runs_dir / task, self.device, self.data_dir)
@@ -256,6 +256,21 @@ class Bench:
                     if rec:
                         rows.append(_row(rec, m, sel["variant"], True, sel["score"], info))
         return rows
+
+
+def grid_pick(bench: Bench, task: str, spec: Spec, run_missing: bool = True) -> tuple[float | None, dict]:
+    """(the rate the protocol picks for ``spec``, its select runs by (variant, lr)): one run per
+    rate of the grid on train less the held-out part, at the protocol's first seed, picked by
+    pick_best; None while a run is missing (``run_missing`` False).  A grid of one rate is that rate."""
+    runs = {}
+    if len(bench.proto.lr_grid) == 1:
+        return bench.proto.lr_grid[0], runs
+    for lr in bench.proto.lr_grid:
+        r, _ = bench.run(task, "select", spec, lr, bench.proto.seeds[0], run_missing)
+        if r is None:
+            return None, runs
+        runs[("", lr)] = r
+    return pick_best(runs)[1], runs
 
 
 def pick_best(runs: dict[tuple[str, float], dict]) -> tuple[str, float]:

@@ -83,9 +83,11 @@ class Protocol:
     select_task: str | None = None
     task_epochs: dict[str, float] = field(default_factory=dict)  # task -> epochs of its final runs
     pooling: str = "cls"  # what every method's task head reads (nas.heads); the searches' too
+    model: str = MODEL  # the packaged model every method trains and the searches search (nas.models)
 
-    def _pooling(self) -> dict[str, Any]:  # in the run keys only when not the first token (older runs' keys)
-        return {} if self.pooling == "cls" else {"pooling": self.pooling}
+    def _keyed(self) -> dict[str, Any]:  # in the run keys only when not the defaults (older runs' keys)
+        return {**({} if self.pooling == "cls" else {"pooling": self.pooling}),
+                **({} if self.model == MODEL else {"model": self.model})}
 
     def epochs_for(self, task: str) -> float:
         return self.task_epochs.get(task, self.epochs)
@@ -101,7 +103,7 @@ class Protocol:
                 "eval_rows": self.eval_rows}
 
     def phase_settings(self, task: str, phase: str) -> dict[str, Any]:
-        common = {**self.data_settings(task), **self._pooling(), "batch_size": self.batch_size,
+        common = {**self.data_settings(task), **self._keyed(), "batch_size": self.batch_size,
                   "warmup": self.warmup_ratio, "wd": self.weight_decay, "sched": self.scheduler,
                   "group_by_length": self.group_by_length}
         if phase == "select":
@@ -111,7 +113,7 @@ class Protocol:
         return {**common, "epochs": self.epochs_for(task), "max_steps": self.final_max_steps}
 
     def search_settings(self, task: str) -> dict[str, Any]:
-        return {**self.data_settings(task), **self._pooling(), "batch_size": self.batch_size, "holdout": self.holdout,
+        return {**self.data_settings(task), **self._keyed(), "batch_size": self.batch_size, "holdout": self.holdout,
                 "holdout_rows": self.select_eval_rows, "trials": self.search_trials,
                 "steps": self.search_steps, "evals": self.search_evals, "epochs": self.epochs_for(task),
                 "group_by_length": self.group_by_length,

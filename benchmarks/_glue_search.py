@@ -82,7 +82,8 @@ def run_or_load_search(ctx: TaskCtx, budget: str, strategy: str | None = None, o
                        n_evals=st["evals"], holdout=st["holdout"], timeout_s=st.get("timeout_s"),
                        group_by_length=st["group_by_length"], trial_eval_samples=st["holdout_rows"],
                        batch_size=st["batch_size"], max_length=st["max_length"], epochs=st["epochs"],
-                       pooling=st.get("pooling", "cls"), progress=False, resume=resumed, data_dir=ctx.data_dir,
+                       pooling=st.get("pooling", "cls"), model=st.get("model"), progress=False, resume=resumed,
+                       data_dir=ctx.data_dir,
                        **{"seed": 0, **(overrides or {})})
     t0 = time.perf_counter()
     res = run_search(cfg, model=fresh_model(ctx, cfg.seed), tokenizer=ctx.tokenizer, data=ctx.data)
@@ -98,6 +99,14 @@ def run_or_load_search(ctx: TaskCtx, budget: str, strategy: str | None = None, o
               "strategy": strategy, "strategy_applied": applied}
     atomic_write_text(done, json.dumps(record, indent=1, default=str))
     return record
+
+
+def content_spec(plan: Plan) -> Spec:
+    """A searched plan as a run spec labelled by its content: the same plan from two searches is
+    one spec, trained once."""
+    spec = spec_from_plan("plan", plan)
+    spec.label = f"plan-{spec.digest[:8]}"
+    return spec
 
 
 def more_search(budget: str, strategy: str | None = None) -> Callable[[TaskCtx, str], Spec]:

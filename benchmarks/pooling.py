@@ -10,7 +10,7 @@ reused: copied when their run key matches).  Methods: the search's plan of the c
 no-signal rule: LoRA r1 on the MLP of layers 1-5, 19.2k parameters) and PEFT LoRA r2 on
 query,value (18.4k), each with the head reading the first token and the mean of the tokens.  Runs
 in benchmarks/.cache/runs/pooling/, packed into benchmarks/results/runs/pooling.tar.xz.
-On 2 CPU cores: ~1 min per SST-2 run, ~5 min per MRPC run.
+On 2 CPU cores: ~2 min per SST-2 run, ~8 min per MRPC run (model_cost.md).
 
     python benchmarks/pooling.py --tasks sst2 mrpc
     python benchmarks/pooling.py --report-only

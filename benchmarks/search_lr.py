@@ -11,7 +11,8 @@ runs, seed 0, as the protocol selects every method's rate), the pick by held-out
 then the plan trained on all of train at the search's rate and at the pick, at that seed, scored on
 dev.  Runs are keyed by content (plan, rate, seed, settings): a plan the searches return twice
 trains its grid once.  Per-run records in benchmarks/.cache/runs/search_lr/, packed into
-benchmarks/results/runs/search_lr.tar.xz.  On 2 CPU cores: ~1 min per SST-2 run, ~5 min per MRPC run.
+benchmarks/results/runs/search_lr.tar.xz.  On 2 CPU cores: ~2 min per SST-2 run, ~8 min per MRPC
+run (model_cost.md).
 
     python benchmarks/search_lr.py --tasks sst2 mrpc --seeds 0 1 2
     python benchmarks/search_lr.py --report-only     # the report from the saved runs
@@ -30,9 +31,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from glue import RESULTS, SEARCH_VS_BASELINES  # noqa: E402
-from _glue_bench import Bench, pick_best  # noqa: E402
-from _glue_methods import spec_from_plan  # noqa: E402
-from _glue_search import run_or_load_search  # noqa: E402
+from _glue_bench import Bench, grid_pick  # noqa: E402
+from _glue_search import content_spec, run_or_load_search  # noqa: E402
 from _runs_archive import publish, runs_dir  # noqa: E402
 from placement_ceiling import paired_p  # noqa: E402
 
@@ -42,13 +42,6 @@ GOAL = 0.3  # points: the search's rate at most this far behind the grid's best,
 
 def search_folder(budget: str, cost_budget: float, seed: int) -> str:
     return f"search_lr_{budget}_x{cost_budget:g}_s{seed}"
-
-
-def plan_spec(plan):
-    """The plan as a run spec labelled by its content (the same plan from two searches is one spec)."""
-    spec = spec_from_plan("plan", plan)
-    spec.label = f"plan-{spec.digest[:8]}"
-    return spec
 
 
 def measure(bench: Bench, task: str, seed: int, budget: str, cost_budget: float, run_missing: bool):
@@ -63,28 +56,35 @@ def measure(bench: Bench, task: str, seed: int, budget: str, cost_budget: float,
                              folder)
     plan = Plan.from_dict(rec["plan"])
     prov = plan.provenance or {}
-    ev, spec = prov.get("lr_evidence") or {}, plan_spec(plan)
+    ev, spec = prov.get("lr_evidence") or {}, content_spec(plan)
     lr_search = float(plan.training["lr"])
-    runs = {}
-    for lr in bench.proto.lr_grid:
-        r, _ = bench.run(task, "select", spec, lr, bench.proto.seeds[0], run_missing)
-        if r is None:
-            return None
-        runs[("", lr)] = r
-    lr_grid = pick_best(runs)[1]
+    lr_grid, runs = grid_pick(bench, task, spec, run_missing)
+    if lr_grid is None:
+        return None
     at_search, _ = bench.run(task, "final", spec, lr_search, seed, run_missing)
     at_grid, _ = bench.run(task, "final", spec, lr_grid, seed, run_missing)
-    if at_search is None or at_grid is None:
+    # what the default without the lr stage (--lr-test off) writes into this plan: the finalists' rate
+    lr_off = float(ev.get("finalists_lr", lr_search))
+    at_off, _ = bench.run(task, "final", spec, lr_off, seed, run_missing)
+    if at_search is None or at_grid is None or at_off is None:
         return None
     cost = prov.get("search_cost") or {}
     return {"task": task, "seed": seed, "budget": budget, "cost_budget": cost_budget, "plan": spec.label,
             "origin": prov.get("origin", "searched"), "params": plan.trainable_params,
             "lr_search": lr_search, "lr_rule": ev.get("rule", "(no lr stage)"),
             "confirmed": sum(t.get("verdict") == "left the start" for t in ev.get("trials", [])),
-            "lr_grid": lr_grid, "holdout_at_grid": runs[("", lr_grid)]["score"],
+            "lr_grid": lr_grid, "holdout_at_grid": runs[("", lr_grid)]["score"], "lr_off": lr_off,
             "dev_search": 100 * at_search["score"], "dev_grid": 100 * at_grid["score"],
+            "dev_off": 100 * at_off["score"],
             "search_multiple": cost.get("multiple"), "search_s": rec["search_time_s"],
             "train_s": at_grid.get("train_time_s")}
+
+
+def gap_line(name: str, a: list[float], b: list[float], than: str) -> str:
+    gaps = [x - y for x, y in zip(a, b)]
+    sd = statistics.stdev(gaps) if len(gaps) > 1 else float("nan")
+    return (f"{name}: at the search's lr {statistics.mean(a):.1f}, {than} {statistics.mean(b):.1f}; gap "
+            f"{statistics.mean(gaps):+.2f} ± {sd:.2f} (n={len(gaps)}, paired p {paired_p(gaps):.2f})")
 
 
 def report(rows: list[dict], command: str, proto) -> str:
@@ -92,24 +92,23 @@ def report(rows: list[dict], command: str, proto) -> str:
              f"Packaged MiniLM, protocol {proto.name} (grid {', '.join(f'{x:g}' for x in proto.lr_grid)}, picked "
              "on held-out train with full-length runs; dev score x100).  The search: default `more-search` but "
              "`--lr-test range`, one per task and seed.  Gap = dev at the search's rate − dev at the grid's pick, "
-             "same plan, same seed.", "",
-             "| task | seed | plan (params, origin) | search lr (how) | grid pick | dev at search lr | dev at grid pick "
-             "| gap | search cost |", "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+             "same plan, same seed.  Off = the same plan at the finalists' rate, what `--lr-test off` writes.", "",
+             "| task | seed | plan (params, origin) | search lr (how) | grid pick | off lr | dev at search lr "
+             "| dev at grid pick | dev at off lr | gap | search cost |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         how = r["lr_rule"].split(":")[0][:60]
         mult = f"{r['search_multiple']:.2f}x" if r["search_multiple"] else "?"
         lines.append(f"| {r['task']} | {r['seed']} | {r['plan']} ({r['params']:,}, {r['origin']}) | "
-                     f"{r['lr_search']:.3g} ({how}; {r['confirmed']} confirmed) | {r['lr_grid']:g} | "
-                     f"{r['dev_search']:.1f} | {r['dev_grid']:.1f} | {r['dev_search'] - r['dev_grid']:+.1f} | {mult} |")
+                     f"{r['lr_search']:.3g} ({how}; {r['confirmed']} confirmed) | {r['lr_grid']:g} | {r['lr_off']:g} | "
+                     f"{r['dev_search']:.1f} | {r['dev_grid']:.1f} | {r['dev_off']:.1f} | "
+                     f"{r['dev_search'] - r['dev_grid']:+.1f} | {mult} |")
     lines.append("")
-    for task in dict.fromkeys(r["task"] for r in rows):
-        sub = [r for r in rows if r["task"] == task]
-        a, b = [r["dev_search"] for r in sub], [r["dev_grid"] for r in sub]
-        gaps = [x - y for x, y in zip(a, b)]
-        sd = statistics.stdev(gaps) if len(gaps) > 1 else float("nan")
-        lines.append(f"- {task}: at the search's lr {statistics.mean(a):.1f}, at the grid's pick "
-                     f"{statistics.mean(b):.1f}; gap {statistics.mean(gaps):+.2f} ± {sd:.2f} (n={len(gaps)}, paired p "
-                     f"{paired_p(gaps):.2f})")
+    for name, sub in [*((t, [r for r in rows if r["task"] == t]) for t in dict.fromkeys(r["task"] for r in rows)),
+                      ("all", rows)]:
+        a = [r["dev_search"] for r in sub]
+        lines += [f"- {gap_line(name, a, [r['dev_grid'] for r in sub], 'at the grid pick')}",
+                  f"  - against the finalists' rate (`--lr-test off`): "
+                  f"{gap_line(name, a, [r['dev_off'] for r in sub], 'at the off rate').split(': ', 1)[1]}"]
     if rows:
         gaps = [r["dev_search"] - r["dev_grid"] for r in rows]
         mults = [r["search_multiple"] for r in rows if r["search_multiple"]]

@@ -16,3 +16,12 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def quiet_libraries() -> None:
+    """No progress bars from the libraries either (transformers' "Loading weights", datasets' maps)."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..search import SearchConfig, run_search
 from ..train.precision import check_precision, resolve_device
-from . import run_cli
+from . import quiet_libraries, run_cli
 from .flags import add_flags
 
 
@@ -58,6 +58,8 @@ def _main(argv=None) -> int:
     if args.bf16 and args.fp16:
         raise UserError("choose one of --bf16 and --fp16")
     check_precision(resolve_device(args.device), args.bf16, args.fp16)  # before anything loads
+    if args.quiet:
+        quiet_libraries()
     given = {n: getattr(args, n) for n in WHAT + OUTPUT + SEARCH + TRIALS + DATA}
     cfg = SearchConfig(
         **{**given, "output_dir": str(out)},

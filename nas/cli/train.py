@@ -21,7 +21,7 @@ from ..train.distributed import end_processes, is_main_process
 from ..train.outdir import default_output_dir
 from ..train.stall import STOPPED_EXIT
 from ..train.trainer import Interrupted
-from . import run_cli
+from . import quiet_libraries, run_cli
 from .flags import add_flags
 
 
@@ -74,6 +74,8 @@ def _main(argv=None):
     if args.model:
         plan.model = {**(plan.model or {}), "name_or_path": args.model}
     given = {n: getattr(args, n) for n in TRAINING + OUTPUT + TASK + ["progress"]}
+    if given["progress"] is False:
+        quiet_libraries()
     if given["resume"] and not args.output_dir:
         raise UserError("--resume needs the --output_dir of the run to continue")
     given["output_dir"] = args.output_dir or str(default_output_dir(args.plan))  # never an earlier run's

@@ -67,7 +67,7 @@ class Search:
         self.stage_seconds: dict[str, float] = {}  # wall time
         self.stage_cpu: dict[str, float] = {}  # this process's CPU time: robust to a shared machine
         self.signal: dict | None = None  # did the finalists' training take off (weight-sharing search)
-        self.finalists_stopped: tuple[int, float] | None = None  # (rung, leader's loss): no take-off, stopped
+        self.finalists_stopped: tuple[int, str] | None = None  # (rung, why): the finalists stopped early
 
     # -- setup --
     def prepare(self) -> None:

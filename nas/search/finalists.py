@@ -79,7 +79,8 @@ def run_finalists(search, shared, finalists: list[Finalist], storage, name: str,
     picks the returned plan among them), and the steps of the budget left unspent.
     ``stop_above``: a held-out loss; when a rung's leader is not below it (training has not left
     the start), the later rungs are not run and their steps are returned unspent, for a stage that
-    can measure something with them (the lr stage)."""
+    can measure something with them (the lr stage).  Stopping before the last rung sets
+    ``search.finalists_stopped`` to (rung, why), which the report states."""
     cfg = search.cfg
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
     check_study_settings(study, study_settings(cfg), cfg.resume)
@@ -107,10 +108,16 @@ def run_finalists(search, shared, finalists: list[Finalist], storage, name: str,
         lead = results[0][1].user_attrs["rows"]
         alive = [f for i, (f, t) in enumerate(results)
                  if i < keep or not worse_beyond_noise(t.user_attrs["rows"], lead, cfg.noise_z)]
-        if len(alive) == 1:
+        if rung == cfg.rungs - 1:
             break
-        if stop_above is not None and rung < cfg.rungs - 1 and not results[0][1].value < stop_above:
-            search.finalists_stopped = (rung, results[0][1].value)
+        if len(alive) == 1:  # (a lone finalist from the start took every step in this rung)
+            if len(results) > 1:
+                search.finalists_stopped = (rung, f"one finalist was left ({len(results) - 1} worse beyond noise), "
+                                                  "so a longer rung would compare nothing")
+            break
+        if stop_above is not None and not results[0][1].value < stop_above:
+            search.finalists_stopped = (rung, f"its leader's held-out loss ({results[0][1].value:.4f}) had not left "
+                                              "the start, so a longer rung would decide nothing")
             break
     return study, ranked, left
 

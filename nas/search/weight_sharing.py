@@ -137,11 +137,7 @@ def weight_sharing_search(search):
                                       lr_tested=lr_tested, start=start)
     if fallback is not None:
         best = fallback
-    if search.finalists_stopped:
-        rung, loss = search.finalists_stopped
-        signal = [f"- the finalists stopped after rung {rung}: its leader's held-out loss ({loss:.4f}) had not "
-                  f"left the start, so a longer rung would decide nothing; its {unspent} steps went to the lr stage"
-                  ] + signal
+    signal = stopped_early(search.finalists_stopped, unspent, lr_tested) + signal
     if len(finalists) == 1 and finalists[0].origin.startswith("baseline"):
         signal = [f"- the budget affords one finalist: the preferred uniform LoRA ({finalists[0].origin}), since a "
                   f"searched plan must beat one to be returned; a larger `--cost-budget` lets the search compare"] + signal
@@ -165,6 +161,17 @@ def weight_sharing_search(search):
         return search.result(study, chosen, plan_sizes, lines + lr_lines)
 
     return write_once(search, stages, name, finish)
+
+
+def stopped_early(stopped: tuple[int, str] | None, unspent: int, lr_tested: bool) -> list[str]:
+    """The report's line on finalists that stopped before their last rung: why, and where their
+    steps went (the default spends most of --cost-budget unless it says why not)."""
+    if not stopped or not unspent:
+        return []
+    rung, why = stopped
+    return [f"- the finalists stopped after rung {rung}: {why}; their other {unspent} steps "
+            + ("went to the lr stage" if lr_tested else "were not spent (`--lr-test range` would spend them "
+               "testing the plan's learning rate)")]
 
 
 def agreed_sizes(search, stages, scoring, sizes: StageSizes, meta: dict, n_base: int, rows):

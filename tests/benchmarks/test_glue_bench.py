@@ -357,3 +357,24 @@ def test_a_reports_csv_reads_back_as_its_rows_and_a_rewrite_keeps_the_date_line(
     (tmp_path / "r.md").write_text("# title\n\n- date: 2026-11-30; machine: then\n")
     assert kept_line(tmp_path / "r.md", "- date: ", "- date: today") == "- date: 2026-11-30; machine: then"
     assert kept_line(tmp_path / "none.md", "- date: ", "- date: today") == "- date: today"
+
+
+def test_another_model_is_in_every_run_key_and_the_default_keys_stay_as_they_were():
+    """Protocol.model keys MPNet's runs apart from MiniLM's, and leaves MiniLM's keys (the kept
+    runs) unchanged; the searches get the model by name."""
+    base = glue.SEARCH_VS_BASELINES
+    mpnet = glue.replace(base, model="mpnet")
+    for phase in ("select", "final"):
+        assert "model" not in base.phase_settings("sst2", phase)
+        assert mpnet.phase_settings("sst2", phase) == {**base.phase_settings("sst2", phase), "model": "mpnet"}
+    assert "model" not in base.search_settings("sst2") and mpnet.search_settings("sst2")["model"] == "mpnet"
+
+
+def test_a_grid_of_one_rate_picks_it_without_selection_runs(tmp_path):
+    from _glue_bench import Bench, grid_pick
+
+    bench = Bench(glue.replace(glue.SEARCH_VS_BASELINES, lr_grid=(2e-3,)), [], tmp_path)
+    spec = plan_spec("p", {"layer.0.q": {"type": "lora", "rank": 1}})
+    assert grid_pick(bench, "sst2", spec, run_missing=False) == (2e-3, {})
+    wider = Bench(glue.SEARCH_VS_BASELINES, [], tmp_path)
+    assert grid_pick(wider, "sst2", spec, run_missing=False) == (None, {})  # nothing saved, nothing trained

@@ -15,13 +15,25 @@ from nas.search import SearchConfig
 torch.set_num_threads(1)
 
 
-def test_search_cli_writes_the_plan_and_report(tiny_bert, sentiment, tmp_path, capsys):
+@pytest.fixture
+def library_bars():
+    """-q turns the libraries' bars off for the process; the other tests get them back."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    yield
+    hf_logging.enable_progress_bar()
+    datasets.enable_progress_bars()
+
+
+def test_search_cli_writes_the_plan_and_report(tiny_bert, sentiment, tmp_path, capsys, library_bars):
     out = tmp_path / "plan.json"  # a .json output: the plan there, the search folder beside it
     rc = main(["--model", str(tiny_bert), "--train-file", str(sentiment[0]), "--budget", "3k",
                "--trials", "2", "--trial-steps", "2", "--max-length", "24", "--batch-size", "8",
                "--lr", "2e-3", "--pruner", "none", "--sampler", "random", "-o", str(out), "-q"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
+    assert "Loading weights" not in cap.err + cap.out  # -q: the libraries' bars too
     plan = Plan.load(out)
     assert 0 < plan.trainable_params <= 3000 and plan.budget["spec"] == "3k"
     assert plan.task["train_file"] == str(sentiment[0])

@@ -131,7 +131,7 @@ def test_stage_sizes_with_the_lr_stage():
 def test_the_flags():
     args = build_parser().parse_args(["--lr-test", "off", "--lr-test-range", "1e-6,1"])
     assert args.lr_test == "off" and args.lr_test_range == (1e-6, 1.0)
-    assert build_parser().parse_args([]).lr_test == "off"  # opt-in until benchmarked
+    assert build_parser().parse_args([]).lr_test == "range"  # never an untested rate by default
     from nas.errors import UserError
     from nas.search.weight_sharing import check_config
 
@@ -175,9 +175,10 @@ def test_freed_finalist_steps_go_to_the_survivors_then_to_the_lr_stage(monkeypat
     assert unspent == 0 and [t.user_attrs["cid"] for t in ranked] == ["a", "b"]
     seen.clear()
     gaps.update(b=0.3)  # of two, only a survives rung 0: nothing to compare it with any more
-    _, ranked, unspent = finalists.run_finalists(SimpleNamespace(cfg=cfg), None, fins[:2], InMemoryStorage(), "s",
-                                                 None, 120)
+    search = SimpleNamespace(cfg=cfg, finalists_stopped=None)
+    _, ranked, unspent = finalists.run_finalists(search, None, fins[:2], InMemoryStorage(), "s", None, 120)
     assert seen == [("a", 0, 20), ("b", 0, 20)] and unspent == 80 and ranked[0].user_attrs["cid"] == "a"
+    assert search.finalists_stopped[0] == 0 and "one finalist was left (1 worse" in search.finalists_stopped[1]
 
 
 def test_an_overpriced_stage_leaves_its_steps_to_the_finalists_and_the_lr_stage():
@@ -225,7 +226,8 @@ def test_the_finalists_stop_when_their_leader_has_not_left_the_start(monkeypatch
     fins = [finalists.Finalist(c, c, None, 1e-3, 0.7) for c in "ab"]
     search = SimpleNamespace(cfg=search_config(tmp_path, tmp_path / "out"), finalists_stopped=None)
     _, ranked, unspent = finalists.run_finalists(search, None, fins, InMemoryStorage(), "s", None, 120, 0.6)
-    assert [r for _, r, _ in seen] == [0, 0] and unspent == 80 and search.finalists_stopped == (0, 0.6)
+    assert [r for _, r, _ in seen] == [0, 0] and unspent == 80 and search.finalists_stopped[0] == 0
+    assert "leader's held-out loss (0.6000) had not left the start" in search.finalists_stopped[1]
     seen.clear()
     _, _, unspent = finalists.run_finalists(search, None, fins, InMemoryStorage(), "s", None, 120, 0.61)
     assert [r for _, r, _ in seen] == [0, 0, 1, 1] and unspent == 0
@@ -241,3 +243,14 @@ def test_a_resumed_search_keeps_the_finalists_measured_sizes(searched):
     saved = json.loads((out / SIZES_FILE).read_text())["sizes"]
     assert saved["spent_before_finalists"] is not None
     assert res.cost["stage_sizes"]["finalist_step_budget"] == saved["finalist_step_budget"]
+
+
+def test_the_report_says_why_the_finalists_stopped_and_where_their_steps_went():
+    from nas.search.weight_sharing import stopped_early
+
+    why = (1, "one finalist was left (2 worse beyond noise), so a longer rung would compare nothing")
+    assert stopped_early(None, 80, True) == [] and stopped_early(why, 0, True) == []
+    to_lr, = stopped_early(why, 80, True)
+    assert "after rung 1: one finalist was left" in to_lr and "80 steps went to the lr stage" in to_lr
+    kept, = stopped_early(why, 80, False)
+    assert "80 steps were not spent" in kept and "--lr-test range" in kept
