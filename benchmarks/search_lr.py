@@ -129,12 +129,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "search_lr")
     ap.add_argument("--pooling", default="mean", choices=["cls", "mean"],
                     help="what every task head reads (the search's default, auto, reads the packaged MiniLM's mean)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (two processes on 2 cores: 1 each)")
     args = ap.parse_args(argv)
     proto = replace(SEARCH_VS_BASELINES, pooling=args.pooling)
     import torch
 
-    torch.set_num_threads(2)
-    bench = Bench(proto, [], runs_dir(STUDY), threads=2)
+    torch.set_num_threads(args.threads)
+    bench = Bench(proto, [], runs_dir(STUDY), threads=args.threads)
     rows = []
     for task in args.tasks:
         for seed in args.seeds:

@@ -131,7 +131,7 @@ def test_stage_sizes_with_the_lr_stage():
 def test_the_flags():
     args = build_parser().parse_args(["--lr-test", "off", "--lr-test-range", "1e-6,1"])
     assert args.lr_test == "off" and args.lr_test_range == (1e-6, 1.0)
-    assert build_parser().parse_args([]).lr_test == "range"  # never an untested rate by default
+    assert build_parser().parse_args([]).lr_test == "off"  # its rule lost to the grid's first (search_lr.md)
     from nas.errors import UserError
     from nas.search.weight_sharing import check_config
 
