@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from glue import RESULTS, SEARCH_VS_BASELINES  # noqa: E402
 from _glue_bench import Bench, grid_pick  # noqa: E402
 from _glue_methods import MODEL, peft_spec  # noqa: E402
+from _glue_report import _ms  # noqa: E402
 from _glue_search import content_spec, placement_lora, run_or_load_search  # noqa: E402
 from _runs_archive import publish, runs_dir  # noqa: E402
 from placement_ceiling import paired_p  # noqa: E402
@@ -115,11 +116,6 @@ def cells(rows: list[dict], bases: dict[str, dict[str, dict]]) -> list[dict]:
     return out
 
 
-def _ms(values) -> str:
-    v = list(values)
-    return f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
-
-
 def report(rows: list[dict], bases: dict[str, dict[str, dict]], command: str, proto, budget: str,
            lr_test: str) -> str:
     lines = ["# What does more search buy?", "", f"`{command}`", "",
@@ -133,7 +129,7 @@ def report(rows: list[dict], bases: dict[str, dict[str, dict]], command: str, pr
     for task, bs in bases.items():
         for label, b in bs.items():
             lines.append(f"| {task} | {label} | {b['spec']} | {b['params']:,} | {b['lr']:g} | "
-                         f"{_ms(b['dev'].values())} |")
+                         f"{_ms(b['dev'].values(), scale=1.0)} |")
     lines += ["", "## The search at each cost budget", "",
               "| task | --cost-budget | measured cost (x one training) | seeds | plans | dev | best baseline | "
               "gain | p |", "|---|---:|---:|---:|---|---:|---|---:|---:|"]
