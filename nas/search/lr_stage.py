@@ -82,11 +82,16 @@ def run_lr_stage(search, best, rows, start: float, units: float):
         atomic_write_text(path, json.dumps({"fingerprint": key, "evidence": evidence,
                                             "range_test": dataclasses.asdict(rt)}, indent=1))
     plot_range_test(rt, search.out / PLOT_FILE, "learning-rate range test of the returned plan")
-    best = copy.deepcopy(best)  # the study's own record stays as it was
-    d = best.user_attrs[PLAN_ATTR]
-    d["training"]["lr"] = evidence["chosen_lr"]
-    d.setdefault("provenance", {})["lr_evidence"] = evidence
+    best = with_lr(best, evidence["chosen_lr"])
+    best.user_attrs[PLAN_ATTR].setdefault("provenance", {})["lr_evidence"] = evidence
     return best, report(evidence, start, len(rows), cfg)
+
+
+def with_lr(trial, lr: float):
+    """A copy of ``trial`` whose plan trains at ``lr``; the study's own record stays as it was."""
+    trial = copy.deepcopy(trial)
+    trial.user_attrs[PLAN_ATTR]["training"]["lr"] = lr
+    return trial
 
 
 def _confirm(search, plan: Plan, lr: float, steps: int, data, rows, start: float) -> dict:

@@ -358,6 +358,16 @@ def test_a_search_whose_trials_did_not_take_off_returns_the_preferred_baseline(s
     assert "No signal" not in report and "signal" not in plan.provenance  # no check made: no fallback
 
 
+def test_a_search_that_affords_no_finalist_returns_its_plan_at_the_grids_first_rate(setup, tmp_path):
+    # 0.25x: the super-network (0.2) and the scoring (0.05) take it all.  The plan was scored on
+    # shared weights only, so its rate is the one a lone finalist would have had, not --lr.
+    out = tmp_path / "out"
+    res = run_search(config(setup, out, cost_budget=0.25, lr_grid=(4e-3, 1e-3), first_trial_lr=5e-4))
+    assert not studies(out).get("more-search"), "a finalist was trained"
+    assert res.plan.training["lr"] == 4e-3 and Plan.load(out / "plan.json").training["lr"] == 4e-3
+    assert "affords no finalist" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("n_train", [2000, 8000, 67000])
 def test_stage_sizes_stay_within_the_cost_budget(n_train):
     s = size_stages(n_train=n_train, batch_size=16, epochs=3, cost_budget=0.5, supernet_share=0.2,
