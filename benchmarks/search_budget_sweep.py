@@ -140,9 +140,8 @@ def report(rows: list[dict], bases: dict[tuple[str, str], dict[str, dict]], comm
               "best baseline | gain | p |", "|---|---|---:|---:|---:|---|---:|---|---:|---:|"]
     for c in cells(rows, bases):
         lines.append(f"| {c['task']} | {c['budget']} | {c['cost_budget']:g} | {c['cost']:.2f} | {c['n']} | "
-                     f"{', '.join(c['plans'])} | "
-                     f"{c['dev']:.1f} ± {c['dev_sd']:.1f} | {c['best']} | {c['gain']:+.2f} ± {c['gain_sd']:.2f} | "
-                     f"{c['p']:.2f} |")
+                     f"{', '.join(c['plans'])} | {_pm(c['dev'], c['dev_sd'], '.1f')} | {c['best']} | "
+                     f"{_pm(c['gain'], c['gain_sd'], '+.2f')} | {c['p']:.2f} |")
     lines += ["", "Per search: task, budget, cost budget, seed, plan, params, origin, lr, measured cost, dev.", "",
               "| task | budget | --cost-budget | seed | plan | params | origin | lr | cost | dev |",
               "|---|---|---:|---:|---|---:|---|---:|---:|---:|"]
@@ -152,6 +151,11 @@ def report(rows: list[dict], bases: dict[tuple[str, str], dict[str, dict]], comm
                      f"{r['params']:,} | "
                      f"{r['origin']} | {r['lr']:.3g} | {mult} | {r['dev']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _pm(mean: float, sd: float, fmt: str) -> str:
+    """mean ± sd, or the mean alone with one seed (no spread to show)."""
+    return f"{mean:{fmt}}" + (f" ± {sd:{fmt.lstrip('+')}}" if sd == sd else " (n=1)")
 
 
 def plot(cs: list[dict], path: Path) -> None:

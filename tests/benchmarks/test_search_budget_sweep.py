@@ -38,5 +38,7 @@ def test_the_report_and_plot_are_written(tmp_path):
     text = sweep.report(rows, BASES, "cmd", SEARCH_VS_BASELINES, "range")
     assert "| sst2 | 0.1% | widest | w | 18,432 | 0.002 | 83.0 ± 1.0 |" in text
     assert "| sst2 | 0.1% | 0.5 | 0.45 | 2 | plan-a | 83.5 ± 0.7 | widest | +1.00 ± 0.00 |" in text
+    one = sweep.report(rows[:1], BASES, "cmd", SEARCH_VS_BASELINES, "range")
+    assert "| 84.0 (n=1) | widest | +1.00 (n=1) | nan |" in one  # one seed: no spread shown as nan
     sweep.plot(sweep.cells(rows, BASES), tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
