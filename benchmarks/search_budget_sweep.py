@@ -5,8 +5,8 @@ gain over that baseline against the search's measured cost, per task, as a table
 Protocol: glue.py's search-vs-baselines (SST-2's 8,000-row subset for 1 epoch, MRPC's whole train
 for 3; batch 16, max length 128, batches grouped by length; the grid 5e-4, 1e-3, 2e-3, 5e-3), every
 head reading the mean of the tokens (--pooling).  Per task, cost budget and seed: one `more-search`
-at that seed (default settings at --budget, --cost-budget and --lr-test, per --budgets), its plan trained on all
-of train at the plan's own rate, scored on dev.  Baselines, sized to the parameter budget (never
+at that seed (default settings at each of --budgets, --cost-budget and --lr-test), its plan
+trained on all of train at the plan's own rate, scored on dev.  Baselines, sized to the parameter budget (never
 above it, so never smaller than a plan that fits): PEFT LoRA on query,value, on the widest
 placement and on the MLP (nas.baselines), each at the grid's pick on held-out train, at the same
 seeds.  The best baseline is the one with the best dev mean (chosen on dev: it favours the
@@ -148,8 +148,7 @@ def report(rows: list[dict], bases: dict[tuple[str, str], dict[str, dict]], comm
     for r in sorted(rows, key=lambda r: (r["task"], r["budget"], r["cost_budget"], r["seed"])):
         mult = f"{r['multiple']:.2f}x" if r["multiple"] is not None else "?"
         lines.append(f"| {r['task']} | {r['budget']} | {r['cost_budget']:g} | {r['seed']} | {r['plan']} | "
-                     f"{r['params']:,} | "
-                     f"{r['origin']} | {r['lr']:.3g} | {mult} | {r['dev']:.1f} |")
+                     f"{r['params']:,} | {r['origin']} | {r['lr']:.3g} | {mult} | {r['dev']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -214,8 +213,7 @@ def main(argv=None) -> int:
                 if row is not None:
                     rows.append(row)
                     print(f"{task} {budget} x{cb:g} seed {seed}: {row['plan']} at lr {row['lr']:.3g} -> "
-                          f"{row['dev']:.1f} "
-                          f"(search {row['multiple'] or float('nan'):.2f}x)", flush=True)
+                          f"{row['dev']:.1f} (search {row['multiple'] or float('nan'):.2f}x)", flush=True)
     argv_text = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
     text = report(rows, bases, f"python benchmarks/search_budget_sweep.py {argv_text}".strip(), proto, args.lr_test)
     cs = cells(rows, bases)

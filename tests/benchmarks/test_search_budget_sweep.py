@@ -13,12 +13,12 @@ from glue import SEARCH_VS_BASELINES  # noqa: E402
 
 
 def row(cb, seed, dev, plan="plan-a", mult=None, budget="0.1%"):
-    return {"task": "sst2", "budget": budget, "cost_budget": cb, "seed": seed, "plan": plan, "params": 19200, "origin": "baseline mlp",
-            "lr": 2e-3, "dev": dev, "multiple": cb * 0.9 if mult is None else mult}
+    return {"task": "sst2", "budget": budget, "cost_budget": cb, "seed": seed, "plan": plan, "params": 19200,
+            "origin": "baseline mlp", "lr": 2e-3, "dev": dev, "multiple": cb * 0.9 if mult is None else mult}
 
 
 BASES = {("sst2", "0.1%"): {"PEFT q,v": {"spec": "q", "params": 18432, "lr": 2e-3, "dev": {0: 80.0, 1: 81.0, 2: 82.0}},
-                  "widest": {"spec": "w", "params": 18432, "lr": 2e-3, "dev": {0: 83.0, 1: 82.0, 2: 84.0}}}}
+                           "widest": {"spec": "w", "params": 18432, "lr": 2e-3, "dev": {0: 83.0, 1: 82.0, 2: 84.0}}}}
 
 
 def test_cells_pair_each_seed_with_the_best_baseline_by_dev_mean():
