@@ -44,8 +44,9 @@ class SearchConfig(TaskSpec):
     group_by_length: bool = True  # trials batch rows of similar lengths: faster, as fair to all
     proxy_batches: int | None = None  # None: 4 (strategy trials), 1 (supernet: the proxy plan is one prior)
     batch_size: int = option(16, "training batch size")
-    first_trial_lr: float = option(1e-3, "learning rate of the first (proxy plan) trial; every other trial "
-                                     "samples its own in lr_range", aliases=["--lr"])
+    first_trial_lr: float = option(1e-3, "learning rate of the first (proxy plan) trial of --strategy trials; "
+                                     "every other trial samples its own in lr_range (the super-network's "
+                                     "finalists try --lr-grid)", aliases=["--lr"])
     lr_range: tuple[float, float] = (3e-4, 3e-3)
     epochs: float = option(3, "epochs hint written into the plan for the full run")
     allocation: str = option("static", "how trials (and the plan's full run) allocate modules", choices=ALLOCATIONS)

@@ -116,10 +116,17 @@ class Search:
             task=cfg.plan_section(self._data),
             budget={"spec": str(cfg.budget), "params": self.budget, "counts": BUDGET_COUNTS},
             # the full run batches rows as the trials did (grouped by length: half the CPU time on SST-2)
-            training={"lr": cfg.first_trial_lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            training={"lr": self.untested_lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
                       "max_length": cfg.max_length, "allocation": cfg.allocation,
                       "group_by_length": cfg.group_by_length},
         )
+
+    @property
+    def untested_lr(self) -> float:
+        """The rate a plan carries until a trial tests one: the first trial's (--lr) under the trials
+        strategy; under the super-network, whose shared weights test no rate, the rate a lone
+        finalist trains at (the first of --lr-grid)."""
+        return self.cfg.lr_grid[0] if self.cfg.strategy == "supernet" else self.cfg.first_trial_lr
 
     @property
     def n_proxy_batches(self) -> int:

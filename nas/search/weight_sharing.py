@@ -48,7 +48,7 @@ from .cost import SUPERNET_STEP_COST, StageSizes, resize, size_stages
 from .study import check_study_settings, study_settings
 from .workers import decide_once, lock_name, write_once
 from .finalists import is_baseline, n_finalist_candidates, pick_finalists, preference, run_finalists
-from .lr_stage import run_lr_stage, skipped, with_lr
+from .lr_stage import run_lr_stage, skipped
 from .ranking import heldout, progress, worse_beyond_noise
 from .summary import report_lines
 from .supernet import SharedWeights, score_plans
@@ -141,9 +141,8 @@ def weight_sharing_search(search):
     if len(finalists) == 1 and finalists[0].origin.startswith("baseline"):
         signal = [f"- the budget affords one finalist: the preferred uniform LoRA ({finalists[0].origin}), since a "
                   f"searched plan must beat one to be returned; a larger `--cost-budget` lets the search compare"] + signal
-    if best is None:  # no finalist trained (budget too small): the best plan on shared weights, at
-        # the rate a lone finalist would have had (shared weights test none; not --lr, the trials')
-        study, best = scoring, with_lr(scoring.best_trial, cfg.lr_grid[0])
+    if best is None:  # no finalist trained (budget too small): the best plan on shared weights
+        study, best = scoring, scoring.best_trial
         signal = [f"- the budget affords no finalist: the plan is the best on the shared weights, never trained on its "
                   f"own, at the finalists' first rate ({cfg.lr_grid[0]:g}), untested; a larger `--cost-budget` trains "
                   "finalists"] + signal

@@ -18,6 +18,7 @@ from nas import Plan, discover
 from nas.baselines import baselines_at, preferred, uniform_lora
 from nas.models import load_model
 from nas.search import SearchConfig, run_search
+from nas.search.config import PLAN_ATTR
 from nas.search.cost import size_stages
 from nas.search.ranking import worse_beyond_noise
 from tests.factories import minilm_layout, search_config, task_folder
@@ -363,7 +364,11 @@ def test_a_search_that_affords_no_finalist_returns_its_plan_at_the_grids_first_r
     # shared weights only, so its rate is the one a lone finalist would have had, not --lr.
     out = tmp_path / "out"
     res = run_search(config(setup, out, cost_budget=0.25, lr_grid=(4e-3, 1e-3), first_trial_lr=5e-4))
-    assert not studies(out).get("more-search"), "a finalist was trained"
+    trials = studies(out)
+    assert not trials.get("more-search"), "a finalist was trained"
+    # every scored plan, baselines and proxy plan included (the no-signal fallback may return one)
+    scored = [t.user_attrs[PLAN_ATTR]["training"]["lr"] for t in trials["more-search.scoring"]]
+    assert len(scored) >= 3 and set(scored) == {4e-3}
     assert res.plan.training["lr"] == 4e-3 and Plan.load(out / "plan.json").training["lr"] == 4e-3
     assert "affords no finalist" in (out / "report.md").read_text()
 
