@@ -1,6 +1,6 @@
 """The room a search has: hand-built plans against uniform LoRA at the same size, the same lr and
 the same seeds (the SST-2 or MRPC setting of glue.py's search-vs-baselines protocol, packaged
-MiniLM), at fixed learning rates.
+MiniLM or MPNet-base), at fixed learning rates.
 
 A search can only pay for itself if some plan of its space beats the best uniform LoRA at the same
 size by more than the seed noise.  This trains, in full, a few plans an engineer would try (other
@@ -13,8 +13,12 @@ Per seed, every plan starts from the same head and data order, so differences ar
     python benchmarks/placement_ceiling.py --curves 0.1%@2e-3     # both budgets, 3 seeds, curves
     python benchmarks/placement_ceiling.py --plan search=out/plan.json --budgets 0.1%
     python benchmarks/placement_ceiling.py --report-only
+    # MPNet-base (12 layers; pip install -e '.[mpnet]'): its own plans, mean pooling, ~13.5 min a run
+    python benchmarks/placement_ceiling.py --model mpnet --pooling mean --budgets 0.1% --threads 2
+    python benchmarks/placement_ceiling.py --model mpnet --pooling mean --budgets 0.1% --threads 2 \
+        --only 'MoRe|widest' --lrs 0.008  # MoRe at its own rate (about 4x LoRA's on MiniLM)
 
-Writes benchmarks/results/placement_ceiling.{md,csv,png}; each run is kept as a JSON under
+Writes benchmarks/results/placement_ceiling[_MODEL][_TASK].{md,csv,png}; each run is kept as a JSON under
 --runs-dir (skipped on a rerun), as benchmarks/glue.py keeps its runs: by default in
 benchmarks/.cache/runs/placement_ceiling/, packed into benchmarks/results/runs/placement_ceiling.tar.xz
 at the end of a run that trains (--curves caches its curves there too; --report-only only reads).
@@ -32,6 +36,7 @@ import re
 import shlex
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,68 +51,19 @@ from _glue_methods import plan_spec  # noqa: E402
 from _runs_archive import pack, runs_dir  # noqa: E402
 from nas.options import float_list, int_list  # noqa: E402
 from _ceiling_curves import curve_lines, curves  # noqa: E402
+from _ceiling_plans import LRS, NAMES, PLANS  # noqa: E402
+from _glue_methods import MODEL, head_params  # noqa: E402
 from search_spaces.shortcuts import SHORTCUT_KINDS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TASKS = {"sst2": "SST-2", "mrpc": "MRPC"}  # the search-vs-baselines protocol's tasks
-# lr per budget: 2e-3 beats 5e-4 for every method on this model; small adapters also get 5e-3.
-LRS = {"0.1%": (2e-3,), "0.05%": (2e-3,), "0.02%": (2e-3, 5e-3)}
 SEEDS = (0, 1, 2)
-ALL, ATTN = range(6), ("q", "k", "v", "o")
-LORA = lambda r: {"type": "lora", "rank": r}  # noqa: E731
-CIRC = {"type": "circulant"}
-MORE = lambda n, r: {"type": "more", "nblocks": n, "rank": r}  # noqa: E731
-IA3, IA3_IN = {"type": "ia3"}, {"type": "ia3", "side": "in"}
-# budget -> plan -> [(roles, layers, choice)]; the first plan of a budget is its reference.
-PLANS = {
-    "0.1%": {
-        "uniform q,v r2 (PEFT's default placement)": [(("q", "v"), ALL, LORA(2))],
-        "uniform attention r1 (the widest that fits)": [(ATTN, ALL, LORA(1))],
-        "uniform value r4": [(("v",), ALL, LORA(4))],
-        "q,v r3 on layers 3-5, r1 below": [(("q", "v"), range(3, 6), LORA(3)), (("q", "v"), range(3), LORA(1))],
-        "attention r2 on layers 3-5": [(ATTN, range(3, 6), LORA(2))],
-        "value r2 + FFN down r1": [(("v",), ALL, LORA(2)), (("ffn_down",), ALL, LORA(1))],
-        "attention r1 + FFN down r1 on layers 4-5": [(ATTN, ALL, LORA(1)), (("ffn_down",), (4, 5), LORA(1))],
-        "value + output r2": [(("v", "o"), ALL, LORA(2))],
-        "FFN up + down r1 on layers 1-5": [(("ffn_up", "ffn_down"), range(1, 6), LORA(1))],
-        "MoRe N4 r2 on q,v": [(("q", "v"), ALL, MORE(4, 2))],
-        "MoRe N4 r1 on attention": [(ATTN, ALL, MORE(4, 1))],
-        "circulant q,k,o + value r2": [(("q", "k", "o"), ALL, CIRC), (("v",), ALL, LORA(2))],
-        "(IA)^3 on k, v and FFN down (input), every layer": [(("k", "v"), ALL, IA3), (("ffn_down",), ALL, IA3_IN)],
-        "q, v r1 + (IA)^3 on k and FFN down (input)": [(("q", "v"), ALL, LORA(1)), (("k",), ALL, IA3),
-                                                       (("ffn_down",), ALL, IA3_IN)],
-    },
-    # Where the MLP spans less than half the layers, the search prefers the widest placement.
-    "0.05%": {
-        "uniform q,v r1 (the widest that fits)": [(("q", "v"), ALL, LORA(1))],
-        "FFN up + down r1 on layers 4-5": [(("ffn_up", "ffn_down"), (4, 5), LORA(1))],
-    },
-    "0.02%": {
-        "uniform q,v r1 on layers 4-5 (the most that fits)": [(("q", "v"), (4, 5), LORA(1))],
-        "uniform value r1 on layers 1-5 (the widest that fits)": [(("v",), range(1, 6), LORA(1))],
-        "circulant value + query on layers 1-5": [(("v",), ALL, CIRC), (("q",), range(1, 6), CIRC)],
-        "(IA)^3 on k, v on layers 1-5": [(("k", "v"), range(1, 6), IA3)],
-        "(IA)^3 on value and FFN down (input) on layers 4-5": [(("v",), (4, 5), IA3), (("ffn_down",), (4, 5), IA3_IN)],
-        # MoRe's block rank 1 costs LoRA r1's parameters at rank N (its paper's selling point).
-        "MoRe N4 r1 on value, layers 1-5": [(("v",), range(1, 6), MORE(4, 1))],
-        "MoRe N8 r1 on value, layers 1-5": [(("v",), range(1, 6), MORE(8, 1))],
-        # The SURM kinds at the same 768 parameters per module (unrestricted rank).
-        "Toeplitz on value, layers 1-5": [(("v",), range(1, 6), {"type": "toeplitz"})],
-        "Kronecker r8 on value, layers 1-5": [(("v",), range(1, 6), {"type": "kronecker", "rank": 8})],
-        "LDR r1 on value, layers 1-5": [(("v",), range(1, 6), {"type": "ldr", "rank": 1})],
-        # HeteroLoRA's shortcuts at rank 1 (768 parameters each), alpha 4 as in the paper.
-        "shortcut s_res2 r1 on layers 1-5": [(("s_res2",), range(1, 6), {"rank": 1, "alpha": 4.0})],
-        "shortcut s_in r1 on layers 1-5": [(("s_in",), range(1, 6), {"rank": 1, "alpha": 4.0})],
-    },
-}
-
-
 # The plans of an earlier CPU run of the search-vs-baselines searches (before the search checked
 # that its trials had taken off), trained beside the hand-built ones; kept in this study's archive.
 def searched(task: str) -> dict[str, Path]:
     early = runs_dir("placement_ceiling") / "early_search" / task
     return {f"search plan before the take-off check, {b}": early / f"search_supernet_{b}" / "plan.json"
-            for b in PLANS}
+            for b in PLANS[MODEL]}
 
 
 def slug(name: str) -> str:
@@ -129,7 +85,7 @@ def specs(bench: Bench, task: str, extra: dict[str, Path], budgets, only: str = 
     out = {}
     for budget in budgets:
         rows = []
-        for name, rules in PLANS[budget].items():
+        for name, rules in PLANS[bench.proto.model][budget].items():
             if not re.search(only, name):
                 continue
             pick = rules_plan(rules)
@@ -255,7 +211,7 @@ def best_lr_lines(summary: list[dict], rows: list[dict]) -> list[str]:
 
 def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, command: str, extra_lines=(), *,
           title: str = "Placement ceiling: hand-built plans vs uniform LoRA at the same size",
-          script: str = "benchmarks/placement_ceiling.py") -> None:
+          script: str = "benchmarks/placement_ceiling.py", model: str = MODEL, head: int = 770) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,11 +224,11 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, comman
     name, p = TASKS[task], SEARCH_VS_BASELINES
     n_rows = p.train_rows.get(task)
     data = f"{name}'s {n_rows:,}-row subset" if n_rows else f"{name}'s full train set"
-    lines = [f"# {title} ({name})", "", f"`python {script} {command}`: packaged MiniLM, {data} for "
+    lines = [f"# {title} ({name})", "", f"`python {script} {command}`: packaged {NAMES[model]}, {data} for "
              f"{p.epochs_for(task):g} epoch(s) ({rows[0]['steps']} steps), batch {p.batch_size}, max length "
              f"{p.max_length}, every plan at each lr, seeds {', '.join(map(str, sorted({r['seed'] for r in rows})))}; "
              f"dev accuracy ({rows[0]['dev_rows']} rows). Differences are paired by seed (same head init and "
-             "data order); parameters exclude the 770-parameter head.", ""]
+             f"data order); parameters exclude the {head:,}-parameter head.", ""]
     cells = sorted(dict.fromkeys((r["budget"], r["lr"]) for r in summary), key=lambda c: (-float(c[0][:-1]), c[1]))
     for budget, lr in cells:
         sub = [r for r in summary if (r["budget"], r["lr"]) == (budget, lr) and r["n"]]
@@ -317,7 +273,10 @@ def write(summary: list[dict], rows: list[dict], prefix: Path, task: str, comman
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--task", choices=TASKS, default="sst2")
-    ap.add_argument("--budgets", default=",".join(PLANS), help=("comma-separated, of " + ", ".join(PLANS)).replace("%", "%%"))
+    ap.add_argument("--model", choices=PLANS, default=MODEL, help="a packaged model: its plans (_ceiling_plans.py)")
+    ap.add_argument("--pooling", default="cls", choices=["cls", "mean"], help="what every task head reads "
+                    "(MiniLM's kept runs: cls; MPNet: its checkpoint's mean)")
+    ap.add_argument("--budgets", help="comma-separated (default: every budget of the model's plans)")
     ap.add_argument("--only", default="", metavar="REGEX", help="only the hand-built plans whose name matches")
     ap.add_argument("--plan", action="append", default=[], metavar="NAME=PATH",
                     help="a plan file to train beside the hand-built ones (its budget's table)")
@@ -326,16 +285,20 @@ def main(argv=None) -> int:
                     + "; ".join(f"{b}: {', '.join(f'{x:g}' for x in v)}" for b, v in LRS.items()).replace("%", "%%") + ")")
     ap.add_argument("--runs-dir", type=Path, help="the runs' JSONs (default: benchmarks/.cache/runs/"
                     "placement_ceiling/, from and packed into benchmarks/results/runs/placement_ceiling.tar.xz)")
-    ap.add_argument("--out", type=Path, help="output prefix (default: results/placement_ceiling[_TASK])")
+    ap.add_argument("--out", type=Path, help="output prefix (default: results/placement_ceiling[_MODEL][_TASK])")
     ap.add_argument("--report-only", action="store_true", help="tables and plot from the saved runs")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (1: two runs side by side)")
     ap.add_argument("--curves", metavar="BUDGET@LR", help="also the held-out loss curves of short trials of "
                     "that budget's plans (seed 0), against their final accuracy, e.g. 0.1%%@2e-3")
     args = ap.parse_args(argv)
-    budgets = [b for b in args.budgets.split(",") if b]
-    if any(b not in PLANS for b in budgets):
-        ap.error(f"--budgets {args.budgets}: choose from {', '.join(PLANS)}")
-    out = args.out or RESULTS / ("placement_ceiling" + ("" if args.task == "sst2" else f"_{args.task}"))
-    extra = {name: path for name, path in searched(args.task).items()
+    plans = PLANS[args.model]
+    budgets = [b for b in (args.budgets or ",".join(plans)).split(",") if b]
+    if any(b not in plans for b in budgets):
+        ap.error(f"--budgets {args.budgets}: choose from {', '.join(plans)}")
+    minilm = args.model == MODEL
+    out = args.out or RESULTS / "_".join(["placement_ceiling"] + ([] if minilm else [args.model])
+                                         + ([] if args.task == "sst2" else [args.task]))
+    extra = {name: path for name, path in (searched(args.task) if minilm else {}).items()
              if path.is_file() and name.endswith(tuple(budgets)) and re.search(args.only, name)}
     for item in args.plan:
         name, sep, path = item.partition("=")
@@ -343,7 +306,7 @@ def main(argv=None) -> int:
             ap.error(f"--plan {item!r}: expected NAME=PATH to an existing plan.json")
         extra[name] = Path(path)
     runs = args.runs_dir or runs_dir("placement_ceiling")
-    bench = Bench(SEARCH_VS_BASELINES, [], runs, threads=1)
+    bench = Bench(replace(SEARCH_VS_BASELINES, model=args.model, pooling=args.pooling), [], runs, threads=args.threads)
     torch.set_num_threads(bench.threads)  # the count each run records
     table = specs(bench, args.task, extra, budgets, args.only)
     lrs = {b: args.lrs or LRS[b] for b in budgets}
@@ -362,7 +325,8 @@ def main(argv=None) -> int:
         extra_lines += curve_lines(curve, summary, budget, float(lr))
     argv = sys.argv[1:] if argv is None else argv
     command = " ".join(shlex.quote(a) for a in argv if a != "--report-only")  # how the runs were made
-    write(summary, rows, out, args.task, command, extra_lines)
+    write(summary, rows, out, args.task, command, extra_lines, model=args.model,
+          head=head_params(bench.ctx(args.task).template))
     if not (args.report_only or args.runs_dir):  # the same runs pack to the same bytes
         pack("placement_ceiling")
     return 0

@@ -174,13 +174,21 @@ def finish(p, timeout: float = 240) -> str:
     return out
 
 
-def minilm_layout():
-    """A MiniLM-shaped layout without loading a model: 6 layers of q, k, v, o (384x384) and the
-    FFN (384<->1536)."""
+def bert_shaped_layout(layers: int, hidden: int):
+    """A BERT-shaped layout without loading a model: ``layers`` layers of q, k, v, o
+    (hidden x hidden) and the FFN (hidden <-> 4 hidden)."""
     from types import SimpleNamespace
 
-    shapes = {"q": (384, 384), "k": (384, 384), "v": (384, 384), "o": (384, 384),
-              "ffn_up": (384, 1536), "ffn_down": (1536, 384)}
+    shapes = {"q": (hidden, hidden), "k": (hidden, hidden), "v": (hidden, hidden), "o": (hidden, hidden),
+              "ffn_up": (hidden, 4 * hidden), "ffn_down": (4 * hidden, hidden)}
     mods = [SimpleNamespace(name=f"l{i}.{r}", role=r, d_in=a, d_out=b, layer=i)
-            for i in range(6) for r, (a, b) in shapes.items()]
-    return SimpleNamespace(modules=mods, num_layers=6, module={m.name: m for m in mods}.__getitem__)
+            for i in range(layers) for r, (a, b) in shapes.items()]
+    return SimpleNamespace(modules=mods, num_layers=layers, module={m.name: m for m in mods}.__getitem__)
+
+
+def minilm_layout():
+    return bert_shaped_layout(6, 384)
+
+
+def mpnet_layout():
+    return bert_shaped_layout(12, 768)

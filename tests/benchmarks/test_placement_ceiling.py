@@ -6,22 +6,27 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import placement_ceiling as pc  # noqa: E402
+from nas.baselines import baselines_at  # noqa: E402
 from search_spaces import count_params  # noqa: E402
 from search_spaces.shortcuts import SHORTCUT_KINDS, shortcut_params  # noqa: E402
-from tests.factories import minilm_layout  # noqa: E402
+from tests.factories import minilm_layout, mpnet_layout  # noqa: E402
 
 MINILM_PARAMS = 22_713_216  # base parameters without the task head
+MPNET_PARAMS = 108_895_872
 HIDDEN = 384  # MiniLM's residual width: a shortcut's d
 
 
-def test_every_hand_plan_fits_its_budget_and_uniform_plans_are_uniform():
-    layout = minilm_layout()
-    for budget, plans in pc.PLANS.items():
-        limit = int(float(budget.rstrip("%")) / 100 * MINILM_PARAMS)
+@pytest.mark.parametrize("model", ["minilm", "mpnet"])
+def test_every_hand_plan_fits_its_budget_and_uniform_plans_are_uniform(model):
+    layout, base = (minilm_layout(), MINILM_PARAMS) if model == "minilm" else (mpnet_layout(), MPNET_PARAMS)
+    for budget, plans in pc.PLANS[model].items():
+        limit = int(float(budget.rstrip("%")) / 100 * base)
         for name, rules in plans.items():
             pick = pc.rules_plan(rules)
             chosen = [(m, pick(m)) for m in layout.modules if pick(m)]
@@ -32,6 +37,8 @@ def test_every_hand_plan_fits_its_budget_and_uniform_plans_are_uniform():
             assert 0 < size <= limit, (budget, name, size)
             if name.startswith("uniform"):
                 assert len({str(c) for _, c in chosen}) == 1, name
+            if "the widest that fits" in name:  # the search's widest baseline at this size
+                assert size == baselines_at(layout, limit)["widest"].params, (budget, name)
 
 
 def test_summary_pairs_differences_by_seed():
