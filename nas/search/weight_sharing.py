@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 
 import optuna
@@ -256,7 +257,8 @@ def without_signal(search, study, scoring, best, rows, order: tuple[str, ...], l
     gone ``min_progress`` of the way below it, the trials ended before training took off and
     their order is noise (a plan with adapters next to the head lowers the loss first, a lead
     that did not hold over full runs): the search then returns the preferred baseline (``order``),
-    as a finalist (whatever rung the noise cut it at) or else as scored on the shared weights.
+    as a finalist (whatever rung the noise cut it at; at the grid's first rate where one trained
+    at it) or else as scored on the shared weights.
     ``lr_tested``: the lr stage will test the fallback's rate.  ``start``: the start, if known."""
     cfg = search.cfg
     if best is None or cfg.min_progress <= 0:
@@ -282,7 +284,12 @@ def without_signal(search, study, scoring, best, rows, order: tuple[str, ...], l
     if not pool:
         return None, lines + ["- the trials ended before training took off, and no uniform-LoRA baseline fits "
                               "the budget: the plan stands, with little evidence behind it", ""]
-    fallback = min(pool, key=preference(order))
+    # Its rate too is noise here: the one an untested plan gets (the grid's first), not the one
+    # whose loss the noise put lowest.
+    def off_first_rate(t) -> bool:
+        return not (t.user_attrs[PLAN_ATTR]["training"]["lr"] == cfg.lr_grid[0] and math.isfinite(t.value))
+
+    fallback = min(pool, key=lambda t: (preference(order)(t), off_first_rate(t)))
     search.signal["fallback"] = fallback.user_attrs["origin"]
     return fallback, lines + [
         f"- **No signal**: the trials stopped before training took off, so their order is noise. "

@@ -280,12 +280,12 @@ def test_without_signal_the_widest_baseline_returns_even_if_the_noise_cut_it(mon
 
     monkeypatch.setattr(weight_sharing, "heldout", lambda *a, **k: SimpleNamespace(loss=0.69))  # the start
     monkeypatch.setattr(weight_sharing, "constant_loss", lambda *a: None)
-    trial = lambda n, origin, rung, v: SimpleNamespace(  # noqa: E731
-        number=n, value=v, user_attrs={"origin": origin, "rung": rung, "plan": {"training": {"lr": 1e-3}}})
+    trial = lambda n, origin, rung, v, lr=1e-3: SimpleNamespace(  # noqa: E731
+        number=n, value=v, user_attrs={"origin": origin, "rung": rung, "plan": {"training": {"lr": lr}}})
     plan, qv1 = trial(0, "importance plan #0", 1, 0.674), trial(1, "baseline qv #2", 1, 0.678)
     wide0, qv0 = trial(2, "baseline widest #3", 0, 0.6795), trial(3, "baseline qv #2", 0, 0.6794)
     study = SimpleNamespace(get_trials=lambda deepcopy, states: [plan, qv1, wide0, qv0])
-    cfg = SimpleNamespace(min_progress=0.05, device="cpu", batch_size=8)
+    cfg = SimpleNamespace(min_progress=0.05, device="cpu", batch_size=8, lr_grid=(2e-3, 1e-3))
     search = SimpleNamespace(cfg=cfg, base=torch.nn.Linear(1, 1), trial_data=None)
     no_scoring = SimpleNamespace(get_trials=lambda deepcopy, states: [])
     fallback, lines = weight_sharing.without_signal(search, study, no_scoring, plan, None, WIDEST_FIRST)
@@ -296,6 +296,14 @@ def test_without_signal_the_widest_baseline_returns_even_if_the_noise_cut_it(mon
     scoring = SimpleNamespace(get_trials=lambda deepcopy, states: [scored_wide])
     only_qv = SimpleNamespace(get_trials=lambda deepcopy, states: [plan, qv1])
     assert weight_sharing.without_signal(search, only_qv, scoring, plan, None, WIDEST_FIRST)[0] is scored_wide
+    # The widest also at the grid's first rate, cut at rung 0 with a higher loss: the rate is noise
+    # too, so the grid's first (unless it diverged)
+    wide_first = trial(8, "baseline widest #3", 0, 0.6799, lr=2e-3)
+    both = SimpleNamespace(get_trials=lambda deepcopy, states: [plan, qv1, wide0, qv0, wide_first])
+    fallback, lines = weight_sharing.without_signal(search, both, no_scoring, plan, None, WIDEST_FIRST)
+    assert fallback is wide_first and "learning rate (0.002) is untested" in "".join(lines)
+    wide_first.value = float("inf")
+    assert weight_sharing.without_signal(search, both, no_scoring, plan, None, WIDEST_FIRST)[0] is wide0
     # q,v preferred: the trained q,v, not the widest
     assert weight_sharing.without_signal(search, study, no_scoring, plan, None, ("baseline qv",))[0] is qv1
     cfg.min_progress = 0.01
@@ -342,14 +350,15 @@ def test_a_search_whose_trials_did_not_take_off_returns_the_preferred_baseline(s
     runs = {}
     for min_progress in (0.0, 1.0):  # 0: no check; 1: no trial can lower the loss by 100%
         out = tmp_path / f"out{min_progress}"
-        runs[min_progress] = (run_search(config(setup, out, min_progress=min_progress)).plan,
-                              (out / "report.md").read_text())
+        cfg = config(setup, out, min_progress=min_progress)
+        runs[min_progress] = (run_search(cfg).plan, (out / "report.md").read_text())
     plan, report = runs[1.0]
     bases = baselines_at(layout, plan.budget["params"])
     first = preferred(bases, layout)[0]
     assert first == "mlp"  # 3k parameters: rank 1 fits on every layer's MLP of the tiny BERT
     assert plan.provenance["origin"].startswith(f"baseline {first}") and "No signal" in report
     assert f"Its learning rate ({plan.training['lr']:g}) is untested" in report  # the plan's own
+    assert plan.training["lr"] == cfg.lr_grid[0]  # the finalists' loss order is noise: so is their rate
     assert set(plan.modules) == set(bases[first].modules)
     assert {c["rank"] for c in plan.modules.values()} == {bases[first].rank}
     signal = plan.provenance["signal"]  # the check, for a script reading the plan
