@@ -47,12 +47,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from glue import SEARCH_VS_BASELINES  # noqa: E402
 from _glue_bench import Bench  # noqa: E402
-from _glue_methods import plan_spec  # noqa: E402
+from _glue_methods import MODEL, head_params, plan_spec  # noqa: E402
 from _runs_archive import pack, runs_dir  # noqa: E402
 from nas.options import float_list, int_list  # noqa: E402
 from _ceiling_curves import curve_lines, curves  # noqa: E402
 from _ceiling_plans import LRS, NAMES, PLANS  # noqa: E402
-from _glue_methods import MODEL, head_params  # noqa: E402
 from search_spaces.shortcuts import SHORTCUT_KINDS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
